@@ -1,0 +1,1 @@
+"""vlmrl-pipeline: vision-language RL (GSPO) as a Dagster asset lineage."""

@@ -1,0 +1,65 @@
+"""Model stage: the base policy every later stage starts from."""
+
+import time
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from vlmrl_pipeline.assets.data import resized_images
+from vlmrl_pipeline.core.lineage import write_model_ref
+from vlmrl_pipeline.core.samples import SPLIT_TRAIN, read_manifest, split_rows
+from vlmrl_pipeline.core.warmstart import build_demo_base_model
+from vlmrl_pipeline.resources import ArtifactStore, DataSettingsResource, ModelSettingsResource
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@asset(group_name="model", deps=[resized_images], kinds={"pytorch", "huggingface"}, code_version="1")
+def base_model(
+    context: AssetExecutionContext,
+    artifacts: ArtifactStore,
+    model_settings: ModelSettingsResource,
+    data_settings: DataSettingsResource,
+) -> MaterializeResult:
+    """The policy before RL: a hub model reference (real profile) or the demo model built here.
+
+    With a hub id (``unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit``) this records the id and revision that every
+    later stage loads. With ``demo:tiny-qwen3-vl`` it builds a Qwen3-VL-architecture model with its own tokenizer
+    and warm-starts it on the training split only, so that its format compliance starts between 0% and 100%, as a
+    real instruct model's does.
+    """
+    settings = model_settings.to_core()
+    metadata: dict = {"model_name": settings.model_name, "revision": settings.revision or "unpinned"}
+    with artifacts.staging("base_model") as tmp:
+        if settings.is_demo:
+            train_rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_TRAIN)
+            start = time.perf_counter()
+            checkpoint, losses = build_demo_base_model(
+                train_rows, tmp / CHECKPOINT_DIR, settings.tiny_model, model_settings.warm_start_settings(),
+                prompt_field=data_settings.prompt_field, log=context.log.info,
+            )
+            from vlmrl_pipeline.core.modeling import load_model
+
+            model, _, _ = load_model(str(checkpoint), backend="transformers", dtype="float32", device="cpu")
+            metadata.update(
+                num_parameters=int(sum(p.numel() for p in model.parameters())),
+                warm_start_rows=len(train_rows),
+                warm_start_first_loss=float(losses[0]),
+                warm_start_final_loss=float(losses[-1]),
+                build_seconds=round(time.perf_counter() - start, 1),
+            )
+            write_model_ref(tmp, model_name=settings.model_name, revision=None, is_demo=True,
+                            checkpoint_dir=CHECKPOINT_DIR)
+        else:
+            write_model_ref(tmp, model_name=settings.model_name, revision=settings.revision, is_demo=False,
+                            checkpoint_dir=None)
+    metadata["path"] = MetadataValue.path(str(artifacts.asset_dir("base_model")))
+    return MaterializeResult(metadata=metadata)
+
+
+def base_model_path(artifacts: ArtifactStore) -> tuple[str, dict]:
+    """What to load for the base policy (checkpoint folder or hub id), and the model reference itself."""
+    from vlmrl_pipeline.core.lineage import model_load_path, read_model_ref
+
+    folder = artifacts.asset_dir("base_model")
+    ref = read_model_ref(folder)
+    return model_load_path(ref, folder), ref

@@ -1,0 +1,81 @@
+"""Batched generation from a vision-language policy, for evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+from vlmrl_pipeline.core.modeling import vision_token_ids
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How evaluation samples completions.
+
+    Greedy decoding (``do_sample=False``) is the default: a benchmark number should not depend on a sampling seed.
+    """
+
+    max_new_tokens: int = 1024
+    batch_size: int = 8
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def generate_completions(
+    model,
+    processor,
+    prompts: Sequence[list[dict]],
+    images: Sequence[Image.Image],
+    settings: GenerationSettings = GenerationSettings(),
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Generate one completion per (chat prompt, image) pair, ``settings.batch_size`` at a time.
+
+    Prompts are rendered with the processor's chat template (generation prompt appended), padded on the left so
+    every row's continuation starts at the same position, and only the new tokens are decoded. Vision special
+    tokens are suppressed: a sampled ``<|image_pad|>`` would break the model's next forward pass.
+    """
+    import torch
+
+    if len(prompts) != len(images):
+        raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "left"
+    gen_kwargs = dict(
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=settings.do_sample,
+        suppress_tokens=vision_token_ids(processor) or None,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if settings.do_sample:
+        gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+    else:
+        # Explicitly neutral so a checkpoint's sampling defaults don't leak into greedy decoding (and warn).
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    if settings.do_sample:
+        torch.manual_seed(settings.seed)
+    outputs: list[str] = []
+    try:
+        for start in range(0, len(prompts), settings.batch_size):
+            batch_prompts = prompts[start : start + settings.batch_size]
+            batch_images = [img.convert("RGB") for img in images[start : start + settings.batch_size]]
+            texts = [
+                processor.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in batch_prompts
+            ]
+            inputs = processor(text=texts, images=batch_images, return_tensors="pt", padding=True).to(device)
+            with torch.inference_mode():
+                generated = model.generate(**inputs, **gen_kwargs)
+            new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+            outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            if progress is not None:
+                progress(len(outputs), len(prompts))
+    finally:
+        model.train(was_training)
+    return outputs

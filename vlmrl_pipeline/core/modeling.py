@@ -1,0 +1,446 @@
+"""Loading, building and wrapping vision-language models.
+
+Two ways to get a policy, one loading path:
+
+* the real one: a hub id or local checkpoint (``unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit``), loaded through
+  Unsloth's ``FastVisionModel`` when Unsloth is installed and CUDA is present, else through ``transformers``;
+* the demo one: :func:`build_tiny_qwen3vl` writes a complete Qwen3-VL checkpoint folder (config, random weights,
+  a byte-level BPE tokenizer trained here, chat template, vision special tokens, image processor), which is then
+  loaded exactly like a hub checkpoint. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+# Qwen-VL's special tokens. The image placeholder is expanded by the processor into one token per merged patch;
+# a policy that *generates* one of these breaks the next forward pass ("Image features and image tokens do not
+# match"), so generation suppresses them (see :func:`vision_token_ids`).
+CHAT_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+# LoRA on the language model's attention and MLP projections only; the vision tower stays frozen (the seeds'
+# choice: vLLM weight sharing cannot carry vision LoRA, and the goal is reasoning, not visual acuity). Qwen3-VL
+# names language layers ``model.language_model.layers.N.{self_attn,mlp}.*``; the vision blocks use other names
+# (attn.qkv, mlp.linear_fc1), and the regex is anchored on ``language_model`` as well, so they never match.
+LANGUAGE_LORA_TARGET_REGEX = (
+    r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+)
+
+# Qwen-VL's chat template, reduced to what a single-image, single-turn math prompt needs. Images become
+# ``<|vision_start|><|image_pad|><|vision_end|>``; the processor expands the pad token to the patch count.
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """Shape of the demo model: Qwen3-VL's architecture at a size that trains on two CPU cores."""
+
+    vocab_size: int = 1024
+    text_hidden_size: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_intermediate_size: int = 384
+    vision_depth: int = 2
+    vision_hidden_size: int = 64
+    vision_heads: int = 4
+    vision_intermediate_size: int = 128
+    # The image processor resizes to at most this many pixels per side: 128 px -> 8x8 patches of 16 px -> 16
+    # image tokens after the 2x2 merge.
+    image_size: int = 128
+
+
+# Published Qwen3-VL-8B-Instruct config values, for building the real architecture with random weights
+# (benchmarks) without downloading it.
+QWEN3_VL_8B_SHAPE = dict(
+    text=dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+              head_dim=128, intermediate_size=12288, vocab_size=151936),
+    vision=dict(depth=27, hidden_size=1152, num_heads=16, intermediate_size=4304, out_hidden_size=4096),
+)
+
+
+def unsloth_available() -> bool:
+    """True when Unsloth is importable and a CUDA device is present (Unsloth needs both)."""
+    if importlib.util.find_spec("unsloth") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_backend(backend: str) -> str:
+    """Map ``auto`` to ``unsloth`` (GPU with Unsloth installed) or ``transformers``; validate explicit choices."""
+    if backend not in ("auto", "unsloth", "transformers"):
+        raise ValueError(f"backend must be 'auto', 'unsloth' or 'transformers', got {backend!r}")
+    if backend == "auto":
+        return "unsloth" if unsloth_available() else "transformers"
+    if backend == "unsloth" and not unsloth_available():
+        raise RuntimeError(
+            "backend='unsloth' needs the `gpu` extra (pip install 'vlmrl-pipeline[gpu]') and a CUDA GPU; "
+            "use backend='transformers' or 'auto' on this machine"
+        )
+    return backend
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024):
+    """Train a byte-level BPE tokenizer (Qwen2's pre-tokenizer pattern) with the chat and vision special tokens.
+
+    Returns a ``tokenizers.Tokenizer``. Byte-level means any text round-trips, including text the corpus never saw.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    # Qwen2's split pattern: contractions, letters, single digits, punctuation runs, whitespace.
+    qwen2_pattern = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+        r"|\s+(?!\S)|\s+"
+    )
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(qwen2_pattern), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    special = list(CHAT_SPECIAL_TOKENS + VISION_SPECIAL_TOKENS)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(list(corpus), trainer=trainer)
+    return tokenizer
+
+
+def _tiny_config(spec: TinyModelSpec, vocab_size: int, token_ids: dict[str, int]):
+    from transformers import Qwen3VLConfig
+
+    head_dim = spec.text_hidden_size // spec.text_heads
+    # Qwen3-VL's multimodal RoPE splits head_dim/2 frequencies over (time, height, width).
+    half = head_dim // 2
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]
+    return Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=spec.text_hidden_size,
+            intermediate_size=spec.text_intermediate_size,
+            num_hidden_layers=spec.text_layers,
+            num_attention_heads=spec.text_heads,
+            num_key_value_heads=spec.text_kv_heads,
+            head_dim=head_dim,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope,
+                             "mrope_interleaved": True},
+            pad_token_id=token_ids["<|endoftext|>"],
+            bos_token_id=token_ids["<|im_start|>"],
+            eos_token_id=token_ids["<|im_end|>"],
+        ),
+        vision_config=dict(
+            depth=spec.vision_depth,
+            hidden_size=spec.vision_hidden_size,
+            num_heads=spec.vision_heads,
+            intermediate_size=spec.vision_intermediate_size,
+            out_hidden_size=spec.text_hidden_size,
+            patch_size=16,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            num_position_embeddings=256,
+            deepstack_visual_indexes=[spec.vision_depth - 1],
+        ),
+        image_token_id=token_ids["<|image_pad|>"],
+        video_token_id=token_ids["<|video_pad|>"],
+        vision_start_token_id=token_ids["<|vision_start|>"],
+        vision_end_token_id=token_ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+
+
+def build_tiny_processor(corpus: Iterable[str], spec: TinyModelSpec = TinyModelSpec()):
+    """A Qwen3-VL processor around a tokenizer trained on ``corpus``: chat template, special tokens, 16 px patches."""
+    from transformers import PreTrainedTokenizerFast, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    raw = train_tokenizer(corpus, spec.vocab_size)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=list(VISION_SPECIAL_TOKENS) + ["<|im_start|>"],
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+        padding_side="left",  # decoder-only batched generation pads on the left
+        model_max_length=4096,
+    )
+    side = spec.image_size
+    image_processor = Qwen2VLImageProcessor(
+        patch_size=16, temporal_patch_size=2, merge_size=2,
+        min_pixels=32 * 32, max_pixels=side * side,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )
+    video_processor = Qwen3VLVideoProcessor(patch_size=16, temporal_patch_size=2, merge_size=2)
+    return Qwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_qwen3vl(
+    out_dir: str | os.PathLike, corpus: Iterable[str], spec: TinyModelSpec = TinyModelSpec(), seed: int = 0
+) -> Path:
+    """Write a randomly initialised Qwen3-VL checkpoint (model + processor) to ``out_dir`` and return it.
+
+    The folder loads with ``AutoModelForImageTextToText.from_pretrained`` / ``AutoProcessor.from_pretrained`` like
+    any hub checkpoint. It is written to a temporary sibling folder and moved into place, so a crash never leaves
+    a half-written checkpoint behind.
+    """
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    processor = build_tiny_processor(corpus, spec)
+    tok = processor.tokenizer
+    token_ids = {t: tok.convert_tokens_to_ids(t) for t in CHAT_SPECIAL_TOKENS + VISION_SPECIAL_TOKENS}
+    config = _tiny_config(spec, len(tok), token_ids)
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = token_ids["<|endoftext|>"]
+    model.generation_config.eos_token_id = token_ids["<|im_end|>"]
+    model.generation_config.bos_token_id = token_ids["<|im_start|>"]
+    return save_checkpoint(model, processor, out_dir, extra={"tiny_model_spec": asdict(spec), "seed": seed})
+
+
+def save_checkpoint(model, processor, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Save model + processor atomically (temp folder, then rename) and an optional ``vlmrl_build.json``."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        if extra is not None:
+            (tmp / "vlmrl_build.json").write_text(json.dumps(extra, indent=2, sort_keys=True))
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished folder into place, replacing any previous version (the old one is removed last)."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def vision_token_ids(processor_or_tokenizer) -> list[int]:
+    """Ids of the vision special tokens that exist in this tokenizer: never to be generated."""
+    tok = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+    vocab = tok.get_vocab()
+    return sorted(vocab[t] for t in VISION_SPECIAL_TOKENS if t in vocab)
+
+
+def torch_dtype(name: str):
+    """``"bfloat16"`` -> ``torch.bfloat16``; ``"auto"`` -> bf16 on a GPU that supports it, else float32 (CPU)."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return getattr(torch, name)
+    except AttributeError:  # pragma: no cover - guarded by the settings' validation
+        raise ValueError(f"unknown torch dtype {name!r}") from None
+
+
+def load_processor(model_name: str, revision: str | None = None):
+    """The processor (tokenizer + image processor + chat template) of a hub id or local checkpoint."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model_name, revision=revision)
+    # Decoder-only batched generation needs left padding; training is indifferent.
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def load_model(
+    model_name: str,
+    *,
+    backend: str = "auto",
+    revision: str | None = None,
+    dtype: str = "auto",
+    load_in_4bit: bool = False,
+    max_seq_length: int = 16384,
+    device: str | None = None,
+):
+    """Load a vision-language model and its processor for generation or training.
+
+    ``backend="unsloth"`` goes through ``FastVisionModel.from_pretrained`` (4-bit when ``load_in_4bit``), the
+    seeds' path; ``"transformers"`` through ``AutoModelForImageTextToText`` (4-bit through bitsandbytes when
+    asked). Returns ``(model, processor, backend_used)``.
+    """
+    used = resolve_backend(backend)
+    if used == "unsloth":
+        from unsloth import FastVisionModel  # imported lazily: it patches transformers on import
+
+        model, processor = FastVisionModel.from_pretrained(
+            model_name=model_name,
+            max_seq_length=max_seq_length,
+            load_in_4bit=load_in_4bit,
+            revision=revision,
+        )
+        processor.tokenizer.padding_side = "left"
+        return model, processor, used
+
+    from transformers import AutoModelForImageTextToText
+
+    kwargs: dict[str, Any] = {"revision": revision, "dtype": torch_dtype(dtype)}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype("auto")
+        )
+    model = AutoModelForImageTextToText.from_pretrained(model_name, **kwargs)
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not load_in_4bit:
+        model.to(device)
+    processor = load_processor(model_name, revision=revision)
+    return model, processor, used
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA shape; the seeds use r=16, alpha=16 (Unsloth's docs suggest alpha = 2r to learn faster)."""
+
+    r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    finetune_vision_layers: bool = False
+    finetune_language_layers: bool = True
+    finetune_attention_modules: bool = True
+    finetune_mlp_modules: bool = True
+
+
+def lora_target_regex(settings: LoraSettings) -> str:
+    """The PEFT ``target_modules`` regex that the four ``finetune_*`` switches select on a Qwen-VL model."""
+    names: list[str] = []
+    parts: list[str] = []
+    if settings.finetune_language_layers:
+        if settings.finetune_attention_modules:
+            names += ["q_proj", "k_proj", "v_proj", "o_proj"]
+        if settings.finetune_mlp_modules:
+            names += ["gate_proj", "up_proj", "down_proj"]
+        if names:
+            parts.append(rf".*language_model.*\.({'|'.join(names)})")
+    if settings.finetune_vision_layers:
+        vision = []
+        if settings.finetune_attention_modules:
+            vision += ["qkv", r"attn\.proj"]
+        if settings.finetune_mlp_modules:
+            vision += ["linear_fc1", "linear_fc2"]
+        if vision:
+            parts.append(rf".*visual\.blocks.*\.({'|'.join(vision)})")
+    if not parts:
+        raise ValueError("LoRA settings select no module: enable language or vision layers and a module kind")
+    return "|".join(f"(?:{p})" for p in parts)
+
+
+def peft_lora_config(settings: LoraSettings):
+    """A ``peft.LoraConfig`` for the transformers backend (Unsloth builds its own from the same switches)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=lora_target_regex(settings),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def apply_lora(model, settings: LoraSettings, backend: str, seed: int = 3407):
+    """Wrap ``model`` with fresh LoRA adapters: Unsloth's ``get_peft_model`` or PEFT's, same switches."""
+    if backend == "unsloth":
+        from unsloth import FastVisionModel
+
+        return FastVisionModel.get_peft_model(
+            model,
+            finetune_vision_layers=settings.finetune_vision_layers,
+            finetune_language_layers=settings.finetune_language_layers,
+            finetune_attention_modules=settings.finetune_attention_modules,
+            finetune_mlp_modules=settings.finetune_mlp_modules,
+            r=settings.r,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            bias="none",
+            use_gradient_checkpointing="unsloth",
+            random_state=seed,
+        )
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_lora_config(settings))
+
+
+def load_policy(
+    model_path: str,
+    *,
+    backend: str = "auto",
+    revision: str | None = None,
+    dtype: str = "auto",
+    load_in_4bit: bool = False,
+    max_seq_length: int = 16384,
+    adapter_dir: str | os.PathLike | None = None,
+):
+    """Load a base model (optionally with a trained LoRA adapter on top) ready for generation.
+
+    Returns ``(model, processor, backend_used)``.
+    """
+    model, processor, used = load_model(
+        model_path, backend=backend, revision=revision, dtype=dtype, load_in_4bit=load_in_4bit,
+        max_seq_length=max_seq_length,
+    )
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if used == "unsloth":
+        from unsloth import FastVisionModel
+
+        FastVisionModel.for_inference(model)
+    model.eval()
+    return model, processor, used

@@ -1,0 +1,67 @@
+"""Small PNG plots for training curves and before/after bars (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: CI and the Dagster daemon have no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def training_curves_png(log_history: Sequence[dict]) -> bytes:
+    """Reward (with its format/correctness parts) and mean completion length per logged GSPO step."""
+    steps = [h["step"] for h in log_history if "reward" in h]
+    fig, (ax_r, ax_l) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for key, label in (
+        ("reward", "total (weighted)"),
+        ("rewards/formatting_reward/mean", "format"),
+        ("rewards/correctness_reward/mean", "correctness"),
+    ):
+        values = [h[key] for h in log_history if "reward" in h and key in h]
+        if values:
+            ax_r.plot(steps[: len(values)], values, label=label)
+    ax_r.set_xlabel("step")
+    ax_r.set_title("reward")
+    ax_r.legend(fontsize=8)
+    lengths = [h.get("completions/mean_length") for h in log_history if "reward" in h]
+    if any(v is not None for v in lengths):
+        ax_l.plot(steps, lengths, color="tab:purple")
+    ax_l.set_xlabel("step")
+    ax_l.set_title("mean completion length (tokens)")
+    return _png(fig)
+
+
+def before_after_png(headline: dict[str, float]) -> bytes:
+    """Grouped bars: strict accuracy, numeric accuracy and format compliance, before vs after."""
+    metrics = [("accuracy", "accuracy\n(strict)"), ("accuracy_numeric", "accuracy\n(numeric)"),
+               ("format_compliance", "format\ncompliance")]
+    before = [100 * headline[f"baseline_{m}"] for m, _ in metrics]
+    after = [100 * headline[f"after_{m}"] for m, _ in metrics]
+    xs = range(len(metrics))
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.bar([x - 0.2 for x in xs], before, width=0.4, label="before RL", color="tab:gray")
+    ax.bar([x + 0.2 for x in xs], after, width=0.4, label="after RL", color="tab:blue")
+    for x, (b, a) in enumerate(zip(before, after)):
+        ax.text(x - 0.2, b + 1, f"{b:.0f}", ha="center", fontsize=8)
+        ax.text(x + 0.2, a + 1, f"{a:.0f}", ha="center", fontsize=8)
+    ax.set_xticks(list(xs), [label for _, label in metrics])
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("%")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def png_markdown(png: bytes, alt: str) -> str:
+    """Inline a PNG as a Markdown image (Dagster has no image metadata type; Markdown data URIs render)."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"

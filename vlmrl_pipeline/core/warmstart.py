@@ -1,0 +1,183 @@
+"""Supervised warm start for the demo model.
+
+A randomly initialised model never emits ``<REASONING>``/``<SOLUTION>``, so every reward is equal, every group
+advantage is zero and GSPO has nothing to learn from. Real instruct checkpoints start with some format
+compliance (the seed's Qwen3-VL 8B: 77%). The demo reproduces that starting point: a short supervised run on the
+*training* split only, where some question families are mostly answered in the tagged format and others mostly
+in plain prose. Greedy decoding then follows the family's habit, so baseline compliance lands between 0% and 100%,
+and sampling still explores the other style, which is the signal RL amplifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from vlmrl_pipeline.core.answers import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START
+
+
+@dataclass(frozen=True)
+class WarmStartSettings:
+    """Supervised warm start (demo model only)."""
+
+    steps: int = 300
+    """Optimizer steps (full-parameter AdamW)."""
+    batch_size: int = 8
+    learning_rate: float = 3e-3
+    formatted_rate_high: float = 0.9
+    """Share of tagged targets in the question families that mostly answer in format."""
+    formatted_rate_low: float = 0.2
+    """Share of tagged targets in the other families (kept above 0 so sampling can still find the format)."""
+    seed: int = 0
+
+
+def question_family(question: str) -> str:
+    """A template-level key for a question: its first three words, lower-cased (``"what is the"``)."""
+    words = re.findall(r"[a-z]+", str(question).lower())
+    return " ".join(words[:3])
+
+
+def family_format_rates(questions: Sequence[str], settings: WarmStartSettings) -> dict[str, float]:
+    """Alternate high/low format rates over the sorted families, so both kinds exist whenever 2+ families do."""
+    families = sorted({question_family(q) for q in questions})
+    # Sort by a hash, not alphabetically, so which families are "formatted" does not follow the template wording.
+    families.sort(key=lambda f: hashlib.sha256(f.encode()).hexdigest())
+    return {
+        fam: settings.formatted_rate_high if i % 2 == 0 else settings.formatted_rate_low
+        for i, fam in enumerate(families)
+    }
+
+
+def warm_start_targets(
+    questions: Sequence[str], answers: Sequence[str], settings: WarmStartSettings
+) -> list[str]:
+    """One target completion per training row: tagged (reasoning + solution) or plain prose, by family rate."""
+    rates = family_format_rates(questions, settings)
+    rng = random.Random(settings.seed)
+    targets = []
+    for question, answer in zip(questions, answers):
+        if rng.random() < rates[question_family(question)]:
+            targets.append(
+                f"{REASONING_START}I read the figure to answer.{REASONING_END}\n{SOLUTION_START}{answer}{SOLUTION_END}"
+            )
+        else:
+            targets.append(f"The answer is {answer}.")
+    return targets
+
+
+def supervised_warm_start(
+    model,
+    processor,
+    prompts: Sequence[list[dict]],
+    images: Sequence[Image.Image],
+    targets: Sequence[str],
+    settings: WarmStartSettings,
+    log: Callable[[str], None] | None = None,
+) -> list[float]:
+    """Fine-tune all of ``model``'s weights on (prompt, image) -> target; returns the loss per step.
+
+    The loss covers the target tokens and the closing ``<|im_end|>`` only, so the model learns to answer and to
+    stop, not to reproduce prompts. Raises ``FloatingPointError`` on a non-finite loss, naming the step.
+    """
+    import torch
+
+    if not (len(prompts) == len(images) == len(targets)) or not prompts:
+        raise ValueError("warm start needs the same, non-zero number of prompts, images and targets")
+    tokenizer = processor.tokenizer
+    end = "<|im_end|>"
+    prompt_texts = [processor.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    rng = random.Random(settings.seed)
+    torch.manual_seed(settings.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    # Cosine decay: a high rate to leave random init quickly, a low one to settle.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, settings.steps) / settings.steps))
+    )
+    device = next(model.parameters()).device
+    model.train()
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "right"  # right padding keeps each row's prompt at the start for label masking
+    losses: list[float] = []
+    order: list[int] = []
+    try:
+        for step in range(1, settings.steps + 1):
+            if len(order) < settings.batch_size:
+                fresh = list(range(len(prompts)))
+                rng.shuffle(fresh)
+                order.extend(fresh)
+            batch, order = order[: settings.batch_size], order[settings.batch_size :]
+            batch_images = [images[i].convert("RGB") for i in batch]
+            full = [prompt_texts[i] + targets[i] + end for i in batch]
+            enc = processor(text=full, images=batch_images, return_tensors="pt", padding=True)
+            prompt_lens = [
+                len(ids)
+                for ids in processor(text=[prompt_texts[i] for i in batch], images=batch_images)["input_ids"]
+            ]
+            labels = enc["input_ids"].clone()
+            labels[enc["attention_mask"] == 0] = -100
+            for row, n in enumerate(prompt_lens):
+                labels[row, :n] = -100
+            enc = enc.to(device)
+            loss = model(**enc, labels=labels.to(device)).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"warm start loss became {loss.item()} at step {step}")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.item()))
+            if log is not None and (step % 25 == 0 or step == settings.steps):
+                log(f"warm start step {step}/{settings.steps} loss {losses[-1]:.4f}")
+    finally:
+        tokenizer.padding_side = old_side
+    model.eval()
+    return losses
+
+
+def tokenizer_corpus(prompt_texts: Sequence[str], targets: Sequence[str]) -> list[str]:
+    """Text the demo tokenizer is trained on: training prompts and targets plus every digit and tag form.
+
+    Evaluation rows are left out on purpose: nothing about them, not even their wording, shapes the demo model.
+    """
+    extras = [f"{REASONING_START} {REASONING_END} {SOLUTION_START} {SOLUTION_END}", "0123456789 .-,%"]
+    return list(prompt_texts) + list(targets) + extras
+
+
+def build_demo_base_model(
+    train_rows,
+    out_dir,
+    spec,
+    settings: WarmStartSettings,
+    prompt_field: str = "query",
+    log: Callable[[str], None] | None = None,
+):
+    """Build the demo policy: tokenizer + random Qwen3-VL from ``spec``, warm-started on ``train_rows`` only.
+
+    Returns ``(checkpoint_dir, losses)``; the checkpoint is written atomically.
+    """
+    from vlmrl_pipeline.core.datasets import build_prompt_text
+    from vlmrl_pipeline.core.modeling import build_tiny_qwen3vl, load_model, save_checkpoint
+    from vlmrl_pipeline.core.samples import chat_prompts, open_images
+
+    records = train_rows.to_dict(orient="records")
+    targets = warm_start_targets([r["question"] for r in records], [str(r["answer"]) for r in records], settings)
+    corpus = tokenizer_corpus([build_prompt_text(r, prompt_field) for r in records], targets)
+    build_tiny_qwen3vl(out_dir, corpus, spec, seed=settings.seed)
+    model, processor, _ = load_model(str(out_dir), backend="transformers", dtype="float32", device="cpu")
+    losses = supervised_warm_start(
+        model, processor, chat_prompts(train_rows, prompt_field), open_images(train_rows), targets, settings, log
+    )
+    save_checkpoint(
+        model, processor, out_dir,
+        extra={"tiny_model_spec": asdict(spec), "warm_start": asdict(settings), "warm_start_final_loss": losses[-1],
+               "trained_on": "train split only", "num_train_rows": len(records)},
+    )
+    return Path(out_dir), losses

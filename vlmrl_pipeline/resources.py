@@ -1,0 +1,199 @@
+"""Dagster resources: where artifacts live, and the settings of each stage (editable in the launchpad).
+
+Each settings resource mirrors one dataclass of ``vlmrl_pipeline.core`` field for field (a test keeps them in
+step) and converts to it with ``to_core()``; the core never sees Dagster.
+"""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Optional
+
+from dagster import Config, ConfigurableResource
+
+from vlmrl_pipeline.core.generation import GenerationSettings
+from vlmrl_pipeline.core.modeling import LoraSettings, TinyModelSpec, replace_dir
+from vlmrl_pipeline.core.profiles import DataSettings, ModelSettings, Profile
+from vlmrl_pipeline.core.training import GSPOSettings
+from vlmrl_pipeline.core.warmstart import WarmStartSettings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR_ENV_VAR = "VLMRL_DATA_DIR"
+
+
+def default_data_dir() -> str:
+    """``$VLMRL_DATA_DIR``, else ``data/`` in the project checkout."""
+    return os.environ.get(DATA_DIR_ENV_VAR) or str(PROJECT_ROOT / "data")
+
+
+class ArtifactStore(ConfigurableResource):
+    """A folder per asset under ``root``; every artifact is written to a temp folder and moved into place."""
+
+    root: str
+
+    def asset_dir(self, name: str) -> Path:
+        path = Path(self.root) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @contextmanager
+    def staging(self, name: str) -> Iterator[Path]:
+        """Yield an empty temp folder beside ``asset_dir(name)``; on success it replaces that folder whole.
+
+        A failed or cancelled materialization leaves the previous artifact untouched and no half-written one.
+        """
+        final = self.asset_dir(name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.staging.", dir=final.parent))
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        replace_dir(tmp, final)
+
+
+def _core_kwargs(resource: Config, core_cls) -> dict:
+    values = resource.model_dump() if hasattr(resource, "model_dump") else dict(resource)
+    return {f.name: values[f.name] for f in fields(core_cls)}
+
+
+class DataSettingsResource(ConfigurableResource):
+    """Data source, filters, image size and the held-out split (see ``core.profiles.DataSettings``)."""
+
+    source: str
+    split: str
+    numeric_only: bool
+    free_form_only: bool
+    image_size: int
+    eval_size: int
+    seed: int
+    prompt_field: str
+    synthetic_rows: int
+
+    def to_core(self) -> DataSettings:
+        return DataSettings(**_core_kwargs(self, DataSettings))
+
+
+class LoraConfig(Config):
+    r: int
+    lora_alpha: int
+    lora_dropout: float
+    finetune_vision_layers: bool
+    finetune_language_layers: bool
+    finetune_attention_modules: bool
+    finetune_mlp_modules: bool
+
+
+class TinyModelConfig(Config):
+    vocab_size: int
+    text_hidden_size: int
+    text_layers: int
+    text_heads: int
+    text_kv_heads: int
+    text_intermediate_size: int
+    vision_depth: int
+    vision_hidden_size: int
+    vision_heads: int
+    vision_intermediate_size: int
+    image_size: int
+
+
+class WarmStartConfig(Config):
+    steps: int
+    batch_size: int
+    learning_rate: float
+    formatted_rate_high: float
+    formatted_rate_low: float
+    seed: int
+
+
+class ModelSettingsResource(ConfigurableResource):
+    """The base policy and its LoRA (see ``core.profiles.ModelSettings``); ``warm_start`` applies to the demo model."""
+
+    model_name: str
+    revision: Optional[str] = None
+    backend: str
+    load_in_4bit: bool
+    max_seq_length: int
+    dtype: str
+    lora: LoraConfig
+    tiny_model: TinyModelConfig
+    warm_start: WarmStartConfig
+
+    def to_core(self) -> ModelSettings:
+        return ModelSettings(
+            model_name=self.model_name, revision=self.revision, backend=self.backend,
+            load_in_4bit=self.load_in_4bit, max_seq_length=self.max_seq_length, dtype=self.dtype,
+            lora=LoraSettings(**_core_kwargs(self.lora, LoraSettings)),
+            tiny_model=TinyModelSpec(**_core_kwargs(self.tiny_model, TinyModelSpec)),
+        )
+
+    def warm_start_settings(self) -> WarmStartSettings:
+        return WarmStartSettings(**_core_kwargs(self.warm_start, WarmStartSettings))
+
+
+class TrainingSettingsResource(ConfigurableResource):
+    """GSPO options passed to TRL's ``GRPOConfig`` (documented on ``core.training.GSPOSettings``)."""
+
+    learning_rate: float
+    lr_scheduler_type: str
+    warmup_steps: float
+    weight_decay: float
+    optim: str
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int
+    num_generations: int
+    max_completion_length: int
+    num_train_epochs: float
+    max_steps: int
+    max_grad_norm: float
+    importance_sampling_level: str
+    loss_type: str
+    epsilon: float
+    epsilon_high: Optional[float] = None
+    beta: float
+    temperature: float
+    steps_per_generation: Optional[int] = None
+    num_iterations: int
+    scale_rewards: str
+    mask_truncated_completions: bool
+    logging_steps: int
+    seed: int
+
+    def to_core(self) -> GSPOSettings:
+        return GSPOSettings(**_core_kwargs(self, GSPOSettings))
+
+
+class EvalSettingsResource(ConfigurableResource):
+    """How evaluation generates (see ``core.generation.GenerationSettings``): greedy and batched by default."""
+
+    max_new_tokens: int
+    batch_size: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    seed: int
+
+    def to_core(self) -> GenerationSettings:
+        return GenerationSettings(**_core_kwargs(self, GenerationSettings))
+
+
+def resources_for_profile(profile: Profile, data_dir: str | None = None) -> dict:
+    """The resource dict for ``Definitions`` (or ``dagster.materialize``) that runs ``profile``."""
+    model = profile.model
+    return {
+        "artifacts": ArtifactStore(root=data_dir or default_data_dir()),
+        "data_settings": DataSettingsResource(**asdict(profile.data)),
+        "model_settings": ModelSettingsResource(
+            model_name=model.model_name, revision=model.revision, backend=model.backend,
+            load_in_4bit=model.load_in_4bit, max_seq_length=model.max_seq_length, dtype=model.dtype,
+            lora=LoraConfig(**asdict(model.lora)), tiny_model=TinyModelConfig(**asdict(model.tiny_model)),
+            warm_start=WarmStartConfig(**asdict(profile.warm_start)),
+        ),
+        "training_settings": TrainingSettingsResource(**asdict(profile.gspo)),
+        "eval_settings": EvalSettingsResource(**asdict(profile.generation)),
+    }

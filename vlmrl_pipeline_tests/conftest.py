@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny profile (seconds, not minutes) and a tiny Qwen3-VL checkpoint built once per session."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from vlmrl_pipeline.core.generation import GenerationSettings
+from vlmrl_pipeline.core.modeling import TinyModelSpec
+from vlmrl_pipeline.core.profiles import Profile, demo_profile
+from vlmrl_pipeline.core.training import GSPOSettings
+from vlmrl_pipeline.core.warmstart import WarmStartSettings
+
+TINY_IMAGE = 64  # 4x4 patches of 16 px -> 4 image tokens: keeps every forward pass cheap
+
+
+def tiny_profile() -> Profile:
+    """The demo profile shrunk so the whole lineage materializes in well under a minute on two cores."""
+    demo = demo_profile()
+    return dataclasses.replace(
+        demo,
+        name="tiny-test",
+        data=dataclasses.replace(demo.data, synthetic_rows=48, eval_size=8, image_size=TINY_IMAGE),
+        model=dataclasses.replace(demo.model, tiny_model=TinyModelSpec(
+            vocab_size=512, text_hidden_size=64, text_layers=1, text_heads=2, text_kv_heads=1,
+            text_intermediate_size=128, vision_depth=1, vision_hidden_size=32, vision_heads=2,
+            vision_intermediate_size=64, image_size=TINY_IMAGE)),
+        warm_start=WarmStartSettings(steps=20, batch_size=4),
+        gspo=dataclasses.replace(demo.gspo, max_steps=3, per_device_train_batch_size=4, num_generations=2,
+                                 max_completion_length=12, logging_steps=1),
+        generation=GenerationSettings(max_new_tokens=12, batch_size=4),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_profile_fixture() -> Profile:
+    return tiny_profile()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A randomly initialised tiny Qwen3-VL checkpoint folder (model + processor)."""
+    from vlmrl_pipeline.core.modeling import build_tiny_qwen3vl
+
+    spec = tiny_profile().model.tiny_model
+    corpus = ["What is the value of the bar? <REASONING>look</REASONING><SOLUTION>12</SOLUTION> The answer is 3.5"] * 20
+    return str(build_tiny_qwen3vl(tmp_path_factory.mktemp("tiny") / "ckpt", corpus, spec, seed=0))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: they are skipped (with the reason) on CPU machines such as CI."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine: pytest -m gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,159 @@
+"""Model building and loading: the demo model, LoRA placement, and the real path up to the download."""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+
+import pytest
+import torch
+from PIL import Image
+
+from vlmrl_pipeline.core import modeling
+from vlmrl_pipeline.core.modeling import (
+    VISION_SPECIAL_TOKENS,
+    LoraSettings,
+    apply_lora,
+    load_model,
+    lora_target_regex,
+    resolve_backend,
+    vision_token_ids,
+)
+from vlmrl_pipeline.core.profiles import qwen3vl_8b_profile
+
+
+def test_tiny_checkpoint_is_a_loadable_qwen3_vl(tiny_checkpoint):
+    model, processor, backend = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
+    assert backend == "transformers"
+    assert model.config.model_type == "qwen3_vl"
+    assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
+    tok = processor.tokenizer
+    for token in VISION_SPECIAL_TOKENS + ("<|im_start|>", "<|im_end|>"):
+        assert tok.convert_tokens_to_ids(token) is not None
+        assert tok.convert_tokens_to_ids(token) != tok.unk_token_id
+    assert model.config.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")
+    # Byte-level BPE: text the corpus never contained still round-trips exactly.
+    text = "Ünïcode 991.0 <SOLUTION>x</SOLUTION>"
+    assert tok.decode(tok(text)["input_ids"]) == text
+
+
+def test_chat_template_places_the_image_and_the_generation_prompt(tiny_checkpoint):
+    _, processor, _ = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>How many?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    enc = processor(text=[text], images=[Image.new("RGB", (64, 64), "white")], return_tensors="pt")
+    image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    # 64 px -> 4x4 patches of 16 px -> 2x2 merge -> 4 placeholder tokens
+    assert int((enc["input_ids"] == image_id).sum()) == 4
+
+
+def test_sampling_never_emits_vision_tokens(tiny_checkpoint):
+    model, processor, _ = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    enc = processor(text=[text] * 4, images=[Image.new("RGB", (64, 64), "red")] * 4, return_tensors="pt", padding=True)
+    banned = vision_token_ids(processor)
+    assert len(banned) == len(VISION_SPECIAL_TOKENS)
+    torch.manual_seed(0)
+    out = model.generate(**enc, max_new_tokens=60, do_sample=True, temperature=5.0, suppress_tokens=banned,
+                         min_new_tokens=60)
+    new = out[:, enc["input_ids"].shape[1]:]
+    assert not any(int(t) in banned for t in new.flatten())
+
+
+def test_lora_targets_language_attention_and_mlp_only(tiny_checkpoint):
+    model, _, _ = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
+    wrapped = apply_lora(model, LoraSettings(r=4, lora_alpha=8), "transformers")
+    lora_modules = [name for name, _ in wrapped.named_modules() if name.endswith(".lora_A")]
+    assert lora_modules, "no LoRA module was created"
+    assert not [n for n in lora_modules if "visual" in n]
+    kinds = {re.search(r"\.(\w+_proj)\.lora_A$", n).group(1) for n in lora_modules}
+    assert kinds == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_lora_switches_change_the_target_regex():
+    attention_only = lora_target_regex(LoraSettings(finetune_mlp_modules=False))
+    assert re.fullmatch(attention_only, "model.language_model.layers.0.self_attn.q_proj")
+    assert not re.fullmatch(attention_only, "model.language_model.layers.0.mlp.up_proj")
+    with_vision = lora_target_regex(LoraSettings(finetune_vision_layers=True))
+    assert re.fullmatch(with_vision, "model.visual.blocks.3.attn.qkv")
+    assert not re.fullmatch(lora_target_regex(LoraSettings()), "model.visual.blocks.3.attn.qkv")
+    with pytest.raises(ValueError, match="no module"):
+        lora_target_regex(LoraSettings(finetune_language_layers=False))
+
+
+def test_backend_resolution_on_a_cpu_machine(monkeypatch):
+    monkeypatch.setattr(modeling, "unsloth_available", lambda: False)
+    assert resolve_backend("auto") == "transformers"
+    with pytest.raises(RuntimeError, match="gpu"):
+        resolve_backend("unsloth")
+    with pytest.raises(ValueError):
+        resolve_backend("vllm")
+
+
+def test_real_profile_loads_qwen3_vl_through_unsloth_with_the_seed_arguments(monkeypatch):
+    """The GPU path up to the download: FastVisionModel gets the seed's arguments, LoRA the seed's switches."""
+    calls = {}
+
+    class FakeFastVisionModel:
+        @staticmethod
+        def from_pretrained(**kwargs):
+            calls["from_pretrained"] = kwargs
+            processor = types.SimpleNamespace(tokenizer=types.SimpleNamespace(padding_side="right"))
+            return object(), processor
+
+        @staticmethod
+        def get_peft_model(model, **kwargs):
+            calls["get_peft_model"] = kwargs
+            return model
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastVisionModel=FakeFastVisionModel))
+    monkeypatch.setattr(modeling, "unsloth_available", lambda: True)
+    cfg = qwen3vl_8b_profile().model
+    model, processor, backend = load_model(cfg.model_name, backend=cfg.backend, load_in_4bit=cfg.load_in_4bit,
+                                           max_seq_length=cfg.max_seq_length)
+    assert backend == "unsloth"
+    assert calls["from_pretrained"]["model_name"] == "unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit"
+    assert calls["from_pretrained"]["load_in_4bit"] is True
+    assert calls["from_pretrained"]["max_seq_length"] == 16384
+    assert processor.tokenizer.padding_side == "left"
+    apply_lora(model, cfg.lora, backend)
+    peft = calls["get_peft_model"]
+    assert peft["finetune_vision_layers"] is False
+    assert peft["finetune_language_layers"] and peft["finetune_attention_modules"] and peft["finetune_mlp_modules"]
+    assert (peft["r"], peft["lora_alpha"]) == (16, 16)
+
+
+def test_transformers_path_requests_4bit_weights_from_the_hub(monkeypatch):
+    seen = {}
+
+    def fake_model_from_pretrained(name, **kwargs):
+        seen["model"] = (name, kwargs)
+        raise OSError("offline: weights would be downloaded here")
+
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", fake_model_from_pretrained)
+    with pytest.raises(OSError, match="downloaded"):
+        load_model("Qwen/Qwen3-VL-8B-Instruct", backend="transformers", load_in_4bit=True, revision="abc123")
+    name, kwargs = seen["model"]
+    assert name == "Qwen/Qwen3-VL-8B-Instruct"
+    assert kwargs["revision"] == "abc123"
+    assert kwargs["quantization_config"].load_in_4bit is True
+
+
+def test_offline_hub_load_fails_clearly(monkeypatch, tmp_path):
+    """Without weights in the cache and with the hub offline, loading says so instead of hanging."""
+    import huggingface_hub.constants
+
+    # The env var is read at import time, so patch the constant the hub client consults.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(OSError, match="offline|cached|connection|reach"):
+        load_model("unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit", backend="transformers")

@@ -1,0 +1,84 @@
+"""GSPO through TRL's GRPOTrainer on the tiny model: real training steps, the config it builds, NaN handling."""
+
+from __future__ import annotations
+
+import math
+
+import datasets
+import pytest
+from PIL import Image
+
+from vlmrl_pipeline.core.export import inspect_lora_adapter
+from vlmrl_pipeline.core.modeling import LoraSettings, load_model, peft_lora_config, vision_token_ids
+from vlmrl_pipeline.core.profiles import qwen3vl_8b_profile
+from vlmrl_pipeline.core.rewards import REWARD_FUNCTIONS, REWARD_WEIGHTS
+from vlmrl_pipeline.core.training import (
+    GSPOSettings,
+    NonFiniteLossError,
+    _progress_callback,
+    build_grpo_config,
+    resolve_optim,
+    settings_from_dict,
+    train_gspo,
+)
+
+
+def _dataset(n=4):
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the value?"}]}]
+    return datasets.Dataset.from_dict(
+        {"prompt": [prompt] * n, "image": [Image.new("RGB", (64, 64), c) for c in ("red", "blue", "green", "white")][:n],
+         "answer": ["3", "5", "7", "9"][:n]}
+    ).cast_column("image", datasets.Image())
+
+
+def test_grpo_config_is_gspo_with_the_seed_rewards_and_suppressed_vision_tokens(tiny_checkpoint, tmp_path):
+    _, processor, _ = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
+    config = build_grpo_config(qwen3vl_8b_profile().gspo, tmp_path, processor, REWARD_WEIGHTS)
+    assert config.importance_sampling_level == "sequence"
+    assert config.reward_weights == [0.3, 1.0]
+    assert config.loss_type == "dr_grpo"
+    assert (config.learning_rate, config.num_generations, config.max_completion_length) == (5e-6, 4, 1024)
+    assert config.generation_kwargs["suppress_tokens"] == vision_token_ids(processor)
+    # adamw_8bit needs CUDA + bitsandbytes: on this CPU machine the equivalent full-precision AdamW is used.
+    assert config.optim == resolve_optim("adamw_8bit") == "adamw_torch"
+
+
+def test_gspo_trains_the_adapter_and_logs_rewards(tiny_checkpoint, tmp_path):
+    model, processor, _ = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
+    settings = GSPOSettings(learning_rate=5e-3, optim="adamw_torch", per_device_train_batch_size=4,
+                            gradient_accumulation_steps=1, num_generations=2, max_completion_length=8, max_steps=3,
+                            logging_steps=1, max_grad_norm=1.0)
+    lines = []
+    trained, result = train_gspo(model, processor, _dataset(), settings, tmp_path / "out", REWARD_FUNCTIONS,
+                                 REWARD_WEIGHTS, peft_config=peft_lora_config(LoraSettings(r=4, lora_alpha=8)),
+                                 log=lines.append)
+    assert result.global_step == 3
+    logged = [h for h in result.log_history if "reward" in h]
+    assert len(logged) == 3
+    for key in ("rewards/formatting_reward/mean", "rewards/correctness_reward/mean", "completions/mean_length"):
+        assert key in logged[0]
+    assert any("GSPO step 3/3" in line for line in lines)
+    trained.save_pretrained(tmp_path / "adapter")
+    stats = inspect_lora_adapter(tmp_path / "adapter")
+    assert stats["all_finite"]
+    assert stats["num_lora_b"] > 0
+
+
+def test_non_finite_loss_stops_training_naming_the_step():
+    callback = _progress_callback(None)
+    state = type("State", (), {"global_step": 17, "max_steps": 100})()
+    with pytest.raises(NonFiniteLossError, match="step 17"):
+        callback.on_log(None, state, None, logs={"loss": math.nan})
+    callback.on_log(None, state, None, logs={"loss": 0.5})  # a finite loss passes
+
+
+def test_empty_training_set_is_refused(tiny_checkpoint, tmp_path):
+    model, processor, _ = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
+    with pytest.raises(ValueError, match="at least one"):
+        train_gspo(model, processor, _dataset().select([]), GSPOSettings(), tmp_path, REWARD_FUNCTIONS, REWARD_WEIGHTS)
+
+
+def test_settings_from_dict_rejects_unknown_options():
+    assert settings_from_dict(GSPOSettings, {"learning_rate": 1e-4}).learning_rate == 1e-4
+    with pytest.raises(ValueError, match="max_prompt_length"):
+        settings_from_dict(GSPOSettings, {"max_prompt_length": 1024})
