@@ -1,5 +1,6 @@
 """Evaluation stage: the same held-out samples, scored before and after RL."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
@@ -46,7 +47,7 @@ def _evaluate(
         "dataset_sha256": sha256_file(artifacts.asset_dir("mathvista_filtered") / "filtered.parquet"),
         "manifest_sha256": sha256_file(artifacts.asset_dir("resized_images") / MANIFEST_NAME),
         "reward_version": REWARD_VERSION,
-        "generation": settings.__dict__,
+        "generation": asdict(settings),
         "backend": backend,
         "summary": summary,
     }

@@ -1,6 +1,7 @@
 """Training stage: GSPO with LoRA on the training split."""
 
 import json
+from dataclasses import asdict
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
@@ -56,7 +57,7 @@ def lora_adapter(
         )
         trained.save_pretrained(tmp)
         (tmp / "training_log.json").write_text(json.dumps(
-            {"log_history": result.log_history, "global_step": result.global_step, "settings": gspo.__dict__,
+            {"log_history": result.log_history, "global_step": result.global_step, "settings": asdict(gspo),
              "base_model": ref, "reward_version": REWARD_VERSION}, indent=2, default=str))
         curves = training_curves_png(result.log_history)
         (tmp / "training_curves.png").write_bytes(curves)

@@ -52,14 +52,15 @@ def _load_hub_dataset(source: str, split: str) -> pd.DataFrame:
 def load_mathvista(source: str, split: str = "testmini") -> pd.DataFrame:
     """MathVista rows from a local folder in the hub's parquet layout or from a hub id.
 
-    A folder is searched recursively for parquet files whose name starts with ``split``
-    (``data/testmini-00000-of-00001-....parquet``). Missing ``query`` is filled from ``question``.
+    A folder is searched recursively for parquet files named after ``split``
+    (``data/testmini-00000-of-00001-....parquet``, or ``testmini.parquet``). Missing ``query`` is filled from ``question``.
     """
     folder = Path(source)
     if folder.is_dir():
-        files = sorted(p for p in folder.rglob("*.parquet") if p.name.startswith(split))
+        # "test-00000-..." must not also pick up "testmini-00000-...": the split name ends at '-' or '.'.
+        files = sorted(p for p in folder.rglob("*.parquet") if re.match(rf"{re.escape(split)}[-.]", p.name))
         if not files:
-            raise DataError(f"no parquet file named {split}*.parquet under {folder}")
+            raise DataError(f"no parquet file named {split}-*.parquet or {split}.parquet under {folder}")
         table = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
     else:
         table = _load_hub_dataset(source, split)

@@ -152,8 +152,9 @@ def _tiny_config(spec: TinyModelSpec, vocab_size: int, token_ids: dict[str, int]
             max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope,
                              "mrope_interleaved": True},
+            # Like Qwen's tokenizers, this one adds no BOS token; EOS ends an assistant turn.
             pad_token_id=token_ids["<|endoftext|>"],
-            bos_token_id=token_ids["<|im_start|>"],
+            bos_token_id=None,
             eos_token_id=token_ids["<|im_end|>"],
         ),
         vision_config=dict(
@@ -229,7 +230,7 @@ def build_tiny_qwen3vl(
     model = Qwen3VLForConditionalGeneration(config)
     model.generation_config.pad_token_id = token_ids["<|endoftext|>"]
     model.generation_config.eos_token_id = token_ids["<|im_end|>"]
-    model.generation_config.bos_token_id = token_ids["<|im_start|>"]
+    model.generation_config.bos_token_id = None
     return save_checkpoint(model, processor, out_dir, extra={"tiny_model_spec": asdict(spec), "seed": seed})
 
 

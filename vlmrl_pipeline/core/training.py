@@ -167,6 +167,10 @@ def train_gspo(
         peft_config=peft_config,
         callbacks=[_progress_callback(log)],
     )
+    # Progress goes through ``log`` (the Dagster run log); TRL's own printer would dump every dict to stdout too.
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
     output = trainer.train()
     result = TrainingResult(
         global_step=int(trainer.state.global_step),
