@@ -392,11 +392,12 @@ def _triangle(rng: random.Random, variant: str, size: int):
     c = _Canvas(size)
     c.draw.polygon([(c.p(x), c.p(y)) for x, y in design], fill=(250, 240, 215), outline=_BLACK)
     c.draw.line([(c.p(x), c.p(y)) for x, y in design + design[:1]], fill=_BLACK, width=c.line)
-    for (x, y), name, label in zip(design, "ABC", (f"{a}°", f"{b}°", "?")):
+    for (x, y), name, label, angle in zip(design, "ABC", (f"{a}°", f"{b}°", "?"), (ra, rb, rc)):
         dx, dy = centroid[0] - x, centroid[1] - y
         d = math.hypot(dx, dy) or 1.0
         ux, uy = dx / d, dy / d
-        inside = min(17.0, 0.45 * d)
+        # far enough along the bisector that the label clears both sides of a sharp angle
+        inside = min(10.0 / math.sin(angle / 2), 0.6 * d)
         c.text((c.p(x + ux * inside), c.p(y + uy * inside)), label)
         c.text((c.p(x - ux * 9), c.p(y - uy * 9)), name)
     return spec, c.image
