@@ -6,7 +6,13 @@ The profile comes from ``$VLMRL_PROFILE`` (``demo`` when unset: offline, CPU, mi
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import (
+    AssetSelection,
+    Definitions,
+    define_asset_job,
+    load_asset_checks_from_modules,
+    load_assets_from_modules,
+)
 
 from vlmrl_pipeline.assets import data, evaluation, export, model, report, training
 from vlmrl_pipeline.core.profiles import get_profile

@@ -9,7 +9,6 @@ import pytest
 from vlmrl_pipeline.core.generation import GenerationSettings
 from vlmrl_pipeline.core.modeling import TinyModelSpec
 from vlmrl_pipeline.core.profiles import Profile, demo_profile
-from vlmrl_pipeline.core.training import GSPOSettings
 from vlmrl_pipeline.core.warmstart import WarmStartSettings
 
 TINY_IMAGE = 64  # 4x4 patches of 16 px -> 4 image tokens: keeps every forward pass cheap

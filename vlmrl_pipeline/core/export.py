@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
-
-from vlmrl_pipeline.core.modeling import replace_dir
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -77,20 +73,10 @@ def merge_adapter_to_checkpoint(base_model_path: str, adapter_dir: str | os.Path
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from vlmrl_pipeline.core.modeling import load_processor
+    from vlmrl_pipeline.core.modeling import load_processor, save_checkpoint
 
     base = AutoModelForImageTextToText.from_pretrained(base_model_path, revision=revision, dtype=torch.float32)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged = merged.to(getattr(torch, dtype))
     processor = load_processor(base_model_path, revision=revision)
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        merged.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return save_checkpoint(merged, processor, out_dir)
