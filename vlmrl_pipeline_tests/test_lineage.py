@@ -1,81 +1,26 @@
-"""End to end: the whole lineage materialized through Dagster, on the tiny profile and on the demo profile."""
+"""The base-model reference that every stage after base_model loads from."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
 
-from vlmrl_pipeline.core.modeling import load_model
-from vlmrl_pipeline.core.profiles import demo_profile
-from vlmrl_pipeline.definitions import all_assets, all_checks
-from vlmrl_pipeline.resources import resources_for_profile
-from vlmrl_pipeline_tests.conftest import tiny_profile
-
-ASSETS = ["mathvista_filtered", "resized_images", "base_model", "baseline_records", "lora_adapter", "after_records",
-          "eval_diff_report", "merged_model"]
-HEADLINE = ["baseline_accuracy", "after_accuracy", "baseline_format_compliance", "after_format_compliance"]
+from vlmrl_pipeline.core.lineage import model_load_path, read_model_ref, write_model_ref
 
 
-def _materialize(profile, data_dir: Path):
-    instance = DagsterInstance.ephemeral()
-    result = materialize([*all_assets, *all_checks], resources=resources_for_profile(profile, str(data_dir)),
-                         instance=instance)
-    assert result.success
-    return result, instance
+def test_a_built_checkpoint_is_found_relative_to_the_asset_folder(tmp_path):
+    write_model_ref(tmp_path, model_name="demo:tiny-qwen3-vl", revision=None, is_demo=True, checkpoint_dir="checkpoint")
+    ref = read_model_ref(tmp_path)
+    assert ref["is_demo"] and model_load_path(ref, tmp_path) == str(tmp_path / "checkpoint")
 
 
-def _metadata(result, name):
-    [event] = result.asset_materializations_for_node(name)
-    return {k: v.value for k, v in event.metadata.items()}
+def test_a_hub_model_is_loaded_by_id_and_revision(tmp_path):
+    write_model_ref(tmp_path, model_name="unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit", revision="0123abc",
+                    is_demo=False, checkpoint_dir=None)
+    ref = read_model_ref(tmp_path)
+    assert model_load_path(ref, tmp_path) == "unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit"
+    assert ref["revision"] == "0123abc"
 
 
-def test_whole_lineage_on_the_tiny_profile(tmp_path):
-    profile = tiny_profile()
-    result, instance = _materialize(profile, tmp_path / "data")
-    for name in ASSETS:
-        assert instance.get_latest_materialization_event(AssetKey(name)) is not None, name
-    [check] = result.get_asset_check_evaluations()
-    assert check.passed and check.check_name == "train_eval_disjoint"
-
-    data = tmp_path / "data"
-    manifest = pd.read_parquet(data / "resized_images" / "manifest.parquet")
-    held_out = set(manifest.loc[manifest["split"] == "eval", "pid"])
-    assert len(held_out) == profile.data.eval_size
-    assert not held_out & set(manifest.loc[manifest["split"] == "train", "pid"])
-
-    for stage in ("baseline_records", "after_records"):
-        payload = json.loads((data / stage / f"{stage}.json").read_text())
-        assert {r["pid"] for r in payload["records"]} == held_out  # one record per held-out sample, nothing else
-        assert {"pid", "question", "answer", "completion", "pred", "correct", "correct_numeric", "format_ok",
-                "total_reward"} <= set(payload["records"][0])
-        assert payload["reward_version"] and payload["dataset_sha256"]
-    after = json.loads((data / "after_records" / "after_records.json").read_text())
-    adapter_meta = _metadata(result, "lora_adapter")
-    assert after["adapter_sha256"] == adapter_meta["adapter_sha256"]
-    assert adapter_meta["global_step"] == profile.gspo.max_steps
-
-    assert (data / "lora_adapter" / "adapter_model.safetensors").exists()
-    assert (data / "lora_adapter" / "adapter_config.json").exists()
-    model, _, _ = load_model(str(data / "merged_model" / "checkpoint"), backend="transformers", dtype="float32")
-    assert model.config.model_type == "qwen3_vl"
-
-    report = _metadata(result, "eval_diff_report")
-    for key in HEADLINE:
-        assert isinstance(report[key], float) and 0.0 <= report[key] <= 1.0
-    saved = json.loads((data / "eval_diff_report" / "report.json").read_text())
-    assert saved["headline"]["after_format_compliance"] == pytest.approx(report["after_format_compliance"])
-    # no staging folder survives a successful run
-    assert not [p for p in data.iterdir() if p.name.startswith(".")]
-
-
-@pytest.mark.slow
-def test_demo_profile_raises_format_compliance(tmp_path):
-    """The README's main job, in-process: GSPO must lift format compliance on the held-out set."""
-    result, _ = _materialize(demo_profile(), tmp_path / "data")
-    report = _metadata(result, "eval_diff_report")
-    assert 0.0 < report["baseline_format_compliance"] < 1.0  # the warm start lands between the extremes
-    assert report["after_format_compliance"] > report["baseline_format_compliance"]
+def test_a_missing_reference_says_which_asset_to_materialize(tmp_path):
+    with pytest.raises(FileNotFoundError, match="base_model"):
+        read_model_ref(tmp_path)

@@ -80,8 +80,8 @@ def resized_images(
             raise ValueError(f"all {len(filtered)} images failed to load: {skipped[:5]}")
         train, held_out = split_train_eval(prepared, settings.eval_size, settings.seed)
         manifest = pd.concat([train.assign(split=SPLIT_TRAIN), held_out.assign(split=SPLIT_EVAL)], ignore_index=True)
-        # Paths point at the final folder, where the staged folder is about to be moved.
-        manifest["image_path"] = [str(final_dir / "images" / f"{pid}.png") for pid in manifest["pid"]]
+        # Relative to the asset folder, so the data folder can move (read_manifest resolves them).
+        manifest["image_path"] = [f"images/{pid}.png" for pid in manifest["pid"]]
         manifest.to_parquet(tmp / MANIFEST_NAME, index=False)
     dropped_duplicates = len(prepared) - len(manifest)
     for item in skipped:

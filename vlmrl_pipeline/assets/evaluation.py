@@ -56,7 +56,7 @@ def _evaluate(
     return MaterializeResult(
         metadata={
             "path": MetadataValue.path(str(artifacts.asset_dir(name) / f"{name}.json")),
-            **{k: (float(v) if isinstance(v, float) else v) for k, v in summary.items()},
+            **{k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in summary.items()},
             "generation_seconds": round(seconds, 2),
             "samples_per_second": round(len(records) / seconds, 2) if seconds > 0 else 0.0,
             "base_model": ref["model_name"],

@@ -28,7 +28,7 @@ def eval_diff_report(artifacts: ArtifactStore) -> MaterializeResult:
     return MaterializeResult(
         metadata={
             "path": MetadataValue.path(str(artifacts.asset_dir("eval_diff_report") / "report.md")),
-            **{k: float(v) for k, v in diff["headline"].items()},
+            **{k: round(float(v), 4) for k, v in diff["headline"].items()},
             "num_samples": diff["num_samples"],
             "num_flipped": len(diff["flipped_samples"]),
             "report": MetadataValue.md(markdown),

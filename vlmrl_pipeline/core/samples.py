@@ -16,11 +16,16 @@ SPLIT_EVAL = "eval"
 
 
 def read_manifest(folder: str | os.PathLike) -> pd.DataFrame:
-    """The manifest that ``resized_images`` wrote: one row per usable sample, with ``split`` and ``image_path``."""
+    """The manifest that ``resized_images`` wrote: one row per usable sample, with ``split`` and ``image_path``.
+
+    Image paths are stored relative to ``folder`` and returned absolute.
+    """
     path = Path(folder) / MANIFEST_NAME
     if not path.exists():
         raise FileNotFoundError(f"no {MANIFEST_NAME} in {folder}: materialize resized_images first")
-    return pd.read_parquet(path)
+    manifest = pd.read_parquet(path)
+    manifest["image_path"] = [str((Path(folder) / p).resolve()) for p in manifest["image_path"]]
+    return manifest
 
 
 def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
