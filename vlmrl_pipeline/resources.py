@@ -57,7 +57,7 @@ class ArtifactStore(ConfigurableResource):
 
 
 def _core_kwargs(resource: Config, core_cls) -> dict:
-    values = resource.model_dump() if hasattr(resource, "model_dump") else dict(resource)
+    values = resource.model_dump()
     return {f.name: values[f.name] for f in fields(core_cls)}
 
 

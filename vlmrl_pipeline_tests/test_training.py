@@ -18,7 +18,6 @@ from vlmrl_pipeline.core.training import (
     _progress_callback,
     build_grpo_config,
     resolve_optim,
-    settings_from_dict,
     train_gspo,
 )
 
@@ -77,8 +76,3 @@ def test_empty_training_set_is_refused(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="at least one"):
         train_gspo(model, processor, _dataset().select([]), GSPOSettings(), tmp_path, REWARD_FUNCTIONS, REWARD_WEIGHTS)
 
-
-def test_settings_from_dict_rejects_unknown_options():
-    assert settings_from_dict(GSPOSettings, {"learning_rate": 1e-4}).learning_rate == 1e-4
-    with pytest.raises(ValueError, match="max_prompt_length"):
-        settings_from_dict(GSPOSettings, {"max_prompt_length": 1024})

@@ -70,15 +70,6 @@ class TinyModelSpec:
     image_size: int = 128
 
 
-# Published Qwen3-VL-8B-Instruct config values, for building the real architecture with random weights
-# (benchmarks) without downloading it.
-QWEN3_VL_8B_SHAPE = dict(
-    text=dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-              head_dim=128, intermediate_size=12288, vocab_size=151936),
-    vision=dict(depth=27, hidden_size=1152, num_heads=16, intermediate_size=4304, out_hidden_size=4096),
-)
-
-
 def unsloth_available() -> bool:
     """True when Unsloth is importable and a CUDA device is present (Unsloth needs both)."""
     if importlib.util.find_spec("unsloth") is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -179,11 +179,3 @@ def train_gspo(
     )
     return trainer.model, result
 
-
-def settings_from_dict(cls, values: dict[str, Any]):
-    """Build a settings dataclass from a dict, rejecting unknown keys with the list of valid ones."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; valid: {sorted(known)}")
-    return cls(**values)
