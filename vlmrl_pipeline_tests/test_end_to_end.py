@@ -45,7 +45,11 @@ def test_whole_lineage_on_the_tiny_profile(tmp_path):
     manifest = pd.read_parquet(data / "resized_images" / "manifest.parquet")
     held_out = set(manifest.loc[manifest["split"] == "eval", "pid"])
     assert len(held_out) == profile.data.eval_size
-    assert not held_out & set(manifest.loc[manifest["split"] == "train", "pid"])
+    train_pids = set(manifest.loc[manifest["split"] == "train", "pid"])
+    assert not held_out & train_pids
+    # the demo model's warm start and GSPO both saw exactly the training split
+    assert _metadata(result, "base_model")["warm_start_rows"] == len(train_pids)
+    assert _metadata(result, "lora_adapter")["train_rows"] == len(train_pids)
 
     for stage in ("baseline_records", "after_records"):
         payload = json.loads((data / stage / f"{stage}.json").read_text())

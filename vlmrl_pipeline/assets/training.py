@@ -68,6 +68,7 @@ def lora_adapter(
             "path": MetadataValue.path(str(artifacts.asset_dir("lora_adapter"))),
             "backend": backend,
             "base_model": ref["model_name"],
+            "train_rows": len(train_rows),
             "global_step": result.global_step,
             "train_runtime_s": round(result.train_runtime_s, 1),
             "first_logged_reward": float(rewards[0]) if rewards else float("nan"),
