@@ -5,18 +5,16 @@ step) and converts to it with ``to_core()``; the core never sees Dagster.
 """
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Optional
 
 from dagster import Config, ConfigurableResource
 
+from vlmrl_pipeline.core.atomic import atomic_dir
 from vlmrl_pipeline.core.generation import GenerationSettings
-from vlmrl_pipeline.core.modeling import LoraSettings, TinyModelSpec, replace_dir
+from vlmrl_pipeline.core.modeling import LoraSettings, TinyModelSpec
 from vlmrl_pipeline.core.profiles import DataSettings, ModelSettings, Profile
 from vlmrl_pipeline.core.training import GSPOSettings
 from vlmrl_pipeline.core.warmstart import WarmStartSettings
@@ -40,20 +38,12 @@ class ArtifactStore(ConfigurableResource):
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    @contextmanager
-    def staging(self, name: str) -> Iterator[Path]:
-        """Yield an empty temp folder beside ``asset_dir(name)``; on success it replaces that folder whole.
+    def staging(self, name: str) -> AbstractContextManager[Path]:
+        """An empty temp folder beside ``asset_dir(name)``; on success it replaces that folder whole.
 
         A failed or cancelled materialization leaves the previous artifact untouched and no half-written one.
         """
-        final = self.asset_dir(name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.staging.", dir=final.parent))
-        try:
-            yield tmp
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        replace_dir(tmp, final)
+        return atomic_dir(self.asset_dir(name))
 
 
 def _core_kwargs(resource: Config, core_cls) -> dict:

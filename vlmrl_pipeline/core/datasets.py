@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from vlmrl_pipeline.core.answers import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START, parse_number
+from vlmrl_pipeline.core.atomic import atomic_file
 
 __all__ = [
     "MATHVISTA_COLUMNS",
@@ -363,13 +364,8 @@ def prepare_images(df: pd.DataFrame, out_dir: str | os.PathLike, size: int) -> t
             continue
         seen.add(pid)
         final = out / f"{pid}.png"
-        tmp = out / f".{pid}.png.tmp-{os.getpid()}"
-        try:
+        with atomic_file(final) as tmp:
             img.save(tmp, format="PNG")
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         kept_rows.append(pos)
         paths.append(str(final))
         hashes.append(hashlib.sha256(img.tobytes()).hexdigest())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from vlmrl_pipeline.core.answers import score_completion
+from vlmrl_pipeline.core.atomic import atomic_file
 from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_breakdown
 
 RECORD_COLUMNS = (
@@ -171,17 +171,9 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write text to a temp file in the same folder, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def _optional(value: Any) -> Any:
@@ -203,14 +195,8 @@ def save_records(records: pd.DataFrame, folder: str | os.PathLike, stem: str, ex
     payload = {**extra, "records": records.to_dict(orient="records")}
     json_path = write_json_atomic(folder / f"{stem}.json", payload)
     parquet_path = folder / f"{stem}.parquet"
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".parquet", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_file(parquet_path) as tmp:
         records.to_parquet(tmp, index=False)
-        os.replace(tmp, parquet_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return {"json": json_path, "parquet": parquet_path}
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from vlmrl_pipeline.core.atomic import atomic_dir
 
 # Qwen-VL's special tokens. The image placeholder is expanded by the processor into one token per merged patch;
 # a policy that *generates* one of these breaks the next forward pass ("Image features and image tokens do not
@@ -227,31 +227,12 @@ def build_tiny_qwen3vl(
 
 def save_checkpoint(model, processor, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Save model + processor atomically (temp folder, then rename) and an optional ``vlmrl_build.json``."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         if extra is not None:
             (tmp / "vlmrl_build.json").write_text(json.dumps(extra, indent=2, sort_keys=True))
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished folder into place, replacing any previous version (the old one is removed last)."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
+    return Path(out_dir)
 
 
 def vision_token_ids(processor_or_tokenizer) -> list[int]:

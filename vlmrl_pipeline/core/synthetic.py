@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
+from vlmrl_pipeline.core.atomic import atomic_file
+
 __all__ = [
     "MATHVISTA_HUB_SCHEMA",
     "generate_synthetic_mathvista",
@@ -553,11 +555,6 @@ def write_synthetic_mathvista(
     out_dir = Path(folder) / "data"
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{split}-00000-of-00001.parquet"
-    tmp = out_dir / f".{final.name}.tmp-{os.getpid()}"
-    try:
+    with atomic_file(final) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return final
