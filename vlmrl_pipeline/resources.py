@@ -56,16 +56,25 @@ class DataSettingsResource(ConfigurableResource):
 
     source: str
     split: str
+    dataset_format: str
+    prompt_key: str
+    answer_key: str
+    image_keys: list[str]
     numeric_only: bool
     free_form_only: bool
     image_size: int
     eval_size: int
     seed: int
     prompt_field: str
+    answer_format: str
+    system_prompt: str
+    max_lost_fraction: float
     synthetic_rows: int
 
     def to_core(self) -> DataSettings:
-        return DataSettings(**_core_kwargs(self, DataSettings))
+        kwargs = _core_kwargs(self, DataSettings)
+        kwargs["image_keys"] = tuple(kwargs["image_keys"])
+        return DataSettings(**kwargs)
 
 
 class LoraConfig(Config):
@@ -110,6 +119,8 @@ class ModelSettingsResource(ConfigurableResource):
     load_in_4bit: bool
     max_seq_length: int
     dtype: str
+    fast_inference: bool
+    gpu_memory_utilization: float
     lora: LoraConfig
     tiny_model: TinyModelConfig
     warm_start: WarmStartConfig
@@ -118,6 +129,7 @@ class ModelSettingsResource(ConfigurableResource):
         return ModelSettings(
             model_name=self.model_name, revision=self.revision, backend=self.backend,
             load_in_4bit=self.load_in_4bit, max_seq_length=self.max_seq_length, dtype=self.dtype,
+            fast_inference=self.fast_inference, gpu_memory_utilization=self.gpu_memory_utilization,
             lora=LoraSettings(**_core_kwargs(self.lora, LoraSettings)),
             tiny_model=TinyModelSpec(**_core_kwargs(self.tiny_model, TinyModelSpec)),
         )
@@ -177,10 +189,11 @@ def resources_for_profile(profile: Profile, data_dir: str | None = None) -> dict
     model = profile.model
     return {
         "artifacts": ArtifactStore(root=data_dir or default_data_dir()),
-        "data_settings": DataSettingsResource(**asdict(profile.data)),
+        "data_settings": DataSettingsResource(**{**asdict(profile.data), "image_keys": list(profile.data.image_keys)}),
         "model_settings": ModelSettingsResource(
             model_name=model.model_name, revision=model.revision, backend=model.backend,
             load_in_4bit=model.load_in_4bit, max_seq_length=model.max_seq_length, dtype=model.dtype,
+            fast_inference=model.fast_inference, gpu_memory_utilization=model.gpu_memory_utilization,
             lora=LoraConfig(**asdict(model.lora)), tiny_model=TinyModelConfig(**asdict(model.tiny_model)),
             warm_start=WarmStartConfig(**asdict(profile.warm_start)),
         ),

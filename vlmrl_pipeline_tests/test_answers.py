@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from vlmrl_pipeline.core.answers import (
+    ANSWER_FORMATS,
     REASONING_END,
     REASONING_START,
     SOLUTION_END,
     SOLUTION_START,
+    boxed_format_ok,
     completion_text,
+    count_boxed,
+    edit_distance,
+    extract_boxed,
     extract_solution,
     format_ok,
     gold_text,
     is_addcriterion_spam,
+    mathvista_match,
+    mathvista_normalize,
     numeric_match,
     parse_number,
     score_completion,
     strict_match,
+    unbox_answer,
 )
 
 GOOD = "<REASONING>The bar is 991 tall.</REASONING><SOLUTION>991</SOLUTION>"
@@ -227,25 +236,25 @@ def test_format_ok(text, expected):
 @pytest.mark.parametrize(
     ("completion", "gold", "expected"),
     [
-        (GOOD, "991", {"pred": "991", "correct": True, "correct_numeric": True, "format_ok": True}),
+        (GOOD, "991", {"pred": "991", "correct": True, "correct_numeric": True, "correct_mathvista": True, "format_ok": True}),
         (
             "<REASONING>r</REASONING><SOLUTION>991.0</SOLUTION>",
             "991",
-            {"pred": "991.0", "correct": False, "correct_numeric": True, "format_ok": True},
+            {"pred": "991.0", "correct": False, "correct_numeric": True, "correct_mathvista": False, "format_ok": True},
         ),
         (
             "<SOLUTION>12</SOLUTION>",
             "991",
-            {"pred": "12", "correct": False, "correct_numeric": False, "format_ok": False},
+            {"pred": "12", "correct": False, "correct_numeric": False, "correct_mathvista": False, "format_ok": False},
         ),
-        ("no tags", "991", {"pred": None, "correct": False, "correct_numeric": False, "format_ok": False}),
+        ("no tags", "991", {"pred": None, "correct": False, "correct_numeric": False, "correct_mathvista": False, "format_ok": False}),
         (
             [{"role": "assistant", "content": [{"type": "text", "text": GOOD}]}],
             "991",
-            {"pred": "991", "correct": True, "correct_numeric": True, "format_ok": True},
+            {"pred": "991", "correct": True, "correct_numeric": True, "correct_mathvista": True, "format_ok": True},
         ),
-        (GOOD, None, {"pred": "991", "correct": False, "correct_numeric": False, "format_ok": True}),
-        (GOOD, float("nan"), {"pred": "991", "correct": False, "correct_numeric": False, "format_ok": True}),
+        (GOOD, None, {"pred": "991", "correct": False, "correct_numeric": False, "correct_mathvista": False, "format_ok": True}),
+        (GOOD, float("nan"), {"pred": "991", "correct": False, "correct_numeric": False, "correct_mathvista": False, "format_ok": True}),
     ],
 )
 def test_score_completion(completion, gold, expected):
@@ -254,5 +263,273 @@ def test_score_completion(completion, gold, expected):
 
 def test_score_completion_never_raises_on_junk():
     record = score_completion({"role": "assistant", "content": [{"nested": {"deep": [None]}}]}, object())
-    assert set(record) == {"pred", "correct", "correct_numeric", "format_ok"}
-    assert record == {"pred": None, "correct": False, "correct_numeric": False, "format_ok": False}
+    assert set(record) == {"pred", "correct", "correct_numeric", "correct_mathvista", "format_ok"}
+    assert record == {
+        "pred": None, "correct": False, "correct_numeric": False, "correct_mathvista": False, "format_ok": False,
+    }
+
+
+# --- MathVista scoring ----------------------------------------------------------
+
+ANGLES = ["135°", "140°", "145°", "150°"]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ("", "", 0),
+        ("abc", "abc", 0),
+        ("", "abc", 3),
+        ("abc", "", 3),
+        ("kitten", "sitting", 3),
+        ("flaw", "lawn", 2),
+        ("145", "145°", 1),
+        ("是", "否", 1),
+        (12, "12", 0),  # non-strings are str()-ed
+    ],
+)
+def test_edit_distance(a, b, expected):
+    assert edit_distance(a, b) == expected
+    assert edit_distance(b, a) == expected
+
+
+# (pred, gold, choices, question_type, answer_type, precision, expected) following MathVista's
+# calculate_score.py: normalise the extraction, then compare strings.
+MATHVISTA_CASES = [
+    # integer answers truncate through float
+    ("3", "3", None, "free_form", "integer", np.nan, True),
+    ("3.7", "3", None, "free_form", "integer", np.nan, True),
+    ("-3.7", "-3", None, "free_form", "integer", np.nan, True),
+    ("4", "3", None, "free_form", "integer", np.nan, False),
+    ("991.0", "991", None, "free_form", "integer", np.nan, True),
+    ("1e3", "1000", None, "free_form", "integer", np.nan, True),
+    ("three", "3", None, "free_form", "integer", np.nan, False),  # unparsable -> wrong
+    ("3 cm", "3", None, "free_form", "integer", np.nan, False),
+    ("1e999", "3", None, "free_form", "integer", np.nan, False),  # int(inf) overflows -> wrong, no crash
+    # float answers round to the question's precision (Python's round on the binary value)
+    ("1.25", "1.2", None, "free_form", "float", 1.0, True),
+    ("1.26", "1.3", None, "free_form", "float", 1.0, True),
+    ("1.20", "1.2", None, "free_form", "float", 1.0, True),
+    ("1.234", "1.23", None, "free_form", "float", 2.0, True),
+    ("1.235", "1.24", None, "free_form", "float", 2.0, True),  # 1.235 is stored just above: rounds up
+    ("1.2", "1.20", None, "free_form", "float", 2.0, False),  # MathVista's gold for precision 2 reads "1.2"
+    ("1.2", "1.2", None, "free_form", "float", np.float64(2), True),  # numpy precision
+    ("1.2", "1.2", None, "free_form", "float", 2, True),  # int precision
+    ("1.3", "1.2", None, "free_form", "float", 1.0, False),
+    ("1.2", "1.2", None, "free_form", "float", np.nan, True),  # missing precision: str(float(x))
+    ("1.20", "1.2", None, "free_form", "float", None, True),
+    ("abc", "1.2", None, "free_form", "float", 1.0, False),
+    # multiple choice: a letter picks the option by position
+    ("B", "140°", ANGLES, "multi_choice", "text", np.nan, True),
+    ("B", "145°", ANGLES, "multi_choice", "text", np.nan, False),
+    ("(C) 145°", "145°", ANGLES, "multi_choice", "text", np.nan, True),
+    ("The answer is (c).", "145°", ANGLES, "multi_choice", "text", np.nan, True),  # "(c)" is upper-cased
+    ("E", "135°", ANGLES, "multi_choice", "text", np.nan, True),  # no 5th option: nearest text ("E" ties, first wins)
+    # ... anything else picks the nearest option by edit distance
+    ("145", "145°", ANGLES, "multi_choice", "text", np.nan, True),
+    ("150 degrees", "150°", ANGLES, "multi_choice", "text", np.nan, True),
+    ("b", "135°", ANGLES, "multi_choice", "text", np.nan, True),  # lower-case bare letter is not a letter answer
+    ("Yes", "Yes", ["Yes", "No"], "multi_choice", "text", np.nan, True),
+    ("no", "No", ["Yes", "No"], "multi_choice", "text", np.nan, True),
+    ("A", "Yes", ["Yes", "No"], "multi_choice", "text", np.nan, True),
+    ("是", "是", ["是", "否"], "multi_choice", "text", np.nan, True),
+    ("B", "否", ["是", "否"], "multi_choice", "text", np.nan, True),
+    ("否", "是", ["是", "否"], "multi_choice", "text", np.nan, False),
+    ("C", "145°", np.array(ANGLES, dtype=object), "multi_choice", "text", np.nan, True),  # pandas hands arrays over
+    ("C", "145°", np.array(ANGLES), "multi_choice", "text", np.nan, True),  # numpy str_ options
+    ("C", "145°", tuple(ANGLES), "multi_choice", "text", np.nan, True),
+    # multi_choice without options: the text is compared as is
+    ("145°", "145°", None, "multi_choice", "text", np.nan, True),
+    ("C", "145°", [], "multi_choice", "text", np.nan, False),
+    ("C", "145°", np.nan, "multi_choice", "text", np.nan, False),
+    # an empty or missing extraction is wrong, never mapped to the nearest option
+    ("", "135°", ANGLES, "multi_choice", "text", np.nan, False),
+    ("   ", "135°", ANGLES, "multi_choice", "text", np.nan, False),
+    (None, "135°", ANGLES, "multi_choice", "text", np.nan, False),
+    (None, "3", None, "free_form", "integer", np.nan, False),
+    # list and free-form text answers: plain string equality after stripping
+    ("[1, 2]", "[1, 2]", None, "free_form", "list", np.nan, True),
+    ("[1,2]", "[1, 2]", None, "free_form", "list", np.nan, False),
+    (" hello ", "hello", None, "free_form", "text", np.nan, True),
+    ("991.0", "991", None, None, None, None, False),
+    ("991", "991", None, None, None, None, True),
+    ("991", "991", None, np.nan, np.nan, np.nan, True),  # missing types from pandas
+    # unusable gold is never matched
+    ("3", None, None, "free_form", "integer", np.nan, False),
+    ("nan", float("nan"), None, "free_form", "text", np.nan, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold", "choices", "question_type", "answer_type", "precision", "expected"), MATHVISTA_CASES
+)
+def test_mathvista_match(pred, gold, choices, question_type, answer_type, precision, expected):
+    assert mathvista_match(pred, gold, choices, question_type, answer_type, precision) is expected
+
+
+@pytest.mark.parametrize(
+    ("extraction", "choices", "question_type", "answer_type", "precision", "expected"),
+    [
+        ("3.7", None, "free_form", "integer", None, "3"),
+        ("1.25", None, "free_form", "float", 1, "1.2"),
+        ("1.234", None, "free_form", "float", 2.0, "1.23"),
+        ("1.2", None, "free_form", "float", float("nan"), "1.2"),
+        ("1", None, "free_form", "float", None, "1.0"),
+        ("x", None, "free_form", "float", 1, None),
+        ("B", ["a", "b"], "multi_choice", "text", None, "b"),
+        ("zzz", ["abc", "zz", "zzzz"], "multi_choice", "text", None, "zz"),  # tie at distance 1: first wins
+        ("", ["a"], "multi_choice", "text", None, None),
+        (None, None, None, None, None, None),
+        (" free text ", None, "free_form", "text", None, "free text"),
+        (3, None, "free_form", "integer", None, "3"),
+        (float("nan"), None, "free_form", "float", 1, None),  # a pandas missing value is no answer
+    ],
+)
+def test_mathvista_normalize(extraction, choices, question_type, answer_type, precision, expected):
+    assert mathvista_normalize(extraction, choices, question_type, answer_type, precision) == expected
+
+
+def test_mathvista_normalize_never_raises_on_junk():
+    class Broken:
+        def __str__(self):
+            raise RuntimeError("boom")
+
+        def __iter__(self):
+            raise RuntimeError("boom")
+
+    junk = [None, float("nan"), Broken(), object(), {"a": 1}, np.array(5), "x", [Broken()]]
+    for extraction in junk:
+        for choices in junk:
+            for question_type in ("multi_choice", "free_form", None):
+                for answer_type in ("integer", "float", "list", "text", None):
+                    for precision in (None, float("nan"), "x", Broken(), 1e300, -3):
+                        result = mathvista_normalize(extraction, choices, question_type, answer_type, precision)
+                        assert result is None or isinstance(result, str)
+
+
+# --- boxed answers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "boxes"),
+    [
+        (r"The answer is \boxed{3}.", "3", 1),
+        (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}", 1),
+        (r"\boxed{ 42 }", "42", 1),
+        (r"\boxed {7}", "7", 1),  # a space before the brace is accepted
+        (r"first \boxed{1}, then \boxed{2}", "2", 2),  # the last box is the final word
+        (r"\boxed{\boxed{3}}", r"\boxed{3}", 2),  # the outer box closes last
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}", 1),  # escaped braces do not count
+        (r"$\boxed{x^{2}}$ and stray }} braces {", "x^{2}", 1),
+        (r"\boxed{3", None, 1),  # never closes
+        (r"\boxed{1} and \boxed{2", "1", 2),  # an unclosed box is skipped, as extract_solution skips unclosed blocks
+        (r"\boxed{}", "", 1),
+        (r"\boxedx{3}", None, 0),
+        ("no box", None, 0),
+        ("", None, 0),
+        (None, None, 0),
+        ([{"role": "assistant", "content": [{"type": "text", "text": r"\boxed{5}"}]}], "5", 1),
+        (12, None, 0),
+    ],
+)
+def test_extract_boxed(text, expected, boxes):
+    assert extract_boxed(text) == expected
+    assert count_boxed(text) == boxes
+
+
+def test_extract_boxed_is_fast_on_hostile_input():
+    # One pass with a brace stack: thousands of unclosed openers stay linear.
+    text = "\\boxed{" * 20000 + "\\boxed{9}"
+    assert extract_boxed(text) == "9"
+    assert count_boxed(text) == 20001
+
+
+@pytest.mark.parametrize(
+    ("gold", "expected"),
+    [
+        (r"\boxed{3}", "3"),
+        (r"  \boxed{ \frac{1}{2} } ", r"\frac{1}{2}"),
+        ("3", "3"),
+        (" 3 ", "3"),
+        (r"\boxed{1}+\boxed{2}", r"\boxed{1}+\boxed{2}"),
+        (r"x = \boxed{1}", r"x = \boxed{1}"),
+        (r"\boxed{3", r"\boxed{3"),
+        (7, "7"),
+        (None, ""),
+        (float("nan"), ""),
+        ("", ""),
+    ],
+)
+def test_unbox_answer(gold, expected):
+    assert unbox_answer(gold) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"reasoning ... \boxed{3}", True),
+        (r"\boxed{1} \boxed{2}", False),
+        (r"\boxed{3", False),
+        ("3", False),
+        (r"\boxed{3}" + "addCriterion\n" * 50, False),
+        ([{"role": "assistant", "content": r"\boxed{3}"}], True),
+    ],
+)
+def test_boxed_format_ok(text, expected):
+    assert boxed_format_ok(text) is expected
+
+
+# --- score_completion with MathVista metadata and answer formats --------------------
+
+
+def test_seed_example_strict_numeric_mathvista():
+    # The seed's headline case: "991.0" for an integer answer of 991.
+    record = score_completion(
+        "<REASONING>r</REASONING><SOLUTION>991.0</SOLUTION>", "991", question_type="free_form", answer_type="integer"
+    )
+    assert record == {
+        "pred": "991.0", "correct": False, "correct_numeric": True, "correct_mathvista": True, "format_ok": True,
+    }
+
+
+def test_score_completion_multiple_choice_letter():
+    record = score_completion(
+        "<REASONING>r</REASONING><SOLUTION>(C) 145°</SOLUTION>", "145°",
+        choices=np.array(ANGLES, dtype=object), question_type="multi_choice", answer_type="text", precision=np.nan,
+    )
+    assert (record["correct"], record["correct_numeric"], record["correct_mathvista"]) == (False, False, True)
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold", "kwargs", "expected"),
+    [
+        (r"so \boxed{3}", "3", {}, {"pred": "3", "correct": True, "correct_numeric": True, "correct_mathvista": True, "format_ok": True}),
+        (r"so \boxed{3}", r"\boxed{3}", {}, {"pred": "3", "correct": True, "correct_numeric": True, "correct_mathvista": True, "format_ok": True}),
+        (r"so \boxed{3.0}", r"\boxed{3}", {}, {"pred": "3.0", "correct": False, "correct_numeric": True, "correct_mathvista": False, "format_ok": True}),
+        (
+            r"so \boxed{3.0}", "3", {"question_type": "free_form", "answer_type": "integer"},
+            {"pred": "3.0", "correct": False, "correct_numeric": True, "correct_mathvista": True, "format_ok": True},
+        ),
+        (r"\boxed{1} no, \boxed{2}", "2", {}, {"pred": "2", "correct": True, "correct_numeric": True, "correct_mathvista": True, "format_ok": False}),
+        ("<SOLUTION>3</SOLUTION>", "3", {}, {"pred": None, "correct": False, "correct_numeric": False, "correct_mathvista": False, "format_ok": False}),
+        (
+            [{"role": "assistant", "content": r"\boxed{\frac{1}{2}}"}], r"\boxed{\frac{1}{2}}", {},
+            {"pred": r"\frac{1}{2}", "correct": True, "correct_numeric": True, "correct_mathvista": True, "format_ok": True},
+        ),
+        (r"\boxed{3}", None, {}, {"pred": "3", "correct": False, "correct_numeric": False, "correct_mathvista": False, "format_ok": True}),
+    ],
+)
+def test_score_completion_boxed(completion, gold, kwargs, expected):
+    assert score_completion(completion, gold, answer_format="boxed", **kwargs) == expected
+
+
+def test_score_completion_tags_ignores_boxes():
+    # The default format reads only <SOLUTION>, and does not unbox the gold.
+    record = score_completion(r"\boxed{3}", "3")
+    assert record["pred"] is None and record["correct"] is False
+
+
+def test_score_completion_unknown_format_raises():
+    assert ANSWER_FORMATS == ("tags", "boxed")
+    with pytest.raises(ValueError, match="tags, boxed"):
+        score_completion(GOOD, "991", answer_format="latex")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -15,20 +16,29 @@ from PIL import Image
 
 from vlmrl_pipeline.core import answers
 from vlmrl_pipeline.core.datasets import (
+    BOXED_SYSTEM_PROMPT,
     FORMAT_INSTRUCTION,
     MATHVISTA_COLUMNS,
+    SKIP_KINDS,
     DataError,
+    build_mathvista_query,
     build_prompt_text,
     chat_prompt,
+    count_skips,
     filter_mathvista,
     is_numeric_answer,
     load_image,
     load_mathvista,
+    load_rlinf,
     prepare_images,
     resize_image,
     split_train_eval,
+    strip_boxed,
 )
-from vlmrl_pipeline.core.synthetic import generate_synthetic_mathvista, write_synthetic_mathvista
+from vlmrl_pipeline.core.synthetic import (
+    generate_synthetic_mathvista,
+    write_synthetic_mathvista,
+)
 
 
 def _png(colour="red", size=(20, 10), mode="RGB") -> bytes:
@@ -269,6 +279,9 @@ def test_prepare_images_skips_and_reports_bad_images(tmp_path):
     assert rows["pid"].tolist() == ["0", "2"] and rows["answer"].tolist() == ["1", "3"]
     assert [s["pid"] for s in skipped] == ["1", "../evil", "2"]
     assert "corrupt" in skipped[0]["reason"] and "duplicate" in skipped[2]["reason"]
+    assert [s["kind"] for s in skipped] == ["corrupt_image", "unsafe_pid", "duplicate_pid"]
+    assert count_skips(skipped) == {"missing_image": 0, "corrupt_image": 1, "image_too_large": 0, "image_count": 0,
+                                    "unsafe_pid": 1, "duplicate_pid": 1, "total": 3}
     assert "decoded_image" not in rows.columns and "answer" in rows.columns
     for pid, path, digest in zip(rows["pid"], rows["image_path"], rows["image_sha256"]):
         assert os.path.isabs(path) and path == str((out_dir / f"{pid}.png").resolve())
@@ -356,4 +369,342 @@ def test_core_data_modules_do_not_import_dagster():
     code = ("import sys, vlmrl_pipeline.core.datasets, vlmrl_pipeline.core.synthetic; "
             "sys.exit(1 if 'dagster' in sys.modules else 0)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    assert subprocess.run([sys.executable, "-c", code], cwd=root, timeout=60).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], check=False, cwd=root, timeout=60).returncode == 0
+
+
+# --------------------------------------------------------------------------- MathVista's GitHub layout
+
+_HINT_INT = ("Hint: Please answer the question requiring an integer answer and provide the final value, "
+             "e.g., 1, 2, 3, at the end.")
+_HINT_FLOAT1 = ("Hint: Please answer the question requiring a floating-point number with one decimal place and "
+                "provide the final value, e.g., 1.2, 1.3, 1.4, at the end.")
+_HINT_FLOAT2 = ("Hint: Please answer the question requiring a floating-point number with two decimal places and "
+                "provide the final value, e.g., 1.23, 1.34, 1.45, at the end.")
+_HINT_MC = "Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end."
+_HINT_LIST = ("Hint: Please answer the question requiring a Python list as an answer and provide the final list, "
+              "e.g., [1, 2, 3], [1.2, 1.3, 1.4], at the end.")
+
+# Five problems as lupantech/MathVista's testmini.json holds them, with the query the hub's parquet carries.
+_PROBLEMS = [
+    ({"question": "what is the total volume of the measuring cup?", "choices": None, "unit": "g", "precision": None,
+      "answer": "1000", "question_type": "free_form", "answer_type": "integer"},
+     f"{_HINT_INT}\nQuestion: what is the total volume of the measuring cup? (Unit: g)"),
+    ({"question": "How long is the line?", "choices": None, "unit": None, "precision": 1.0,
+      "answer": "3.5", "question_type": "free_form", "answer_type": "float"},
+     f"{_HINT_FLOAT1}\nQuestion: How long is the line?"),
+    ({"question": "What is the slope?", "choices": None, "unit": "", "precision": 2.0,
+      "answer": "0.25", "question_type": "free_form", "answer_type": "float"},
+     f"{_HINT_FLOAT2}\nQuestion: What is the slope?"),
+    ({"question": "Which bar is tallest?", "choices": ["red", "blue", "green"], "unit": None, "precision": None,
+      "answer": "blue", "question_type": "multi_choice", "answer_type": "text"},
+     f"{_HINT_MC}\nQuestion: Which bar is tallest?\nChoices:\n(A) red\n(B) blue\n(C) green"),
+    ({"question": "List the x values.", "choices": None, "unit": None, "precision": None,
+      "answer": "[1, 2]", "question_type": "free_form", "answer_type": "list"},
+     f"{_HINT_LIST}\nQuestion: List the x values."),
+]
+_COLOURS = ["red", "green", "blue", "yellow", "purple"]
+
+
+def _write_github_layout(root, with_query=True, skip_image=None):
+    """testmini.json keyed by pid + images/ (+ query.json), as in lupantech/MathVista's data/ folder."""
+    data = root / "data"
+    (data / "images").mkdir(parents=True)
+    problems = {}
+    for i, (fields, _query) in enumerate(_PROBLEMS, start=1):
+        pid = str(i)
+        problems[pid] = {**fields, "pid": pid, "image": f"images/{pid}.png",
+                         "metadata": {"source": "test", "skills": ["arithmetic"]}}
+        if pid != skip_image:
+            (data / "images" / f"{pid}.png").write_bytes(_png(_COLOURS[i - 1]))
+    (data / "testmini.json").write_text(json.dumps(problems, indent=2))
+    if with_query:
+        (data / "query.json").write_text(json.dumps({str(i): q for i, (_, q) in enumerate(_PROBLEMS, start=1)}))
+    return root
+
+
+def _write_hub_layout(root):
+    rows = [{**fields, "pid": str(i), "query": query, "image": f"images/{i}.png",
+             "decoded_image": {"bytes": _png(_COLOURS[i - 1]), "path": f"images/{i}.png"},
+             "metadata": {"source": "test", "skills": ["arithmetic"]}}
+            for i, (fields, query) in enumerate(_PROBLEMS, start=1)]
+    (root / "data").mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(root / "data" / "testmini-00000-of-00001-abc.parquet")
+    return root
+
+
+@pytest.mark.parametrize("with_query", [True, False])
+def test_github_and_hub_layouts_load_the_same_problems(tmp_path, with_query):
+    github = load_mathvista(str(_write_github_layout(tmp_path / "github", with_query=with_query)), "testmini")
+    hub = load_mathvista(str(_write_hub_layout(tmp_path / "hub")), "testmini")
+    for column in ("pid", "question", "query", "choices", "unit", "answer", "question_type", "answer_type",
+                   "metadata", "image"):
+        assert github[column].tolist() == hub[column].tolist(), column
+    pd.testing.assert_series_equal(github["precision"], hub["precision"])
+    assert github["query"].tolist() == [q for _, q in _PROBLEMS]
+    # images are path dicts pointing into images/, and prepare the same pixels as the hub's bytes
+    first = github["decoded_image"][0]
+    assert first["bytes"] is None and first["path"] == str(tmp_path / "github" / "data" / "images" / "1.png")
+    rows_g, skipped_g = prepare_images(github, tmp_path / "out_g", 16)
+    rows_h, skipped_h = prepare_images(hub, tmp_path / "out_h", 16)
+    assert not skipped_g and not skipped_h
+    assert rows_g["image_sha256"].tolist() == rows_h["image_sha256"].tolist()
+
+
+def test_query_json_wins_and_missing_entries_are_built(tmp_path):
+    root = _write_github_layout(tmp_path, with_query=False)
+    (root / "data" / "query.json").write_text(json.dumps({"2": "my own query"}))
+    loaded = load_mathvista(str(root / "data"), "testmini")  # the json's own folder works too
+    assert loaded["query"].tolist() == [_PROBLEMS[0][1], "my own query"] + [q for _, q in _PROBLEMS[2:]]
+
+
+def test_build_mathvista_query_matches_the_hub_text():
+    for fields, query in _PROBLEMS:
+        assert build_mathvista_query(fields) == query
+    # floats of a precision build_query.py has no hint for get none
+    assert build_mathvista_query({"question": "q?", "question_type": "free_form", "answer_type": "float",
+                                  "precision": 3.0}) == "Question: q?"
+
+
+def test_github_layout_as_a_list_with_a_missing_image_is_a_counted_skip(tmp_path):
+    root = _write_github_layout(tmp_path, skip_image="3")
+    problems = json.loads((root / "data" / "testmini.json").read_text())
+    (root / "data" / "testmini.json").write_text(json.dumps(list(problems.values())))
+    loaded = load_mathvista(str(root), "testmini")  # loading does not open the images
+    assert loaded["pid"].tolist() == ["1", "2", "3", "4", "5"]
+    rows, skipped = prepare_images(loaded, tmp_path / "out", 16)
+    assert rows["pid"].tolist() == ["1", "2", "4", "5"]
+    assert [(s["pid"], s["kind"]) for s in skipped] == [("3", "missing_image")]
+    assert "3.png does not exist" in skipped[0]["reason"]
+    assert count_skips(skipped)["missing_image"] == 1 and count_skips(skipped)["total"] == 1
+
+
+def test_both_layouts_in_one_folder_is_a_data_error(tmp_path):
+    _write_github_layout(tmp_path)
+    _write_hub_layout(tmp_path / "hub")
+    with pytest.raises(DataError, match=r"testmini-00000-of-00001-abc\.parquet.*testmini\.json.*point source"):
+        load_mathvista(str(tmp_path), "testmini")
+
+
+def test_bad_json_names_the_file(tmp_path):
+    (tmp_path / "testmini.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"testmini\.json"):
+        load_mathvista(str(tmp_path), "testmini")
+    (tmp_path / "testmini.json").write_text(json.dumps({"1": {**_PROBLEMS[0][0], "image": "images/1.png"}}))
+    (tmp_path / "query.json").write_text("[1, 2")
+    with pytest.raises(DataError, match=r"query\.json"):
+        load_mathvista(str(tmp_path), "testmini")
+
+
+# --------------------------------------------------------------------------- filter, on a known composition
+
+# pid -> (answer, question_type); "ff_int_a" repeats at the end with another answer.
+_COMPOSITION = [
+    ("ff_int_a", "3", "free_form"), ("ff_int_b", "12", "free_form"), ("ff_float_a", "1.5", "free_form"),
+    ("ff_float_b", "0.25", "free_form"), ("mc_num_a", "4", "multi_choice"), ("mc_num_b", "7.5", "multi_choice"),
+    ("mc_text_a", "circle", "multi_choice"), ("mc_text_b", "B is larger", "multi_choice"),
+    ("ff_list", "[1, 2, 3]", "free_form"), ("empty", "", "free_form"), ("no_answer", None, "free_form"),
+    ("ff_int_a", "99", "free_form"),
+]
+
+
+@pytest.mark.parametrize("numeric_only, free_form_only, expected, dropped_non_numeric, dropped_multi_choice", [
+    (False, False, ["ff_int_a", "ff_int_b", "ff_float_a", "ff_float_b", "mc_num_a", "mc_num_b", "mc_text_a",
+                    "mc_text_b", "ff_list"], 0, 0),
+    (True, False, ["ff_int_a", "ff_int_b", "ff_float_a", "ff_float_b", "mc_num_a", "mc_num_b"], 3, 0),
+    (False, True, ["ff_int_a", "ff_int_b", "ff_float_a", "ff_float_b", "ff_list"], 0, 4),
+    (True, True, ["ff_int_a", "ff_int_b", "ff_float_a", "ff_float_b"], 3, 2),
+])
+def test_filter_keeps_exactly_the_expected_pids(tmp_path, numeric_only, free_form_only, expected,
+                                                dropped_non_numeric, dropped_multi_choice):
+    pids, answers_, types = zip(*_COMPOSITION)
+    (tmp_path / "data").mkdir()
+    _table(list(answers_), list(types), pids=list(pids)).to_parquet(tmp_path / "data" / "testmini.parquet")
+    loaded = load_mathvista(str(tmp_path), "testmini")
+    assert len(loaded) == 12
+    kept, counts = filter_mathvista(loaded, numeric_only=numeric_only, free_form_only=free_form_only)
+    assert kept["pid"].tolist() == expected
+    assert kept.loc[0, "answer"] == "3"  # the first ff_int_a, not its repeat
+    assert counts == {"rows_in": 12, "rows_kept": len(expected), "dropped_missing_answer": 2,
+                      "dropped_duplicate_pid": 1, "dropped_non_numeric": dropped_non_numeric,
+                      "dropped_multi_choice": dropped_multi_choice}
+
+
+# --------------------------------------------------------------------------- RLinf format
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("\\boxed{3}", "3"), (" \\boxed{ 4.5 } ", "4.5"), ("\\boxed{2\\sqrt{3}}", "2\\sqrt{3}"),
+    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"), ("3", "3"), ("\\boxed{1}+\\boxed{2}", "\\boxed{1}+\\boxed{2}"),
+    ("x = \\boxed{1}", "x = \\boxed{1}"), ("\\boxed{1", "\\boxed{1"), ("\\boxed{{1}", "\\boxed{{1}"), (None, None),
+])
+def test_strip_boxed_takes_only_a_whole_string_box(text, expected):
+    assert strip_boxed(text) == expected
+
+
+def _write_geo3k(root, split="train"):
+    """geo3k as RLinf reads it: problem with <image>, images as a list of {"bytes", "path"}, boxed answers."""
+    rows = [
+        {"problem": "<image>Find x.", "images": [{"bytes": _png("red"), "path": None}], "answer": "\\boxed{3}"},
+        {"problem": "<image>\nFind y. Round to the nearest tenth.", "images": [{"bytes": _png("blue"), "path": None}],
+         "answer": "\\boxed{2\\sqrt{3}}"},
+        {"problem": "Compare <image> with the other figure.",
+         "images": [{"bytes": _png("red"), "path": None}, {"bytes": _png("blue"), "path": None}],
+         "answer": "\\boxed{4.5}"},
+        {"problem": "Find w.", "images": [], "answer": "5"},
+    ]
+    (root / "data").mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(root / "data" / f"{split}-00000-of-00001.parquet")
+    return root
+
+
+def test_rlinf_geo3k_rows_become_mathvista_rows(tmp_path):
+    loaded = load_rlinf(str(_write_geo3k(tmp_path)))
+    assert list(loaded.columns) == list(MATHVISTA_COLUMNS)
+    assert loaded["pid"].tolist() == ["train-0", "train-1", "train-2", "train-3"]
+    assert loaded["question"].tolist() == loaded["query"].tolist()
+    assert loaded["query"][1] == "<image>\nFind y. Round to the nearest tenth."  # the placeholder stays
+    assert loaded["answer"].tolist() == ["3", "2\\sqrt{3}", "4.5", "5"]
+    assert loaded["answer_type"].tolist() == ["integer", "text", "float", "integer"]
+    assert (loaded["question_type"] == "free_form").all() and loaded["precision"].isna().all()
+    assert loaded["choices"].tolist() == [None] * 4 and loaded["unit"].tolist() == [None] * 4
+    assert loaded["metadata"][1] == {"format": "rlinf", "raw_answer": "\\boxed{2\\sqrt{3}}", "num_images": 1}
+    assert [m["num_images"] for m in loaded["metadata"]] == [1, 1, 2, 0]
+    # always a list of {"bytes", "path"} dicts, so the column has one parquet type
+    assert [len(images) for images in loaded["decoded_image"]] == [1, 1, 2, 0]
+    assert set(loaded["decoded_image"][0][0]) == {"bytes", "path"}
+    loaded.drop(columns=["metadata"]).to_parquet(tmp_path / "round_trip.parquet")
+
+    kept, counts = filter_mathvista(loaded, numeric_only=True)
+    assert kept["pid"].tolist() == ["train-0", "train-2", "train-3"] and counts["dropped_non_numeric"] == 1
+    rows, skipped = prepare_images(loaded, tmp_path / "out", 16)
+    assert rows["pid"].tolist() == ["train-0", "train-1"]
+    assert [(s["pid"], s["kind"]) for s in skipped] == [("train-2", "image_count"), ("train-3", "image_count")]
+    assert "row has 2 images; this pipeline uses exactly one image per sample" in skipped[0]["reason"]
+    assert count_skips(skipped) == {**dict.fromkeys(SKIP_KINDS, 0), "image_count": 2, "total": 2}
+
+    prompt = chat_prompt(build_prompt_text(rows.iloc[1], instruction=None), system_prompt=BOXED_SYSTEM_PROMPT)
+    assert prompt == [
+        {"role": "system", "content": [{"type": "text", "text": BOXED_SYSTEM_PROMPT}]},
+        {"role": "user", "content": [{"type": "image"},
+                                     {"type": "text", "text": "Find y. Round to the nearest tenth."}]},
+    ]
+
+
+def test_rlinf_custom_keys_jsonl_and_relative_image_paths(tmp_path):
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "a.png").write_bytes(_png("green"))
+    lines = [
+        {"uid": "g1", "text": "Find x in <image>.", "pic": ["pics/a.png"], "final": "\\boxed{7}"},
+        {"uid": "g2", "text": "<image> Find y.", "pic": "pics/a.png", "final": 2},
+        {"uid": None, "text": "<image>Find z.", "pic": [{"bytes": None, "path": "pics/missing.png"}], "final": "1.25"},
+    ]
+    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
+    loaded = load_rlinf(tmp_path, "test", prompt_key="text", answer_key="final", image_keys=["pic"], pid_key="uid")
+    assert loaded["pid"].tolist() == ["g1", "g2", "test-2"]  # a row without its id falls back to the position
+    assert loaded["answer"].tolist() == ["7", "2", "1.25"]
+    expected = [{"bytes": None, "path": str(tmp_path / "pics" / "a.png")}]
+    assert loaded["decoded_image"][0] == loaded["decoded_image"][1] == expected
+    rows, skipped = prepare_images(loaded, tmp_path / "out", 8)
+    assert rows["pid"].tolist() == ["g1", "g2"] and [s["kind"] for s in skipped] == ["missing_image"]
+    # every missing key is named with the setting that fixes it and the columns found
+    for kwargs, key, setting in [({}, "problem", "prompt_key"),
+                                 ({"prompt_key": "text"}, "answer", "answer_key"),
+                                 ({"prompt_key": "text", "answer_key": "final"}, "images", "image_keys")]:
+        with pytest.raises(DataError, match=rf"'{key}'.*{setting}.*columns found.*'uid'"):
+            load_rlinf(tmp_path, "test", **kwargs)
+
+
+def test_rlinf_ids_come_from_an_id_column_and_json_files(tmp_path):
+    rows = [{"id": 10, "problem": "<image>a", "images": [], "answer": "\\boxed{1}"},
+            {"id": 11, "problem": "<image>b", "images": [], "answer": "\\boxed{2}"}]
+    (tmp_path / "val.json").write_text(json.dumps(rows))
+    assert load_rlinf(str(tmp_path), "val")["pid"].tolist() == ["10", "11"]
+    with pytest.raises(DataError, match="no files for split 'train'"):
+        load_rlinf(str(tmp_path))
+    _write_geo3k(tmp_path, split="val")
+    with pytest.raises(DataError, match="as parquet.*as JSON"):
+        load_rlinf(str(tmp_path), "val")
+
+
+def test_rlinf_hub_ids_keep_images_in_lists_undecoded(monkeypatch):
+    import datasets
+
+    features = datasets.Features({"problem": datasets.Value("string"), "images": datasets.Sequence(datasets.Image()),
+                                  "answer": datasets.Value("string")})
+    calls = []
+
+    def fake_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return datasets.Dataset.from_dict(
+            {"problem": ["<image>Find x."], "images": [[{"bytes": _png(), "path": None}]], "answer": ["\\boxed{3}"]},
+            features=features,
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    loaded = load_rlinf("hiyouga/geometry3k", "train")
+    assert calls == [(("hiyouga/geometry3k",), {"split": "train"})]
+    [image] = loaded["decoded_image"][0]
+    assert isinstance(image, dict) and isinstance(image["bytes"], bytes)
+    assert load_image(image).size == (20, 10) and loaded["answer"].tolist() == ["3"]
+
+
+# --------------------------------------------------------------------------- image counts and skips
+
+
+def test_one_image_in_a_list_is_unwrapped_and_other_counts_are_refused():
+    assert load_image([_png()]).size == (20, 10)
+    assert load_image(({"bytes": _png(), "path": None},)).size == (20, 10)
+    for value, n in (([], 0), ([_png(), _png()], 2), (pd.Series([_png()] * 3, dtype=object).to_numpy(), 3)):
+        with pytest.raises(DataError, match=f"row has {n} images; this pipeline uses exactly one image per sample") as info:
+            load_image(value)
+        assert info.value.kind == "image_count"
+
+
+@pytest.mark.parametrize("value, kind", [
+    (None, "missing_image"), ({"bytes": None, "path": "/nope/x.png"}, "missing_image"), ({}, "missing_image"),
+    (b"not an image", "corrupt_image"), (42, "corrupt_image"),
+])
+def test_image_errors_say_their_kind(value, kind):
+    with pytest.raises(DataError) as info:
+        load_image(value)
+    assert info.value.kind == kind
+
+
+def test_too_large_images_are_their_own_kind(monkeypatch, tmp_path):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)
+    _, skipped = prepare_images(_table(["1"]), tmp_path, 4)
+    assert [s["kind"] for s in skipped] == ["image_too_large"]
+
+
+def test_count_skips_lists_every_kind():
+    assert count_skips([]) == {**dict.fromkeys(SKIP_KINDS, 0), "total": 0}
+    assert list(count_skips([])) == [*SKIP_KINDS, "total"]
+
+
+# --------------------------------------------------------------------------- prompts with placeholders
+
+
+def test_instruction_can_be_left_out():
+    row = {"query": "<image>Find x.  "}
+    assert build_prompt_text(row, instruction=None) == build_prompt_text(row, instruction="") == "<image>Find x."
+    assert build_prompt_text(row, instruction="Be brief.") == "<image>Find x.\nBe brief."
+
+
+@pytest.mark.parametrize("text, content", [
+    ("<image>\n Find x.", [{"type": "image"}, {"type": "text", "text": "Find x."}]),
+    ("Look at <image>\nthen answer.", [{"type": "text", "text": "Look at "}, {"type": "image"},
+                                      {"type": "text", "text": "then answer."}]),
+    ("Find x.<image>", [{"type": "text", "text": "Find x."}, {"type": "image"}]),
+    ("<image>", [{"type": "image"}]),
+    ("Find x.", [{"type": "image"}, {"type": "text", "text": "Find x."}]),
+])
+def test_chat_prompt_puts_the_image_at_its_placeholder(text, content):
+    assert chat_prompt(text) == [{"role": "user", "content": content}]
+
+
+def test_chat_prompt_system_turn_and_one_placeholder_only():
+    assert chat_prompt("t", system_prompt=BOXED_SYSTEM_PROMPT)[0] == {
+        "role": "system", "content": [{"type": "text", "text": BOXED_SYSTEM_PROMPT}]}
+    assert BOXED_SYSTEM_PROMPT.endswith("Answer: \\boxed{$Answer}.")
+    with pytest.raises(DataError, match="2 <image> placeholders"):
+        chat_prompt("<image> and <image>")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
+from vlmrl_pipeline.core.datasets import BOXED_SYSTEM_PROMPT
 from vlmrl_pipeline.core.modeling import load_model
 from vlmrl_pipeline.core.profiles import demo_profile
 from vlmrl_pipeline.definitions import all_assets, all_checks
@@ -17,7 +19,8 @@ from vlmrl_pipeline_tests.conftest import tiny_profile
 
 ASSETS = ["mathvista_filtered", "resized_images", "base_model", "baseline_records", "lora_adapter", "after_records",
           "eval_diff_report", "merged_model"]
-HEADLINE = ["baseline_accuracy", "after_accuracy", "baseline_format_compliance", "after_format_compliance"]
+HEADLINE = ["baseline_accuracy", "after_accuracy", "baseline_accuracy_mathvista", "after_accuracy_mathvista",
+            "baseline_format_compliance", "after_format_compliance"]
 
 
 def _materialize(profile, data_dir: Path):
@@ -38,8 +41,9 @@ def test_whole_lineage_on_the_tiny_profile(tmp_path):
     result, instance = _materialize(profile, tmp_path / "data")
     for name in ASSETS:
         assert instance.get_latest_materialization_event(AssetKey(name)) is not None, name
-    [check] = result.get_asset_check_evaluations()
-    assert check.passed and check.check_name == "train_eval_disjoint"
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert set(checks) == {"train_eval_disjoint", "few_rows_lost"} and all(c.passed for c in checks.values())
+    assert checks["few_rows_lost"].metadata["rows_lost"].value == 0
 
     data = tmp_path / "data"
     manifest = pd.read_parquet(data / "resized_images" / "manifest.parquet")
@@ -54,8 +58,9 @@ def test_whole_lineage_on_the_tiny_profile(tmp_path):
     for stage in ("baseline_records", "after_records"):
         payload = json.loads((data / stage / f"{stage}.json").read_text())
         assert {r["pid"] for r in payload["records"]} == held_out  # one record per held-out sample, nothing else
-        assert {"pid", "question", "answer", "completion", "pred", "correct", "correct_numeric", "format_ok",
-                "total_reward"} <= set(payload["records"][0])
+        assert {"pid", "question", "answer", "completion", "pred", "correct", "correct_numeric", "correct_mathvista",
+                "format_ok", "total_reward"} <= set(payload["records"][0])
+        assert payload["dropped_context_overflow"] == [] and payload["answer_format"] == "tags"
         assert payload["reward_version"] and payload["dataset_sha256"]
     after = json.loads((data / "after_records" / "after_records.json").read_text())
     adapter_meta = _metadata(result, "lora_adapter")
@@ -72,6 +77,11 @@ def test_whole_lineage_on_the_tiny_profile(tmp_path):
         assert isinstance(report[key], float) and 0.0 <= report[key] <= 1.0
     saved = json.loads((data / "eval_diff_report" / "report.json").read_text())
     assert saved["headline"]["after_format_compliance"] == pytest.approx(report["after_format_compliance"])
+    for key in ("accuracy", "accuracy_numeric", "accuracy_mathvista", "format_compliance"):
+        c = saved["comparison"][key]
+        assert c["ci_low"] <= c["difference"] <= c["ci_high"] and 0.0 <= c["p_value"] <= 1.0
+        assert report[f"{key}_ci_low"] == pytest.approx(c["ci_low"], abs=1e-4)
+    assert "McNemar" in (data / "eval_diff_report" / "report.md").read_text()
     # no staging folder survives a successful run
     assert not [p for p in data.iterdir() if p.name.startswith(".")]
 
@@ -83,3 +93,24 @@ def test_demo_profile_raises_format_compliance(tmp_path):
     report = _metadata(result, "eval_diff_report")
     assert 0.0 < report["baseline_format_compliance"] < 1.0  # the warm start lands between the extremes
     assert report["after_format_compliance"] > report["baseline_format_compliance"]
+
+
+def test_whole_lineage_on_geo3k_in_rlinf_form_with_the_boxed_reward(tmp_path):
+    from vlmrl_pipeline_tests.test_assets_data import write_geo3k_copy
+
+    base = tiny_profile()
+    source = write_geo3k_copy(tmp_path / "geo3k", rows=20)
+    profile = dataclasses.replace(base, data=dataclasses.replace(
+        base.data, source=str(source), split="train", dataset_format="rlinf", prompt_key="question_text",
+        answer_key="solution", image_keys=("figures",), numeric_only=False, answer_format="boxed",
+        system_prompt=BOXED_SYSTEM_PROMPT, eval_size=4, max_lost_fraction=0.1))
+    result, _ = _materialize(profile, tmp_path / "data")
+    data = tmp_path / "data"
+    log = json.loads((data / "lora_adapter" / "training_log.json").read_text())
+    assert log["reward_functions"] == ["boxed_reward"] and log["reward_weights"] == [1.0]
+    assert any("rewards/boxed_reward/mean" in entry for entry in log["log_history"])
+    records = json.loads((data / "after_records" / "after_records.json").read_text())
+    assert records["answer_format"] == "boxed" and len(records["records"]) == 4
+    for record in records["records"]:
+        assert record["format_reward"] == 0.0 and record["total_reward"] in (0.0, 1.0)
+    assert _metadata(result, "resized_images")["skipped_image_count"] == 1

@@ -1,42 +1,91 @@
-"""GPU path: the whole lineage through Unsloth's FastVisionModel in 4-bit (skipped without CUDA).
+"""GPU path: Unsloth's FastVisionModel in 4-bit, from a few GSPO steps to the whole demo lineage (skipped without CUDA).
 
 Run on a GPU machine with the `gpu` extra installed: ``python -m pytest -m gpu``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
+import pandas as pd
 import pytest
 from dagster import DagsterInstance, materialize
 
-from vlmrl_pipeline.core.modeling import TinyModelSpec
+from vlmrl_pipeline.core.evaluation import evaluate_policy
+from vlmrl_pipeline.core.export import inspect_lora_adapter, merge_adapter_to_checkpoint
+from vlmrl_pipeline.core.generation import GenerationSettings
+from vlmrl_pipeline.core.modeling import apply_lora, load_model, load_policy
+from vlmrl_pipeline.core.profiles import demo_gpu_profile
+from vlmrl_pipeline.core.rewards import REWARD_FUNCTIONS, REWARD_WEIGHTS
+from vlmrl_pipeline.core.samples import trl_dataset
+from vlmrl_pipeline.core.synthetic import generate_synthetic_mathvista
+from vlmrl_pipeline.core.training import GSPOSettings, paper_gspo_settings, train_gspo
 from vlmrl_pipeline.definitions import all_assets, all_checks
 from vlmrl_pipeline.resources import resources_for_profile
-from vlmrl_pipeline_tests.conftest import tiny_profile
+from vlmrl_pipeline_tests.conftest import TINY_IMAGE
 
 pytestmark = pytest.mark.gpu
 
 
-def test_lineage_trains_gspo_through_unsloth_4bit(tmp_path):
+@pytest.fixture(autouse=True)
+def _needs_unsloth():
     pytest.importorskip("unsloth")
     pytest.importorskip("bitsandbytes")
-    base = tiny_profile()
-    profile = dataclasses.replace(
-        base,
-        model=dataclasses.replace(base.model, backend="unsloth", load_in_4bit=True, dtype="auto",
-                                  tiny_model=TinyModelSpec(image_size=64)),
-        gspo=dataclasses.replace(base.gspo, optim="adamw_8bit", max_steps=4),
-    )
+
+
+def _rows(tmp_path, n: int) -> pd.DataFrame:
+    """Synthetic MathVista-format rows with their images written out, as the manifest holds them."""
+    from vlmrl_pipeline.core.datasets import prepare_images
+
+    raw = generate_synthetic_mathvista(num_rows=n, seed=1, image_size=TINY_IMAGE)
+    rows, skipped = prepare_images(raw, tmp_path / "images", TINY_IMAGE)
+    assert not skipped
+    return rows
+
+
+def test_unsloth_4bit_gspo_steps_then_batched_evaluation_then_merge(tiny_checkpoint, tmp_path):
+    """The GPU path in core calls: 4-bit load, Unsloth LoRA, paper-preset GSPO with adamw_8bit, eval, merge."""
+    rows = _rows(tmp_path, 12)
+    model, processor, backend = load_model(tiny_checkpoint, backend="unsloth", load_in_4bit=True, max_seq_length=1024)
+    assert backend == "unsloth"
+    model = apply_lora(model, demo_gpu_profile().model.lora, backend)
+    settings = paper_gspo_settings(GSPOSettings(
+        learning_rate=1e-3, per_device_train_batch_size=4, gradient_accumulation_steps=1, num_generations=2,
+        max_completion_length=16, max_steps=4, logging_steps=1, max_grad_norm=1.0))
+    assert settings.optim == "adamw_8bit"
+    trained, result = train_gspo(model, processor, trl_dataset(rows), settings, tmp_path / "trainer",
+                                 REWARD_FUNCTIONS, REWARD_WEIGHTS)
+    assert result.global_step == 4
+    trained.save_pretrained(tmp_path / "adapter")
+    stats = inspect_lora_adapter(tmp_path / "adapter")
+    assert stats["all_finite"] and stats["num_lora_b"] > 0
+
+    policy, processor, _ = load_policy(tiny_checkpoint, backend="unsloth", load_in_4bit=True, max_seq_length=1024,
+                                       adapter_dir=tmp_path / "adapter")
+    records, _ = evaluate_policy(policy, processor, rows, GenerationSettings(max_new_tokens=16, batch_size=6))
+    assert len(records) == len(rows) and set(records["pid"]) == set(rows["pid"])
+
+    merged = merge_adapter_to_checkpoint(tiny_checkpoint, tmp_path / "adapter", tmp_path / "merged")
+    reloaded, _, _ = load_model(str(merged), backend="transformers", dtype="float32")
+    assert reloaded.config.model_type == "qwen3_vl"
+
+
+def test_whole_demo_lineage_on_the_gpu_demo_profile(tmp_path):
+    """The README's main job on the GPU profile: Unsloth 4-bit + adamw_8bit GSPO, and format compliance rises."""
+    profile = demo_gpu_profile()
     result = materialize([*all_assets, *all_checks], resources=resources_for_profile(profile, str(tmp_path)),
                          instance=DagsterInstance.ephemeral())
     assert result.success
     [adapter] = result.asset_materializations_for_node("lora_adapter")
     assert adapter.metadata["backend"].value == "unsloth"
-    assert adapter.metadata["global_step"].value == 4
+    assert adapter.metadata["global_step"].value == profile.gspo.max_steps
     log = json.loads((tmp_path / "lora_adapter" / "training_log.json").read_text())
     assert log["settings"]["optim"] == "adamw_8bit"
     after = json.loads((tmp_path / "after_records" / "after_records.json").read_text())
     assert after["backend"] == "unsloth" and len(after["records"]) == profile.data.eval_size
+    [report] = result.asset_materializations_for_node("eval_diff_report")
+    before_format = report.metadata["baseline_format_compliance"].value
+    after_format = report.metadata["after_format_compliance"].value
+    print(f"GPU demo: format compliance {before_format:.2f} -> {after_format:.2f}")
+    assert after_format > before_format
     assert (tmp_path / "merged_model" / "checkpoint" / "config.json").exists()

@@ -157,3 +157,89 @@ def test_offline_hub_load_fails_clearly(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(OSError, match="offline|cached|connection|reach"):
         load_model("unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit", backend="transformers")
+
+
+def _fake_unsloth(monkeypatch, calls):
+    class FakeFastVisionModel:
+        @staticmethod
+        def from_pretrained(**kwargs):
+            calls["from_pretrained"] = kwargs
+            return object(), types.SimpleNamespace(tokenizer=types.SimpleNamespace(padding_side="right"))
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastVisionModel=FakeFastVisionModel))
+    monkeypatch.setattr(modeling, "unsloth_available", lambda: True)
+
+
+def test_fast_inference_reaches_unsloth_only_when_vllm_is_installed(monkeypatch):
+    calls = {}
+    _fake_unsloth(monkeypatch, calls)
+    monkeypatch.setattr(modeling, "vllm_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"needs vLLM, which is not installed.*fast_inference=False"):
+        load_model("Qwen/Qwen2.5-VL-7B-Instruct", backend="unsloth", fast_inference=True)
+    assert "from_pretrained" not in calls  # refused before any download
+    monkeypatch.setattr(modeling, "vllm_available", lambda: True)
+    load_model("Qwen/Qwen2.5-VL-7B-Instruct", backend="unsloth", load_in_4bit=True, fast_inference=True,
+               gpu_memory_utilization=0.6, dtype="bfloat16")
+    kwargs = calls["from_pretrained"]
+    assert kwargs["fast_inference"] is True and kwargs["gpu_memory_utilization"] == 0.6
+    assert kwargs["dtype"] == torch.bfloat16
+    load_model("Qwen/Qwen2.5-VL-7B-Instruct", backend="unsloth")
+    assert "fast_inference" not in calls["from_pretrained"] and calls["from_pretrained"]["dtype"] is None
+
+
+def test_fast_inference_on_the_transformers_backend_says_what_to_change():
+    with pytest.raises(RuntimeError, match=r"'transformers' backend.*fast_inference=False"):
+        load_model("anything", backend="transformers", fast_inference=True)
+
+
+def test_gemma3_vision_tokens_are_suppressed_too():
+    vocab = {"<start_of_image>": 255999, "<end_of_image>": 256000, "<image_soft_token>": 262144, "hello": 5}
+    tokenizer = types.SimpleNamespace(get_vocab=lambda: vocab)
+    assert vision_token_ids(tokenizer) == [255999, 256000, 262144]
+
+
+def _tiny_qwen25_vl():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "num_key_value_heads": 1, "vocab_size": 128,
+                     "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 32,
+                       "fullatt_block_indexes": [0]},
+    )
+    return Qwen2_5_VLForConditionalGeneration(config)
+
+
+def _tiny_gemma3():
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    config = Gemma3Config(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "num_key_value_heads": 1, "head_dim": 16, "vocab_size": 300, "sliding_window": 8},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 28, "patch_size": 14},
+        mm_tokens_per_image=4,
+    )
+    return Gemma3ForConditionalGeneration(config)
+
+
+@pytest.mark.parametrize("build, vision_prefix", [(_tiny_qwen25_vl, "model.visual."),
+                                                  (_tiny_gemma3, "model.vision_tower.")],
+                         ids=["qwen2.5-vl", "gemma-3"])
+def test_lora_switches_place_adapters_right_on_the_other_seed_architectures(build, vision_prefix):
+    from peft import get_peft_model
+
+    def adapted(settings):
+        model = get_peft_model(build(), modeling.peft_lora_config(settings))
+        return {n.removeprefix("base_model.model.").rsplit(".lora_A", 1)[0]
+                for n, _ in model.named_modules() if n.endswith("lora_A")}
+
+    language_only = adapted(LoraSettings())
+    assert language_only and all(".language_model." in n for n in language_only)
+    assert {n.rsplit(".", 1)[1] for n in language_only} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                           "up_proj", "down_proj"}
+    with_vision = adapted(LoraSettings(finetune_vision_layers=True))
+    vision = {n for n in with_vision if n.startswith(vision_prefix)}
+    assert vision and with_vision - vision == language_only
+    assert not any("multi_modal_projector" in n or "patch_embed" in n for n in with_vision)

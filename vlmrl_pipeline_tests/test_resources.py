@@ -7,7 +7,7 @@ import pytest
 from vlmrl_pipeline import resources as res
 from vlmrl_pipeline.core.generation import GenerationSettings
 from vlmrl_pipeline.core.modeling import LoraSettings, TinyModelSpec
-from vlmrl_pipeline.core.profiles import DataSettings, qwen3vl_8b_profile
+from vlmrl_pipeline.core.profiles import PROFILES, DataSettings
 from vlmrl_pipeline.core.training import GSPOSettings
 from vlmrl_pipeline.core.warmstart import WarmStartSettings
 
@@ -27,8 +27,8 @@ def test_resources_mirror_the_core_settings(resource_cls, core_cls):
     assert set(resource_cls.model_fields) == {f.name for f in dataclasses.fields(core_cls)}
 
 
-def test_resources_round_trip_a_profile(tmp_path):
-    profile = qwen3vl_8b_profile()
+@pytest.mark.parametrize("profile", [make() for make in PROFILES.values()], ids=lambda p: p.name)
+def test_resources_round_trip_a_profile(tmp_path, profile):
     built = res.resources_for_profile(profile, data_dir=str(tmp_path))
     assert built["data_settings"].to_core() == profile.data
     assert built["training_settings"].to_core() == profile.gspo

@@ -14,11 +14,15 @@ from vlmrl_pipeline.core.rewards import (
     CORRECTNESS_WEIGHT,
     FORMAT_WEIGHT,
     REWARD_FUNCTIONS,
+    REWARD_SETS,
     REWARD_VERSION,
     REWARD_WEIGHTS,
+    RewardSet,
+    boxed_reward,
     correctness_reward,
     formatting_reward,
     reward_breakdown,
+    reward_set,
 )
 
 GOOD = "<REASONING>The bar is 991 tall.</REASONING><SOLUTION>991</SOLUTION>"
@@ -101,15 +105,15 @@ def test_chat_style_matches_plain(wrap):
 def test_trl_call_signature():
     # TRL passes everything as keywords, including columns the function does not use.
     completions = [_chat(GOOD), _chat("<SOLUTION>991.0</SOLUTION>"), _chat("nope")]
-    kwargs = dict(
-        prompts=[[{"role": "user", "content": "q"}]] * 3,
-        completions=completions,
-        completion_ids=[[1, 2], [3], []],
-        trainer_state=object(),
-        answer=["991", "991", "991"],
-        question=["How tall?"] * 3,
-        image=[None] * 3,
-    )
+    kwargs = {
+        "prompts": [[{"role": "user", "content": "q"}]] * 3,
+        "completions": completions,
+        "completion_ids": [[1, 2], [3], []],
+        "trainer_state": object(),
+        "answer": ["991", "991", "991"],
+        "question": ["How tall?"] * 3,
+        "image": [None] * 3,
+    }
     assert formatting_reward(**kwargs) == [2.0, 1.0, 0.0]
     assert correctness_reward(**kwargs) == [2.0, 1.5, 0.0]
 
@@ -200,6 +204,116 @@ def test_reward_version_hashes_both_sources():
     assert REWARD_VERSION == digest.hexdigest()[:12]
 
 
+# --- boxed answers (geo3k / RLinf) -------------------------------------------------
+
+BOXED_CASES = [
+    (r"The answer is \boxed{3}.", "3", 1.0),
+    (r"\boxed{3}", r"\boxed{3}", 1.0),  # gold written boxed is unboxed first
+    (r"\boxed{3.0}", r"\boxed{3}", 1.0),  # numeric match
+    (r"\boxed{ 3 }", "3", 1.0),
+    (r"\boxed {3}", "3", 1.0),
+    (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}", 1.0),  # nested braces
+    (r"\boxed{\frac{1}{2}}", r"\boxed{\frac{1}{2}}", 1.0),
+    (r"\boxed{\frac{1}{2}}", "0.5", 0.0),  # no LaTeX evaluation: strict or numeric only
+    (r"\boxed{1} wait \boxed{3}", "3", 1.0),  # several boxes: the last wins
+    (r"\boxed{3} wait \boxed{1}", "3", 0.0),
+    (r"\boxed{3", "3", 0.0),  # never closes
+    ("3", "3", 0.0),  # no box
+    ("<SOLUTION>3</SOLUTION>", "3", 0.0),
+    (r"\boxed{4}", "3", 0.0),
+    (r"\boxed{b}", "B", 0.0),
+    (r"\boxed{3}", 3, 1.0),
+    (r"\boxed{3}", None, 0.0),
+    (r"\boxed{nan}", float("nan"), 0.0),
+    (r"\boxed{}", "", 0.0),
+    (r"\boxed{}", r"\boxed{}", 0.0),  # an empty gold is unusable even when boxed
+]
+
+
+@pytest.mark.parametrize(("completion", "gold", "expected"), BOXED_CASES)
+def test_boxed_reward(completion, gold, expected):
+    assert boxed_reward([completion], answer=[gold]) == [expected]
+
+
+@pytest.mark.parametrize("wrap", [_chat, _chat_parts], ids=["content-str", "content-parts"])
+def test_boxed_reward_chat_format(wrap):
+    texts = [text for text, _, _ in BOXED_CASES]
+    golds = [gold for _, gold, _ in BOXED_CASES]
+    expected = [score for _, _, score in BOXED_CASES]
+    assert boxed_reward([wrap(t) for t in texts], answer=golds) == expected
+
+
+def test_boxed_reward_trl_signature_and_answer_column():
+    batch = [r"\boxed{3}", r"\boxed{3.0}", "3"]
+    assert boxed_reward(completions=batch, answer=["3"] * 3, prompts=None, trainer_state=object()) == [1.0, 1.0, 0.0]
+    assert boxed_reward(batch) == [0.0, 0.0, 0.0]  # no answer column
+    assert boxed_reward(batch, answer="3") == [1.0, 1.0, 0.0]  # bare gold broadcasts
+    assert boxed_reward(batch, answer=["3"]) == [1.0, 0.0, 0.0]  # shorter column
+    assert boxed_reward(r"\boxed{3}", answer="3") == [1.0]  # one bare completion
+    assert boxed_reward(None) == []
+    assert [type(s) for s in boxed_reward(batch, answer=["3"] * 3)] == [float] * 3
+
+
+def test_boxed_reward_junk_never_raises():
+    class Broken:
+        def __str__(self):
+            raise RuntimeError("boom")
+
+    odd = [None, 3, 3.5, {"a": [1]}, [[["deep"]]], Broken(), b"\\boxed{3}", "\\boxed{" * 5000, "}" * 100]
+    scores = boxed_reward(odd, answer=["3", Broken(), object(), None, float("nan"), "3", "3", "3", "3"])
+    assert len(scores) == len(odd)
+    assert set(scores) <= {0.0, 1.0}
+
+
+def test_reward_sets():
+    assert set(REWARD_SETS) == set(answers.ANSWER_FORMATS)
+    tags = reward_set("tags")
+    assert tags == RewardSet(functions=(formatting_reward, correctness_reward), weights=(0.3, 1.0))
+    assert (tags.functions, tags.weights) == (REWARD_FUNCTIONS, REWARD_WEIGHTS)  # the old names are the tags set
+    assert reward_set("boxed") == RewardSet(functions=(boxed_reward,), weights=(1.0,))
+    assert [f.__name__ for f in reward_set("boxed").functions] == ["boxed_reward"]
+    for chosen in REWARD_SETS.values():
+        assert len(chosen.functions) == len(chosen.weights)
+
+
+@pytest.mark.parametrize("bad", ["latex", "", "TAGS", None, ["tags"]])
+def test_reward_set_unknown_format(bad):
+    with pytest.raises(ValueError, match="tags, boxed"):
+        reward_set(bad)
+
+
+def test_reward_set_is_frozen_and_checked():
+    with pytest.raises(AttributeError):
+        reward_set("tags").weights = (1.0, 1.0)
+    with pytest.raises(ValueError, match="2 reward functions but 1 weights"):
+        RewardSet(functions=(formatting_reward, correctness_reward), weights=(1.0,))
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold", "expected"),
+    [
+        (r"\boxed{3}", r"\boxed{3}", 1.0),
+        (_chat(r"\boxed{3.0}"), "3", 1.0),
+        (GOOD, "991", 0.0),  # tags earn nothing under the boxed recipe
+        (r"\boxed{4}", "3", 0.0),
+    ],
+)
+def test_reward_breakdown_boxed(completion, gold, expected):
+    assert reward_breakdown(completion, gold, answer_format="boxed") == {
+        "format_reward": 0.0,
+        "correctness_reward": expected,
+        "total_reward": expected,
+    }
+
+
+def test_reward_breakdown_formats_agree_with_batch_functions():
+    for text, gold, _ in BOXED_CASES:
+        assert reward_breakdown(text, gold, "boxed")["total_reward"] == boxed_reward([text], answer=[gold])[0]
+    assert reward_breakdown(GOOD, "991", "tags") == reward_breakdown(GOOD, "991")
+    with pytest.raises(ValueError, match="tags, boxed"):
+        reward_breakdown(GOOD, "991", answer_format="latex")
+
+
 # --- property tests -----------------------------------------------------------
 
 # Property tests need hypothesis; without it only they are skipped (importorskip would skip the whole module).
@@ -212,7 +326,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 if st is not None:
     # Text built from the fragments the rules look at, so the tag/penalty branches are hit.
     _fragment = st.sampled_from(
-        ["<REASONING>", "</REASONING>", "<SOLUTION>", "</SOLUTION>", "addCriterion", "\n", "991", "3.0", " ", "x"]
+        ["<REASONING>", "</REASONING>", "<SOLUTION>", "</SOLUTION>", "addCriterion", "\n", "991", "3.0", " ", "x",
+         "\\boxed{", "{", "}", "\\"]
     )
     _tagged_text = st.lists(st.one_of(_fragment, st.text(max_size=5)), max_size=30).map("".join)
     _scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10), _tagged_text)
@@ -234,10 +349,12 @@ if st is not None:
         n = len(completions or [])
         fmt = formatting_reward(completions, answer=answer, prompts=None)
         corr = correctness_reward(completions, answer=answer)
-        assert len(fmt) == n and len(corr) == n
-        assert all(type(s) is float for s in fmt + corr)
+        boxed = boxed_reward(completions, answer=answer)
+        assert len(fmt) == n and len(corr) == n and len(boxed) == n
+        assert all(type(s) is float for s in fmt + corr + boxed)
         assert set(fmt) <= {-2.0, -1.0, 0.0, 1.0, 2.0}
         assert set(corr) <= {0.0, 1.5, 2.0}
+        assert set(boxed) <= {0.0, 1.0}
 
 
     @settings(max_examples=300, deadline=None)
@@ -253,3 +370,17 @@ else:
     @pytest.mark.skip(reason="hypothesis is not installed")
     def test_rewards_total_on_arbitrary_input():
         """Placeholder so the skipped property test shows up in the report."""
+
+
+def test_a_multiple_choice_letter_earns_the_exact_score_only_for_the_gold_choice():
+    # MathVista's query asks for the option letter; the gold answer is the choice's text
+    completions = [f"<REASONING>r</REASONING><SOLUTION>{p}</SOLUTION>" for p in ("C", "(C)", "B", "145°", "c")]
+    choices = [["135°", "140°", "145°", "150°"]] * 5
+    scores = correctness_reward(completions, answer=["145°"] * 5, choices=choices,
+                                question_type=["multi_choice"] * 5)
+    assert scores == [2.0, 2.0, 0.0, 2.0, 0.0]
+    # free-form rows never read a letter as an option
+    assert correctness_reward(completions[:1], answer=["145°"], choices=choices[:1],
+                              question_type=["free_form"]) == [0.0]
+    total = reward_breakdown(completions[0], "145°", choices=choices[0], question_type="multi_choice")
+    assert total["correctness_reward"] == 2.0

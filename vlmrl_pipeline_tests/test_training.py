@@ -17,6 +17,7 @@ from vlmrl_pipeline.core.training import (
     NonFiniteLossError,
     _progress_callback,
     build_grpo_config,
+    paper_gspo_settings,
     resolve_optim,
     train_gspo,
 )
@@ -76,3 +77,36 @@ def test_empty_training_set_is_refused(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="at least one"):
         train_gspo(model, processor, _dataset().select([]), GSPOSettings(), tmp_path, REWARD_FUNCTIONS, REWARD_WEIGHTS)
 
+
+
+def length_reward(completions, **kwargs):
+    """A reward that varies within every group (the random tiny model never earns the real ones), so advantages
+    are non-zero, the policy moves, and TRL counts clipping (it only counts it where the advantage's sign bites)."""
+    return [float(len(c[0]["content"] if isinstance(c, list) else c)) for c in completions]
+
+
+def _clip_fractions(tiny_checkpoint, tmp_path, settings):
+    model, processor, _ = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
+    _, result = train_gspo(model, processor, _dataset(), settings, tmp_path, (length_reward,), (1.0,),
+                           peft_config=peft_lora_config(LoraSettings(r=4, lora_alpha=8)))
+    return [h["clip_ratio/region_mean"] for h in result.log_history if "clip_ratio/region_mean" in h]
+
+
+def test_the_paper_preset_reuses_generations_so_the_sequence_ratio_leaves_1(tiny_checkpoint, tmp_path):
+    seed = GSPOSettings(learning_rate=2e-2, optim="adamw_torch", per_device_train_batch_size=4,
+                        gradient_accumulation_steps=1, num_generations=2, max_completion_length=8, max_steps=4,
+                        logging_steps=1, max_grad_norm=1.0, temperature=1.0)
+    paper = paper_gspo_settings(seed)
+    assert (paper.loss_type, paper.beta, paper.epsilon, paper.epsilon_high) == ("grpo", 0.0, 3e-4, 4e-4)
+    assert paper.steps_per_generation == 2 > paper.gradient_accumulation_steps
+    assert paper.reuses_generations and not seed.reuses_generations
+    # On-policy (the seed's defaults) every sequence ratio is exactly 1: nothing is ever clipped.
+    assert _clip_fractions(tiny_checkpoint, tmp_path / "seed", seed) == [0.0] * 4
+    # Reusing a generation batch for a second update, after the policy has moved, the ratios leave [1-3e-4, 1+4e-4].
+    assert max(_clip_fractions(tiny_checkpoint, tmp_path / "paper", paper)) > 0.0
+
+
+def test_paper_preset_keeps_the_rest_of_the_base_settings():
+    paper = paper_gspo_settings()
+    assert paper.steps_per_generation == 2 * GSPOSettings().gradient_accumulation_steps == 8
+    assert (paper.learning_rate, paper.optim, paper.importance_sampling_level) == (5e-6, "adamw_8bit", "sequence")

@@ -1,5 +1,7 @@
 """Data stage: the filtered MathVista table, then resized images with the held-out split."""
 
+import json
+
 import pandas as pd
 from dagster import (
     AssetCheckResult,
@@ -10,7 +12,15 @@ from dagster import (
     asset_check,
 )
 
-from vlmrl_pipeline.core.datasets import filter_mathvista, load_mathvista, prepare_images, split_train_eval
+from vlmrl_pipeline.core.datasets import (
+    count_skips,
+    filter_mathvista,
+    load_mathvista,
+    load_rlinf,
+    prepare_images,
+    split_train_eval,
+)
+from vlmrl_pipeline.core.evaluation import write_json_atomic
 from vlmrl_pipeline.core.export import sha256_file
 from vlmrl_pipeline.core.profiles import SYNTHETIC_SOURCE
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_EVAL, SPLIT_TRAIN
@@ -18,18 +28,22 @@ from vlmrl_pipeline.core.synthetic import write_synthetic_mathvista
 from vlmrl_pipeline.resources import ArtifactStore, DataSettingsResource
 
 FILTERED_NAME = "filtered.parquet"
+FILTER_COUNTS_NAME = "filter_counts.json"
+SKIPPED_NAME = "skipped.json"
 PREVIEW_COLUMNS = ["pid", "question", "answer", "question_type", "answer_type"]
 
 
-@asset(group_name="data", kinds={"parquet"}, code_version="1")
+@asset(group_name="data", kinds={"parquet"}, code_version="2")
 def mathvista_filtered(
     context: AssetExecutionContext, artifacts: ArtifactStore, data_settings: DataSettingsResource
 ) -> MaterializeResult:
-    """MathVista rows kept for this run, as one parquet file (images embedded, MathVista's schema).
+    """The source rows kept for this run, as one parquet file in MathVista's schema (images embedded or linked).
 
-    Source: the hub (``AI4Math/MathVista``), a local copy in the hub's parquet layout, or the synthetic data set
-    rendered here (the demo). Rows without an answer are always dropped; ``numeric_only`` keeps numeric answers
-    (the seeds' rule) and ``free_form_only`` drops multiple choice. Every drop is counted in the metadata.
+    Source: the hub (``AI4Math/MathVista``), a local copy in the hub's parquet layout or in MathVista's GitHub
+    layout (``testmini.json`` + ``images/``), a data set in RLinf's form such as geo3k (``dataset_format=rlinf``,
+    read through ``prompt_key``/``answer_key``/``image_keys``), or the synthetic set rendered here (the demo).
+    Rows without an answer and repeated pids are always dropped; ``numeric_only`` keeps numeric answers (the
+    seeds' rule) and ``free_form_only`` drops multiple choice. Every drop is counted in the metadata.
     """
     settings = data_settings.to_core()
     source = settings.source
@@ -39,37 +53,47 @@ def mathvista_filtered(
         write_synthetic_mathvista(folder, num_rows=settings.synthetic_rows, seed=settings.seed,
                                   image_size=settings.image_size, split=settings.split)
         source = str(folder)
-    raw = load_mathvista(source, settings.split)
+    if settings.dataset_format == "rlinf":
+        raw = load_rlinf(source, settings.split, prompt_key=settings.prompt_key, answer_key=settings.answer_key,
+                         image_keys=settings.image_keys)
+    elif settings.dataset_format == "mathvista":
+        raw = load_mathvista(source, settings.split)
+    else:
+        raise ValueError(f"dataset_format must be 'mathvista' or 'rlinf', got {settings.dataset_format!r}")
     kept, counts = filter_mathvista(raw, numeric_only=settings.numeric_only, free_form_only=settings.free_form_only)
     if kept.empty:
         raise ValueError(f"no rows left after filtering {settings.source!r} ({counts})")
     with artifacts.staging("mathvista_filtered") as tmp:
         kept.to_parquet(tmp / FILTERED_NAME, index=False)
+        write_json_atomic(tmp / FILTER_COUNTS_NAME, counts)
         digest = sha256_file(tmp / FILTERED_NAME)
-    context.log.info(f"kept {counts['rows_kept']} of {counts['rows_in']} rows from {settings.source}")
+    context.log.info(f"kept {counts['rows_kept']} of {counts['rows_in']} rows from {settings.source}: {counts}")
     return MaterializeResult(
         metadata={
             "path": MetadataValue.path(str(artifacts.asset_dir("mathvista_filtered") / FILTERED_NAME)),
             "source": settings.source,
             "split": settings.split,
+            "dataset_format": settings.dataset_format,
             "numeric_only": settings.numeric_only,
             "free_form_only": settings.free_form_only,
             **{k: int(v) for k, v in counts.items()},
+            "num_multi_choice_kept": int((kept["question_type"] == "multi_choice").sum()),
             "dataset_sha256": digest,
             "preview": MetadataValue.md(kept[PREVIEW_COLUMNS].head(10).to_markdown(index=False)),
         }
     )
 
 
-@asset(group_name="data", deps=[mathvista_filtered], kinds={"pillow", "parquet"}, code_version="1")
+@asset(group_name="data", deps=[mathvista_filtered], kinds={"pillow", "parquet"}, code_version="2")
 def resized_images(
     context: AssetExecutionContext, artifacts: ArtifactStore, data_settings: DataSettingsResource
 ) -> MaterializeResult:
     """Every kept image decoded, converted to RGB and resized to ``image_size`` squared, plus the train/eval split.
 
-    Writes ``images/{pid}.png`` and ``manifest.parquet`` (one row per usable sample, with ``split``,
-    ``image_path`` and ``image_sha256``). Unreadable images are skipped and listed. ``eval_size`` rows are held out
-    for evaluation; no row of them, and no image identical to one of theirs, is ever trained on.
+    Writes ``images/{pid}.png``, ``manifest.parquet`` (one row per usable sample, with ``split``, ``image_path``
+    and ``image_sha256``) and ``skipped.json``. A missing, corrupt or oversized image, or a row with other than
+    one image, is skipped and counted by kind. ``eval_size`` rows are held out for evaluation; no row of them,
+    and no image identical to one of theirs, is ever trained on.
     """
     settings = data_settings.to_core()
     filtered = pd.read_parquet(artifacts.asset_dir("mathvista_filtered") / FILTERED_NAME)
@@ -83,9 +107,10 @@ def resized_images(
         # Relative to the asset folder, so the data folder can move (read_manifest resolves them).
         manifest["image_path"] = [f"images/{pid}.png" for pid in manifest["pid"]]
         manifest.to_parquet(tmp / MANIFEST_NAME, index=False)
+        write_json_atomic(tmp / SKIPPED_NAME, skipped)
     dropped_duplicates = len(prepared) - len(manifest)
     for item in skipped:
-        context.log.warning(f"skipped pid {item['pid']}: {item['reason']}")
+        context.log.warning(f"skipped pid {item['pid']} ({item['kind']}): {item['reason']}")
     return MaterializeResult(
         metadata={
             "path": MetadataValue.path(str(final_dir)),
@@ -94,6 +119,7 @@ def resized_images(
             "num_train": len(train),
             "num_eval": len(held_out),
             "num_skipped": len(skipped),
+            **{f"skipped_{kind}": n for kind, n in count_skips(skipped).items() if kind != "total"},
             "skipped": MetadataValue.json(skipped[:50]),
             "dropped_train_duplicates_of_eval_images": int(dropped_duplicates),
             "eval_pids": MetadataValue.json(sorted(held_out["pid"].astype(str).tolist())),
@@ -101,12 +127,15 @@ def resized_images(
     )
 
 
+def _load_manifest_splits(artifacts: ArtifactStore) -> tuple[pd.DataFrame, pd.DataFrame]:
+    manifest = pd.read_parquet(artifacts.asset_dir("resized_images") / MANIFEST_NAME)
+    return manifest[manifest["split"] == SPLIT_TRAIN], manifest[manifest["split"] == SPLIT_EVAL]
+
+
 @asset_check(asset=resized_images, blocking=True, description="Train and eval are disjoint by pid and by image")
 def train_eval_disjoint(artifacts: ArtifactStore) -> AssetCheckResult:
     """No evaluation sample (by ``pid`` or by identical resized image) appears in the training split."""
-    manifest = pd.read_parquet(artifacts.asset_dir("resized_images") / MANIFEST_NAME)
-    train = manifest[manifest["split"] == SPLIT_TRAIN]
-    held_out = manifest[manifest["split"] == SPLIT_EVAL]
+    train, held_out = _load_manifest_splits(artifacts)
     shared_pids = sorted(set(train["pid"].astype(str)) & set(held_out["pid"].astype(str)))
     shared_images = sorted(set(train["image_sha256"]) & set(held_out["image_sha256"]))
     return AssetCheckResult(
@@ -116,5 +145,35 @@ def train_eval_disjoint(artifacts: ArtifactStore) -> AssetCheckResult:
             "num_eval": len(held_out),
             "shared_pids": len(shared_pids),
             "shared_images": len(shared_images),
+        },
+    )
+
+
+@asset_check(asset=resized_images, blocking=True,
+             description="Few rows lost to bad input (missing answers, duplicate pids, bad images); none empty")
+def few_rows_lost(artifacts: ArtifactStore, data_settings: DataSettingsResource) -> AssetCheckResult:
+    """Rows lost to bad input stay under ``max_lost_fraction`` of the source, and both splits have rows.
+
+    Rows the filters remove on purpose (non-numeric answers, multiple choice) are not losses; a missing answer,
+    a repeated pid and an unusable image are.
+    """
+    counts = json.loads((artifacts.asset_dir("mathvista_filtered") / FILTER_COUNTS_NAME).read_text())
+    skipped = json.loads((artifacts.asset_dir("resized_images") / SKIPPED_NAME).read_text())
+    train, held_out = _load_manifest_splits(artifacts)
+    lost = counts["dropped_missing_answer"] + counts["dropped_duplicate_pid"] + len(skipped)
+    fraction = lost / counts["rows_in"] if counts["rows_in"] else 1.0
+    limit = data_settings.max_lost_fraction
+    return AssetCheckResult(
+        passed=fraction <= limit and len(train) > 0 and len(held_out) > 0,
+        metadata={
+            "rows_in": counts["rows_in"],
+            "rows_lost": lost,
+            "lost_fraction": round(fraction, 4),
+            "max_lost_fraction": limit,
+            "lost_missing_answer": counts["dropped_missing_answer"],
+            "lost_duplicate_pid": counts["dropped_duplicate_pid"],
+            **{f"lost_{kind}": n for kind, n in count_skips(skipped).items() if kind != "total"},
+            "num_train": len(train),
+            "num_eval": len(held_out),
         },
     )

@@ -14,7 +14,8 @@ from vlmrl_pipeline.resources import ArtifactStore, DataSettingsResource
 MERGED_DTYPE = "bfloat16"
 
 
-@asset(group_name="export", deps=[lora_adapter, base_model, resized_images], kinds={"safetensors", "huggingface"}, code_version="1")
+@asset(group_name="export", deps=[lora_adapter, base_model, resized_images], kinds={"safetensors", "huggingface"},
+       code_version="1")
 def merged_model(
     context: AssetExecutionContext, artifacts: ArtifactStore, data_settings: DataSettingsResource
 ) -> MaterializeResult:
@@ -28,7 +29,7 @@ def merged_model(
         # Proof that the export is usable: load it with plain transformers and generate for one eval sample.
         model, processor, _ = load_model(str(tmp / "checkpoint"), backend="transformers", dtype="float32")
         rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL).head(1)
-        sample = generate_completions(model, processor, chat_prompts(rows, data_settings.prompt_field),
+        sample = generate_completions(model, processor, chat_prompts(rows, data_settings.to_core().prompt_style),
                                       open_images(rows), GenerationSettings(max_new_tokens=32, batch_size=1))[0]
         weights = sorted((tmp / "checkpoint").glob("*.safetensors"))
         size = dir_size_bytes(tmp / "checkpoint")

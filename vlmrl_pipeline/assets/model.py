@@ -35,7 +35,7 @@ def base_model(
             start = time.perf_counter()
             checkpoint, losses = build_demo_base_model(
                 train_rows, tmp / CHECKPOINT_DIR, settings.tiny_model, model_settings.warm_start_settings(),
-                prompt_field=data_settings.prompt_field, log=context.log.info,
+                style=data_settings.to_core().prompt_style, log=context.log.info,
             )
             from vlmrl_pipeline.core.modeling import load_model
 

@@ -5,6 +5,11 @@ project seed): the model writes ``<REASONING>...</REASONING>`` then
 ``<SOLUTION>...</SOLUTION>``. Everything here is pure Python and total: the
 functions never raise, because they run inside the trainer's reward loop and the
 evaluation loop, where one odd sample must not kill a long run.
+
+Two more scorers sit beside the seed's strict match: MathVista's own answer
+normalisation (:func:`mathvista_normalize`, so our accuracy is comparable with the
+MathVista leaderboard's rules) and the ``\\boxed{...}`` answer format used by
+geo3k-style recipes (:func:`extract_boxed`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,17 @@ _NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASC
 # The seed's penalty for Qwen-VL's degenerate "addCriterion\n" loops.
 _SPAM_TOKEN = "addCriterion"
 _SPAM_RATIO = 0.5
+
+# "\boxed{" and "\boxed {": the opener of a boxed answer.
+_BOXED_OPEN = r"\\boxed\s*\{"
+# Tokens that matter for brace matching. The opener comes first so it wins over the escape;
+# "\\." swallows escaped characters ("\{", "\}", "\\") so LaTeX's literal braces do not count.
+_BRACE_TOKEN_RE = re.compile(_BOXED_OPEN + r"|\\.|[{}]", re.DOTALL)
+
+# MathVista's "(A)" letter pattern (calculate_score.py), searched anywhere in the extraction.
+_MC_LETTER_RE = re.compile(r"\(([a-zA-Z])\)")
+
+ANSWER_FORMATS = ("tags", "boxed")
 
 # Bound on nesting so self-referential or absurdly deep inputs cannot recurse forever.
 _MAX_DEPTH = 32
@@ -69,7 +85,7 @@ def _safe_str(value: Any) -> str:
     """str(value), or "" when the object's __str__ itself fails."""
     try:
         return str(value)
-    except Exception:  # a broken __str__ must not escape into the reward loop
+    except Exception:  # noqa: BLE001 - a broken __str__ must not escape into the reward loop
         return ""
 
 
@@ -107,7 +123,7 @@ def completion_text(completion: Any) -> str:
                 )
             return _safe_str(completion)
         return _safe_str(completion)
-    except Exception:  # e.g. dicts with exotic keys or __eq__; keep the reward loop alive
+    except Exception:  # noqa: BLE001 - e.g. dicts with exotic keys or __eq__; keep the reward loop alive
         return _safe_str(completion)
 
 
@@ -231,20 +247,283 @@ def format_ok(text: Any) -> bool:
     )
 
 
-def score_completion(completion: Any, gold: Any) -> dict:
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: the fewest single-character insertions, deletions and
+    substitutions that turn ``a`` into ``b``.
+
+    MathVista maps a free-text multiple-choice answer to the nearest option by this
+    distance. Non-string arguments are str()-ed. Two-row dynamic programme, so memory
+    is linear in the shorter string.
+    """
+    a = a if isinstance(a, str) else _safe_str(a)
+    b = b if isinstance(b, str) else _safe_str(b)
+    if len(a) < len(b):
+        a, b = b, a  # keep the row over the shorter string
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, start=1):
+        current = [i]
+        for j, char_b in enumerate(b, start=1):
+            current.append(
+                min(
+                    previous[j] + 1,  # delete char_a
+                    current[j - 1] + 1,  # insert char_b
+                    previous[j - 1] + (char_a != char_b),  # substitute (free when equal)
+                )
+            )
+        previous = current
+    return previous[-1]
+
+
+def _choice_list(choices: Any) -> list[str]:
+    """Options of a multiple-choice question as strings; [] when there are none.
+
+    Accepts a list, tuple or numpy array (pandas hands over arrays); None, NaN, a bare
+    string or anything not iterable means "no usable options".
+    """
+    if choices is None or isinstance(choices, (str, bytes, dict)):
+        return []
+    try:
+        return [item if isinstance(item, str) else _safe_str(item) for item in choices]
+    except Exception:  # noqa: BLE001 - NaN, 0-d arrays, broken iterators: no options
+        return []
+
+
+def _extraction_text(extraction: Any) -> str | None:
+    """The extraction as stripped text, or None when the model gave no answer."""
+    if extraction is None:
+        return None
+    if isinstance(extraction, float) and not math.isfinite(extraction):
+        return None  # a pandas missing value, not an answer
+    text = _as_text(extraction).strip()
+    return text or None
+
+
+def _precision_digits(precision: Any) -> int | None:
+    """``int(precision)``, or None when it is missing (None, NaN) or not a number."""
+    try:
+        if precision is None or isinstance(precision, bool):
+            return None
+        value = float(precision)
+        if not math.isfinite(value):
+            return None
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def mathvista_normalize(
+    extraction: Any, choices: Any, question_type: Any, answer_type: Any, precision: Any
+) -> str | None:
+    """Normalise an extracted answer the way MathVista's ``calculate_score.py`` does.
+
+    MathVista then scores with plain string equality against its gold answer (see
+    :func:`mathvista_match`). The rules, in order:
+
+    - ``question_type == "multi_choice"``: if the text contains ``"(X)"`` for a letter
+      X, the first such letter, upper-cased, replaces it. A text equal to one of the
+      option letters "A", "B", ... maps to that option; anything else maps to the
+      option with the smallest :func:`edit_distance` (the first one on ties).
+    - else ``answer_type == "integer"``: ``str(int(float(x)))``, which truncates
+      (``"3.7"`` -> ``"3"``).
+    - else ``answer_type == "float"``: ``str(round(float(x), int(precision)))``
+      (``"1.25"`` at precision 1 -> ``"1.2"``, Python's round-half-even on the binary
+      value).
+    - else ``answer_type == "list"``: ``str(x)``.
+    - anything else (free-form text, None, NaN): the text unchanged.
+
+    Deliberate differences, because we have no GPT extractor and read the answer
+    straight from the model's text:
+
+    - A missing or empty extraction gives None (scored wrong), as MathVista does with
+      ``ignore_empty_extractions``, instead of being mapped to the nearest option: a
+      model that answered nothing must not get a free guess.
+    - The extraction is turned into stripped text first (MathVista strips only for
+      multiple choice; ``float()`` ignores the whitespace anyway).
+    - A multiple-choice question without usable ``choices`` keeps the text unchanged
+      (MathVista would crash), so an answer that spells out the option can still match.
+    - A float answer without a precision (None/NaN; MathVista always has one) is
+      compared as ``str(float(x))``.
+
+    Numbers that do not parse give None. ``choices`` may be a list, tuple, numpy array,
+    None or NaN; the types and precision may be numpy scalars or NaN from pandas.
+    Never raises.
+    """
+    try:
+        text = _extraction_text(extraction)
+        if text is None:
+            return None
+        if question_type == "multi_choice":
+            options = _choice_list(choices)
+            if not options:
+                return text
+            letter = _MC_LETTER_RE.search(text)
+            if letter:
+                text = letter.group(1).upper()
+            letters = [chr(ord("A") + i) for i in range(len(options))]
+            if text in letters:
+                return options[letters.index(text)]
+            distances = [edit_distance(text, option) for option in options]
+            return options[distances.index(min(distances))]  # index() keeps the first on ties
+        if answer_type == "integer":
+            return str(int(float(text)))
+        if answer_type == "float":
+            digits = _precision_digits(precision)
+            value = float(text)
+            return str(value) if digits is None else str(round(value, digits))
+        return text  # "list" (str(x) of a string is itself) and free-form text
+    except Exception:  # noqa: BLE001 - unparsable numbers (ValueError, OverflowError) and the like
+        return None
+
+
+def mathvista_match(
+    pred: Any,
+    gold: Any,
+    choices: Any = None,
+    question_type: Any = None,
+    answer_type: Any = None,
+    precision: Any = None,
+) -> bool:
+    """MathVista's correctness: :func:`mathvista_normalize` the prediction, then compare
+    it with the stripped gold answer as strings.
+
+    With no question or answer type this is the strict match (equality after
+    stripping). False when the prediction normalises to None or the gold answer is
+    unusable (see :func:`gold_text`). Never raises.
+    """
+    gold_s = gold_text(gold)
+    if gold_s is None:
+        return False
+    normalized = mathvista_normalize(pred, choices, question_type, answer_type, precision)
+    return normalized is not None and normalized.strip() == gold_s
+
+
+def _scan_boxes(text: str) -> tuple[int, tuple[int, int, int] | None]:
+    """Count ``\\boxed{`` openers and locate the last box that closes.
+
+    Returns ``(openers, last)`` where ``last`` is ``(opener_start, content_start,
+    content_end)`` of the closed box that ends last (an outer box beats the boxes
+    nested in it), or None. One pass with a brace stack, so long or hostile text
+    stays linear.
+    """
+    openers = 0
+    stack: list[tuple[int, int] | None] = []  # (opener_start, content_start) for boxes, None for plain "{"
+    last = None
+    for token in _BRACE_TOKEN_RE.finditer(text):
+        value = token.group()
+        if value == "{":
+            stack.append(None)
+        elif value == "}":
+            if stack:  # a stray "}" closes nothing
+                opened = stack.pop()
+                if opened is not None:
+                    last = (opened[0], opened[1], token.start())
+        elif value.startswith("\\boxed"):
+            openers += 1
+            stack.append((token.start(), token.end()))
+        # any other token is an escaped character: not a brace
+    return openers, last
+
+
+def extract_boxed(text: Any) -> str | None:
+    """Content of the LAST ``\\boxed{...}`` in ``text``, stripped, or None.
+
+    Braces are matched with nesting, so ``\\boxed{\\frac{1}{2}}`` yields
+    ``\\frac{1}{2}``; escaped braces (``\\{``) do not count and ``\\boxed {x}`` (with a
+    space) is accepted. "Last" means the box that closes last, like
+    :func:`extract_solution`'s last block; a box whose braces never close is skipped,
+    so ``"\\boxed{3"`` yields None. Non-string input goes through
+    :func:`completion_text` first. Never raises.
+    """
+    try:
+        text = _as_text(text)
+        _, last = _scan_boxes(text)
+        if last is None:
+            return None
+        return text[last[1] : last[2]].strip()
+    except Exception:  # noqa: BLE001 - defensive: the reward loop must survive any input
+        return None
+
+
+def count_boxed(text: Any) -> int:
+    """Number of ``\\boxed{`` openers in ``text`` (closed or not, nested or not)."""
+    try:
+        return _scan_boxes(_as_text(text))[0]
+    except Exception:  # noqa: BLE001 - defensive, as above
+        return 0
+
+
+def unbox_answer(gold: Any) -> str:
+    """The gold answer with one enclosing ``\\boxed{...}`` removed.
+
+    Returns the stripped box content when the whole stripped gold is a single box
+    (``"\\boxed{3}"`` -> ``"3"``), else the stripped gold (``"3"``,
+    ``"\\boxed{1}+\\boxed{2}"`` unchanged). Unusable golds (None, NaN, empty) give
+    ``""``, which every matcher treats as unusable. Never raises.
+    """
+    text = gold_text(gold)
+    if text is None:
+        return ""
+    try:
+        _, last = _scan_boxes(text)
+    except Exception:  # noqa: BLE001 - defensive
+        return text
+    if last is not None and last[0] == 0 and last[2] == len(text) - 1:
+        return text[last[1] : last[2]].strip()
+    return text
+
+
+def boxed_format_ok(text: Any) -> bool:
+    """True when the text is a well-formed boxed answer: exactly one ``\\boxed{`` opener,
+    that box closes, and no addCriterion penalty."""
+    text = _as_text(text)
+    return count_boxed(text) == 1 and extract_boxed(text) is not None and not is_addcriterion_spam(text)
+
+
+def score_completion(
+    completion: Any,
+    gold: Any,
+    *,
+    choices: Any = None,
+    question_type: Any = None,
+    answer_type: Any = None,
+    precision: Any = None,
+    answer_format: str = "tags",
+) -> dict:
     """Evaluate one completion against its gold answer.
 
-    Returns ``{"pred", "correct", "correct_numeric", "format_ok"}``: ``pred`` is the
-    extracted solution (str or None), ``correct`` the strict string match (the
-    seed's metric), ``correct_numeric`` strict OR numeric match, and ``format_ok``
-    as in :func:`format_ok`. Never raises.
+    Returns ``{"pred", "correct", "correct_numeric", "correct_mathvista",
+    "format_ok"}``: ``pred`` is the extracted answer (str or None), ``correct`` the
+    strict string match (the seed's metric), ``correct_numeric`` strict OR numeric
+    match, ``correct_mathvista`` MathVista's own scoring (:func:`mathvista_match`
+    with the question's ``choices``, ``question_type``, ``answer_type`` and
+    ``precision``; without them it equals ``correct``).
+
+    ``answer_format`` says where the answer is:
+
+    - ``"tags"`` (default, the seed): ``pred`` is the last ``<SOLUTION>`` block and
+      ``format_ok`` is :func:`format_ok`.
+    - ``"boxed"`` (geo3k / RLinf style): ``pred`` is :func:`extract_boxed`, the gold
+      is compared after :func:`unbox_answer`, and ``format_ok`` is
+      :func:`boxed_format_ok`.
+
+    Raises ValueError for an unknown ``answer_format`` (a configuration error, not
+    model output); otherwise never raises.
     """
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"unknown answer_format {answer_format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
     text = completion_text(completion)
-    pred = extract_solution(text)
+    if answer_format == "boxed":
+        pred = extract_boxed(text)
+        gold = unbox_answer(gold)
+        well_formed = boxed_format_ok(text)
+    else:
+        pred = extract_solution(text)
+        well_formed = format_ok(text)
     correct = strict_match(pred, gold)
     return {
         "pred": pred,
         "correct": correct,
         "correct_numeric": correct or numeric_match(pred, gold),
-        "format_ok": format_ok(text),
+        "correct_mathvista": mathvista_match(pred, gold, choices, question_type, answer_type, precision),
+        "format_ok": well_formed,
     }

@@ -3,12 +3,18 @@
 Plain Python on purpose (no dagster import): the assets call these functions, and the
 tests exercise them without an orchestration layer. The Hugging Face ``datasets``
 library is imported lazily, only when a hub id is actually loaded.
+
+Three input formats end up in one canonical schema (MATHVISTA_COLUMNS), so every later
+stage is format-blind: MathVista's hub parquet layout, MathVista's GitHub layout
+(``testmini.json`` + ``images/`` + ``query.json``) and RLinf's geo3k-style rows
+(``load_rlinf``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import numbers
 import os
@@ -19,26 +25,40 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from PIL import Image
 
-from vlmrl_pipeline.core.answers import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START, parse_number
+from vlmrl_pipeline.core.answers import (
+    REASONING_END,
+    REASONING_START,
+    SOLUTION_END,
+    SOLUTION_START,
+    parse_number,
+)
 from vlmrl_pipeline.core.atomic import atomic_file
 
 __all__ = [
-    "MATHVISTA_COLUMNS",
+    "BOXED_SYSTEM_PROMPT",
     "FORMAT_INSTRUCTION",
+    "IMAGE_PLACEHOLDER",
+    "MATHVISTA_COLUMNS",
+    "SKIP_KINDS",
     "DataError",
-    "load_mathvista",
-    "is_numeric_answer",
-    "filter_mathvista",
-    "load_image",
-    "resize_image",
-    "prepare_images",
-    "split_train_eval",
+    "build_mathvista_query",
     "build_prompt_text",
     "chat_prompt",
+    "count_skips",
+    "filter_mathvista",
+    "is_numeric_answer",
+    "load_image",
+    "load_mathvista",
+    "load_rlinf",
+    "prepare_images",
+    "resize_image",
+    "split_train_eval",
+    "strip_boxed",
 ]
 
 # Required columns; `image` (the relative file name) is optional.
@@ -63,8 +83,37 @@ FORMAT_INSTRUCTION = (
 )
 
 
+# RLinf's geo3k system prompt: with it the instruction lives in the system turn and
+# build_prompt_text is called with instruction=None.
+BOXED_SYSTEM_PROMPT = (
+    "Solve the following math problem step by step. "
+    "The last line of your response should be of the form Answer: \\boxed{$Answer}."
+)
+
+# Where the image goes inside a prompt's text (RLinf / LLaVA convention).
+IMAGE_PLACEHOLDER = "<image>"
+
+# Why prepare_images skipped a row; count_skips reports every one of them.
+SKIP_KINDS = (
+    "missing_image",
+    "corrupt_image",
+    "image_too_large",
+    "image_count",
+    "unsafe_pid",
+    "duplicate_pid",
+)
+
+
 class DataError(ValueError):
-    """Bad input data: the message says what is wrong and where."""
+    """Bad input data: the message says what is wrong and where.
+
+    ``kind`` (one of SKIP_KINDS, or None) classifies per-row image problems where they
+    are raised, so prepare_images can count skips without parsing messages.
+    """
+
+    def __init__(self, message: str, *, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 # --------------------------------------------------------------------------- loading
@@ -138,43 +187,445 @@ def _load_hub_dataset(source: str, split: str) -> pd.DataFrame:
     return ds.to_pandas()
 
 
+def _split_files(root: Path, split: str, suffix: str) -> list[Path]:
+    """``{split}-*{suffix}`` and ``{split}{suffix}`` files below ``root`` (recursively), by file name.
+
+    Ordered by file name (the shard number), wherever the shards sit; ``test`` does not
+    pick up ``testmini`` files.
+    """
+    return sorted(
+        (p for p in root.rglob(f"*{suffix}")
+         if p.is_file() and (p.name.startswith(f"{split}-") or p.name == f"{split}{suffix}")),
+        key=lambda p: (p.name, str(p)),
+    )
+
+
+def _check_local_source(source: str) -> None:
+    """Refuse a file, or a path that is clearly local but missing (it must not go to the hub)."""
+    if os.path.exists(source):
+        raise DataError(f"{source} is a file; pass the folder that holds the data files")
+    if os.path.isabs(source) or source.startswith((".", "~")):
+        raise DataError(f"local folder {source} does not exist")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read JSON file {path}: {exc}") from exc
+
+
+# The GitHub layout's hints, by answer type (MathVista's evaluation/build_query.py, shot_type "solution").
+_HINT_MULTI_CHOICE = (
+    "Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end."
+)
+_HINT_INTEGER = (
+    "Hint: Please answer the question requiring an integer answer and provide the final value, "
+    "e.g., 1, 2, 3, at the end."
+)
+_HINT_FLOAT = {
+    1: "Hint: Please answer the question requiring a floating-point number with one decimal place and provide the "
+    "final value, e.g., 1.2, 1.3, 1.4, at the end.",
+    2: "Hint: Please answer the question requiring a floating-point number with two decimal places and provide the "
+    "final value, e.g., 1.23, 1.34, 1.45, at the end.",
+}
+_HINT_LIST = (
+    "Hint: Please answer the question requiring a Python list as an answer and provide the final list, "
+    "e.g., [1, 2, 3], [1.2, 1.3, 1.4], at the end."
+)
+
+
+def build_mathvista_query(row: Mapping) -> str:
+    """The ``query`` text MathVista's hub rows carry, rebuilt from a problem's fields.
+
+    Lines joined by newlines: the hint (by question/answer type and precision), then
+    ``Question: {question}`` plus `` (Unit: {unit})`` when there is a unit, then
+    ``Choices:`` and ``(A) ...`` lines when there are choices. This is MathVista's
+    build_query.py for shot_type "solution" without captions/OCR and without its
+    trailing "Solution: " line; the hint comes first because that is how the hub's
+    ``query`` column reads. Types with no hint there (free-form text, floats of
+    another precision) get none.
+    """
+    question_type = row.get("question_type")
+    answer_type = row.get("answer_type")
+    precision = row.get("precision")
+    hint = ""
+    if question_type == "multi_choice":
+        hint = _HINT_MULTI_CHOICE
+    elif answer_type == "integer":
+        hint = _HINT_INTEGER
+    elif answer_type == "float" and not _is_missing(precision) and parse_number(precision) in _HINT_FLOAT:
+        hint = _HINT_FLOAT[int(parse_number(precision))]
+    elif answer_type == "list":
+        hint = _HINT_LIST
+    question = "" if _is_missing(row.get("question")) else str(row.get("question"))
+    unit = row.get("unit")
+    question_text = f"Question: {question}"
+    if not _is_missing(unit) and str(unit):
+        question_text += f" (Unit: {unit})"
+    choices = _to_list(row.get("choices"))
+    choices_text = ""
+    if choices:
+        choices_text = "\n".join(["Choices:"] + [f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(choices)])
+    return "\n".join(e for e in (hint, question_text, choices_text) if e)
+
+
+def _find_mathvista_json(root: Path, split: str) -> Path | None:
+    """``{split}.json`` directly in ``root`` or in ``root/data`` (lupantech/MathVista keeps it in data/)."""
+    found = [p for p in (root / f"{split}.json", root / "data" / f"{split}.json") if p.is_file()]
+    if len(found) > 1:
+        raise DataError(f"both {found[0]} and {found[1]} exist; point source at the folder of the one to use")
+    return found[0] if found else None
+
+
+def _load_mathvista_json(path: Path) -> pd.DataFrame:
+    """Rows of MathVista's GitHub file: an object keyed by pid (or a list of problems).
+
+    ``image`` paths are relative to the json's folder and become undecoded
+    ``{"bytes": None, "path": <absolute>}`` dicts, so a missing file is a counted skip in
+    prepare_images, not a load error. ``query.json`` (pid -> query) beside the file
+    supplies the queries; problems it lacks (or all of them, without the file) get
+    build_mathvista_query's text.
+    """
+    data = _read_json(path)
+    if isinstance(data, Mapping):
+        items = [(str(k), v) for k, v in data.items()]
+    elif isinstance(data, list):
+        items = [(None, v) for v in data]
+    else:
+        raise DataError(f"{path}: expected a JSON object keyed by pid or a list of problems, got {type(data).__name__}")
+    queries: Mapping = {}
+    query_file = path.parent / "query.json"
+    if query_file.is_file():
+        queries = _read_json(query_file)
+        if not isinstance(queries, Mapping):
+            raise DataError(f"{query_file}: expected a JSON object mapping pid to query text")
+    rows = []
+    for pos, (key, problem) in enumerate(items):
+        if not isinstance(problem, Mapping):
+            raise DataError(f"{path}: problem {key or pos} is a {type(problem).__name__}, not an object")
+        pid = problem.get("pid", key)
+        if _is_missing(pid):
+            raise DataError(f"{path}: problem at position {pos} has no pid")
+        pid = str(pid)
+        image = problem.get("image")
+        decoded = None
+        if isinstance(image, str) and image:
+            decoded = {"bytes": None, "path": os.path.abspath(path.parent / image)}
+        answer = problem.get("answer")
+        row = {
+            "pid": pid,
+            "question": problem.get("question"),
+            "image": image,
+            "decoded_image": decoded,
+            "choices": problem.get("choices"),
+            "unit": problem.get("unit"),
+            "precision": problem.get("precision"),
+            # the hub's answer column is text; JSON may hold bare numbers
+            "answer": None if _is_missing(answer) else str(answer),
+            "question_type": problem.get("question_type"),
+            "answer_type": problem.get("answer_type"),
+            "metadata": problem.get("metadata"),
+        }
+        query = queries.get(pid)
+        row["query"] = query if isinstance(query, str) and query else build_mathvista_query(row)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*MATHVISTA_COLUMNS, "image"])
+
+
 def load_mathvista(source: str, split: str = "testmini") -> pd.DataFrame:
     """Load MathVista-format rows from a local folder or a hub id.
 
-    If ``source`` is an existing directory, every parquet file below it (recursively)
-    named ``{split}-*.parquet`` or ``{split}.parquet`` is read and concatenated in file
-    name order (the hub layout ``data/testmini-00000-of-00001-xxxx.parquet``; ``test`` does not pick up
-    ``testmini`` files). Otherwise ``source`` is a hub id loaded with
-    ``datasets.load_dataset(source, split=split)`` (hub errors propagate unchanged).
+    If ``source`` is an existing directory it holds one of two layouts:
+
+    - the hub's: every parquet file below it (recursively) named ``{split}-*.parquet``
+      or ``{split}.parquet``, concatenated in file name order (``data/testmini-00000-of-00001-xxxx.parquet``;
+      ``test`` does not pick up ``testmini`` files);
+    - GitHub's (lupantech/MathVista): ``{split}.json`` directly in it or in ``data/``,
+      with ``images/`` and optionally ``query.json`` beside it (see _load_mathvista_json).
+
+    Both at once is a DataError: which one is meant is the user's call. Otherwise
+    ``source`` is a hub id loaded with ``datasets.load_dataset(source, split=split)``
+    (hub errors propagate unchanged).
 
     A missing ``query`` column is filled from ``question``. ``choices`` become lists
     (or None), ``unit`` str (or None), ``precision`` float64 (NaN for missing).
-    Raises DataError for a missing folder-like path, no matching files, missing
-    required columns, or an empty table.
+    Raises DataError for a missing folder-like path, no matching files, unreadable
+    JSON, missing required columns, or an empty table.
     """
     source = os.fspath(source)
     if os.path.isdir(source):
         root = Path(source)
-        # ordered by file name (the shard number), wherever the shards sit
-        files = sorted(
-            (p for p in root.rglob("*.parquet") if p.is_file() and (p.name.startswith(f"{split}-") or p.stem == split)),
-            key=lambda p: (p.name, str(p)),
-        )
-        if not files:
+        files = _split_files(root, split, ".parquet")
+        json_file = _find_mathvista_json(root, split)
+        if files and json_file is not None:
+            raise DataError(
+                f"{root} holds split {split!r} twice: as parquet ({files[0]}"
+                f"{f' and {len(files) - 1} more' if len(files) > 1 else ''}) and as MathVista's GitHub JSON "
+                f"({json_file}); point source at the folder of the one to use"
+            )
+        if json_file is not None:
+            df = _load_mathvista_json(json_file)
+            where = f"{json_file}"
+        elif files:
+            df = pd.concat([_read_parquet_records(f) for f in files], ignore_index=True)
+            where = f"{root} split {split!r} ({len(files)} file(s))"
+        else:
             raise DataError(
                 f"no parquet files for split {split!r} under {root} "
-                f"(looked for '{split}-*.parquet' and '{split}.parquet', recursively)"
+                f"(looked for '{split}-*.parquet' and '{split}.parquet', recursively, "
+                f"and for '{split}.json' in it or in its data/ folder)"
             )
-        df = pd.concat([_read_parquet_records(f) for f in files], ignore_index=True)
-        where = f"{root} split {split!r} ({len(files)} file(s))"
     else:
-        if os.path.exists(source):
-            raise DataError(f"{source} is a file; pass the folder that holds the parquet files")
-        if os.path.isabs(source) or source.startswith((".", "~")):
-            raise DataError(f"local folder {source} does not exist")
+        _check_local_source(source)
         df = _load_hub_dataset(source, split)
         where = f"hub dataset {source!r} split {split!r}"
     return _normalise_frame(df, where)
+
+
+# --------------------------------------------------------------------------- RLinf
+
+
+def strip_boxed(text: Any) -> Any:
+    """The content of a whole-string ``\\boxed{...}`` (balanced braces), else ``text`` unchanged.
+
+    ``"\\boxed{2\\sqrt{3}}"`` gives ``"2\\sqrt{3}"``; ``"\\boxed{1}+\\boxed{2}"`` and
+    ``"x = \\boxed{1}"`` are left alone, since the box is not the whole answer there.
+    Surrounding whitespace is ignored; non-strings come back unchanged.
+    """
+    if not isinstance(text, str):
+        return text
+    stripped = text.strip()
+    opener = "\\boxed{"
+    if not stripped.startswith(opener) or not stripped.endswith("}"):
+        return text
+    depth = 0
+    for i in range(len(opener) - 1, len(stripped)):
+        if stripped[i] == "{":
+            depth += 1
+        elif stripped[i] == "}":
+            depth -= 1
+            if depth == 0:
+                # the box must close on the very last character to cover the whole string
+                return stripped[len(opener):i].strip() if i == len(stripped) - 1 else text
+    return text  # unbalanced
+
+
+def _image_list(value: Any) -> list:
+    """An image cell as a list of images: lists/tuples/1-d arrays as they are, a single image wrapped."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype == object:
+        return list(value)
+    if _is_missing(value):
+        return []
+    return [value]
+
+
+def _image_record(image: Any) -> Any:
+    """One image as a {"bytes", "path"} dict, so a column of them has one parquet type whatever the source held.
+
+    Values that are neither bytes, a path, a dict nor a PIL image are passed through for load_image to refuse.
+    """
+    if isinstance(image, Mapping):
+        data = image.get("bytes")
+        return {"bytes": bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else None,
+                "path": None if _is_missing(image.get("path")) else str(image.get("path"))}
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return {"bytes": bytes(image), "path": None}
+    if isinstance(image, (str, os.PathLike)):
+        return {"bytes": None, "path": os.fspath(image)}
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return {"bytes": buffer.getvalue(), "path": None}
+    return image
+
+
+def _relative_to(image: Any, folder: Path) -> Any:
+    """Resolve a relative image path (bare or in a {"bytes": None, "path"} dict) against ``folder``."""
+    if isinstance(image, str) and image and not os.path.isabs(image):
+        return os.path.abspath(folder / image)
+    if isinstance(image, Mapping) and not image.get("bytes"):
+        path = image.get("path")
+        if isinstance(path, str) and path and not os.path.isabs(path):
+            return {**image, "path": os.path.abspath(folder / path)}
+    return image
+
+
+def _read_json_records(path: Path) -> pd.DataFrame:
+    """Rows of a ``.jsonl`` (one object a line) or ``.json`` (a list of objects, or objects keyed by id) file."""
+    if path.suffix == ".jsonl":
+        records = []
+        try:
+            with open(path, encoding="utf-8") as fh:
+                for number, line in enumerate(fh, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise DataError(f"cannot read JSON lines file {path}: line {number}: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read JSON lines file {path}: {exc}") from exc
+    else:
+        data = _read_json(path)
+        if isinstance(data, Mapping):
+            # keyed by id: the key is the id unless the row has its own
+            records = [{"id": k, **v} if isinstance(v, Mapping) else v for k, v in data.items()]
+        elif isinstance(data, list):
+            records = data
+        else:
+            raise DataError(f"{path}: expected a list of rows or an object of rows, got {type(data).__name__}")
+    bad = [i for i, r in enumerate(records) if not isinstance(r, Mapping)]
+    if bad:
+        raise DataError(f"{path}: row {bad[0]} is not a JSON object")
+    return pd.DataFrame(records)
+
+
+def _load_hub_rlinf(source: str, split: str, image_keys: tuple[str, ...]) -> pd.DataFrame:
+    """Load ``source`` from the hub with every image (also inside lists) left undecoded."""
+    import datasets  # lazy: heavy import, only needed for hub ids
+
+    def undecoded(feature: Any) -> Any:
+        if isinstance(feature, datasets.Image):
+            return datasets.Image(decode=False)
+        if isinstance(feature, datasets.Sequence):
+            return datasets.Sequence(undecoded(feature.feature), length=feature.length)
+        list_type = getattr(datasets, "List", None)  # datasets >= 4 spells list features this way
+        if list_type is not None and isinstance(feature, list_type):
+            return list_type(undecoded(feature.feature), length=feature.length)
+        if isinstance(feature, list):
+            return [undecoded(f) for f in feature]
+        if isinstance(feature, dict):
+            return {k: undecoded(v) for k, v in feature.items()}
+        return feature
+
+    ds = datasets.load_dataset(source, split=split)
+    for key in image_keys:
+        if key in ds.column_names:
+            feature = ds.features[key]
+            plain = undecoded(feature)
+            if plain != feature:
+                ds = ds.cast_column(key, plain)
+    return ds.to_pandas()
+
+
+def _answer_type(answer: Any) -> str:
+    if parse_number(answer) is None:
+        return "text"
+    return "float" if "." in str(answer) else "integer"
+
+
+def load_rlinf(
+    source: str,
+    split: str = "train",
+    *,
+    prompt_key: str = "problem",
+    answer_key: str = "answer",
+    image_keys: tuple[str, ...] | list[str] = ("images",),
+    pid_key: str | None = None,
+) -> pd.DataFrame:
+    """Load RLinf-format rows (geo3k as RLinf trains on it) into the canonical MathVista schema.
+
+    ``source`` is a local folder (``{split}-*.parquet`` / ``{split}.parquet``, or else
+    ``{split}.jsonl`` / ``{split}.json`` and their ``{split}-*`` shards, recursively; relative
+    image paths in JSON rows are taken from the file's folder) or a hub id read with
+    ``datasets.load_dataset`` (images undecoded). Each row has a prompt (``prompt_key``)
+    whose text may hold ``<image>`` placeholders, image columns (``image_keys``; a list
+    of images, a single image, bytes or {"bytes", "path"} dicts) and an answer
+    (``answer_key``), often ``\\boxed{x}``.
+
+    The result has exactly MATHVISTA_COLUMNS, so filtering, image preparation and
+    training work unchanged: ``pid`` from ``pid_key`` (when given and present), else
+    ``id``/``pid``, else ``{split}-{row index}``; ``question`` = ``query`` = the prompt
+    text, placeholders kept (chat_prompt places the image there); ``decoded_image`` =
+    the row's images as a list of {"bytes", "path"} dicts (one parquet type for every
+    row; a count other than one is a counted "image_count" skip in prepare_images);
+    ``answer`` = strip_boxed(raw answer);
+    ``question_type`` "free_form"; ``answer_type`` "integer"/"float"/"text";
+    ``metadata`` {"format": "rlinf", "raw_answer", "num_images"}.
+    Raises DataError naming the setting to change when a key is not a column.
+    """
+    source = os.fspath(source)
+    image_keys = (image_keys,) if isinstance(image_keys, str) else tuple(image_keys)
+    if not image_keys:
+        raise DataError("load_rlinf: image_keys is empty; name the column(s) that hold the images")
+    if os.path.isdir(source):
+        root = Path(source)
+        files = _split_files(root, split, ".parquet")
+        json_files = _split_files(root, split, ".jsonl") + _split_files(root, split, ".json")
+        if files and json_files:
+            raise DataError(
+                f"{root} holds split {split!r} as parquet ({files[0]}) and as JSON ({json_files[0]}); "
+                f"point source at the folder of the one to use"
+            )
+        if files:
+            df = pd.concat([_read_parquet_records(f) for f in files], ignore_index=True)
+            where = f"{root} split {split!r} ({len(files)} file(s))"
+        elif json_files:
+            frames = []
+            for f in json_files:
+                frame = _read_json_records(f)
+                # relative image paths point from the JSON file's folder, as in MathVista's GitHub layout
+                for key in image_keys:
+                    if key in frame.columns:
+                        frame[key] = pd.Series(
+                            [[_relative_to(i, f.parent) for i in _image_list(v)] if isinstance(v, (list, tuple))
+                             else _relative_to(v, f.parent) for v in frame[key]],
+                            dtype=object, index=frame.index,
+                        )
+                frames.append(frame)
+            df = pd.concat(frames, ignore_index=True)
+            where = f"{root} split {split!r} ({len(json_files)} JSON file(s))"
+        else:
+            raise DataError(
+                f"no files for split {split!r} under {root} (looked for '{split}-*.parquet', '{split}.parquet', "
+                f"'{split}-*.jsonl', '{split}.jsonl' and '{split}.json', recursively)"
+            )
+    else:
+        _check_local_source(source)
+        df = _load_hub_rlinf(source, split, image_keys)
+        where = f"hub dataset {source!r} split {split!r}"
+
+    columns = list(df.columns)
+    for setting, key in [("prompt_key", prompt_key), ("answer_key", answer_key)] + [
+        ("image_keys", k) for k in image_keys
+    ]:
+        if key not in df.columns:
+            raise DataError(
+                f"{where}: no column {key!r} (set {setting} to the right column); columns found: {columns}"
+            )
+    if len(df) == 0:
+        raise DataError(f"{where}: the table has no rows")
+    df = df.reset_index(drop=True)
+    id_column = next((c for c in ([pid_key] if pid_key else []) + ["id", "pid"] if c in df.columns), None)
+    rows = []
+    for i, record in enumerate(df.to_dict(orient="records")):
+        pid = record.get(id_column) if id_column else None
+        pid = f"{split}-{i}" if _is_missing(pid) or str(pid) == "" else str(pid)
+        prompt = record[prompt_key]
+        prompt = None if _is_missing(prompt) else str(prompt)
+        raw = record[answer_key]
+        raw = None if _is_missing(raw) else str(raw)
+        answer = None if raw is None else strip_boxed(raw).strip()
+        images = [img for key in image_keys for img in _image_list(record[key])]
+        rows.append({
+            "pid": pid,
+            "question": prompt,
+            "query": prompt,
+            # Always a list of {"bytes", "path"} dicts (one parquet type); load_image takes exactly one.
+            "decoded_image": [_image_record(img) for img in images],
+            "choices": None,
+            "unit": None,
+            "precision": float("nan"),
+            "answer": answer,
+            "question_type": "free_form",
+            "answer_type": _answer_type(answer),
+            "metadata": {"format": "rlinf", "raw_answer": raw, "num_images": len(images)},
+        })
+    return _normalise_frame(pd.DataFrame(rows, columns=list(MATHVISTA_COLUMNS)), where)
 
 
 # --------------------------------------------------------------------------- filtering
@@ -252,29 +703,43 @@ def _decode(open_stream, what: str) -> Image.Image:
                 img.load()  # decode now, while the stream is open
         return img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{what} is too large to decode safely (limit {limit} pixels): {exc}") from exc
+        raise DataError(
+            f"{what} is too large to decode safely (limit {limit} pixels): {exc}", kind="image_too_large"
+        ) from exc
     except Exception as exc:  # decoders raise many types (OSError, SyntaxError, ValueError, ...)
-        raise DataError(f"{what} is corrupt or unreadable: {type(exc).__name__}: {exc}") from exc
+        raise DataError(f"{what} is corrupt or unreadable: {type(exc).__name__}: {exc}", kind="corrupt_image") from exc
 
 
 def load_image(value: Any) -> Image.Image:
     """Decode an image from a {"bytes", "path"} dict, raw bytes, a path or a PIL image.
 
-    Dicts use ``bytes`` when present, else ``path``. The pixels are fully decoded
-    (``img.load()``) so corrupt data fails here. Raises DataError for missing,
-    unreadable or corrupt data, and for images above PIL's ``MAX_IMAGE_PIXELS``
-    ("too large to decode safely").
+    Dicts use ``bytes`` when present, else ``path``. A list/tuple/1-d array holding one
+    image is unwrapped (RLinf rows keep images in lists); any other count is a
+    DataError of kind "image_count", since a sample here has exactly one image. The
+    pixels are fully decoded (``img.load()``) so corrupt data fails here. Raises
+    DataError for missing, unreadable or corrupt data, and for images above PIL's
+    ``MAX_IMAGE_PIXELS`` ("too large to decode safely"); its ``kind`` says which.
     """
     data: Any = None
     path: Any = None
+    if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim == 1):
+        if len(value) != 1:
+            raise DataError(
+                f"row has {len(value)} images; this pipeline uses exactly one image per sample", kind="image_count"
+            )
+        return load_image(value[0])
     if isinstance(value, Image.Image):
         limit = Image.MAX_IMAGE_PIXELS
         if limit is not None and value.width * value.height > limit:
-            raise DataError(f"PIL image of {value.width}x{value.height} is too large to decode safely")
+            raise DataError(
+                f"PIL image of {value.width}x{value.height} is too large to decode safely", kind="image_too_large"
+            )
         try:
             value.load()
         except Exception as exc:
-            raise DataError(f"PIL image is corrupt or unreadable: {type(exc).__name__}: {exc}") from exc
+            raise DataError(
+                f"PIL image is corrupt or unreadable: {type(exc).__name__}: {exc}", kind="corrupt_image"
+            ) from exc
         return value
     if isinstance(value, Mapping):
         data, path = value.get("bytes"), value.get("path")
@@ -283,9 +748,9 @@ def load_image(value: Any) -> Image.Image:
     elif isinstance(value, (str, os.PathLike)):
         path = value
     elif _is_missing(value):
-        raise DataError("image is missing")
+        raise DataError("image is missing", kind="missing_image")
     else:
-        raise DataError(f"unsupported image value of type {type(value).__name__}")
+        raise DataError(f"unsupported image value of type {type(value).__name__}", kind="corrupt_image")
 
     if isinstance(data, (bytes, bytearray, memoryview)) and len(data) > 0:
         blob = bytes(data)
@@ -294,9 +759,9 @@ def load_image(value: Any) -> Image.Image:
     if isinstance(path, (str, os.PathLike)) and os.fspath(path):
         file = os.fspath(path)
         if not os.path.isfile(file):
-            raise DataError(f"image file {file} does not exist (and there are no image bytes)")
+            raise DataError(f"image file {file} does not exist (and there are no image bytes)", kind="missing_image")
         return _decode(lambda: open(file, "rb"), f"image file {file}")
-    raise DataError("image has neither bytes nor a path")
+    raise DataError("image has neither bytes nor a path", kind="missing_image")
 
 
 def resize_image(img: Image.Image, size: int) -> Image.Image:
@@ -323,7 +788,7 @@ def resize_image(img: Image.Image, size: int) -> Image.Image:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"cannot convert image of mode {img.mode} to RGB: {exc}") from exc
+        raise DataError(f"cannot convert image of mode {img.mode} to RGB: {exc}", kind="corrupt_image") from exc
 
 
 _SAFE_PID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -335,9 +800,10 @@ def prepare_images(df: pd.DataFrame, out_dir: str | os.PathLike, size: int) -> t
     Returns (rows whose image was written, skipped) where the frame gains
     ``image_path`` (absolute path str) and ``image_sha256`` (sha256 of the resized
     image's raw RGB bytes, for de-duplication across splits) and loses
-    ``decoded_image``; ``skipped`` lists {"pid", "reason"} for rows whose image is
-    missing/corrupt/too large, whose pid is not a safe file name, or whose pid
-    repeats. Each PNG is written to a temporary name and then renamed into place.
+    ``decoded_image``; ``skipped`` lists {"pid", "reason", "kind"} for rows whose image
+    is missing/corrupt/too large or not exactly one image, whose pid is not a safe file
+    name, or whose pid repeats (``kind`` is one of SKIP_KINDS; count_skips tallies
+    them). Each PNG is written to a temporary name and then renamed into place.
     """
     missing = [c for c in ("pid", "decoded_image") if c not in df.columns]
     if missing:
@@ -352,15 +818,16 @@ def prepare_images(df: pd.DataFrame, out_dir: str | os.PathLike, size: int) -> t
     for pos, (pid, value) in enumerate(zip(df["pid"], df["decoded_image"])):
         pid = str(pid)
         if not _SAFE_PID.fullmatch(pid):
-            skipped.append({"pid": pid, "reason": f"pid {pid!r} is not a safe file name"})
+            skipped.append({"pid": pid, "reason": f"pid {pid!r} is not a safe file name", "kind": "unsafe_pid"})
             continue
         if pid in seen:
-            skipped.append({"pid": pid, "reason": f"duplicate pid {pid!r}"})
+            skipped.append({"pid": pid, "reason": f"duplicate pid {pid!r}", "kind": "duplicate_pid"})
             continue
         try:
             img = resize_image(load_image(value), size)
         except DataError as exc:
-            skipped.append({"pid": pid, "reason": str(exc)})
+            # unclassified image errors are unusable data all the same
+            skipped.append({"pid": pid, "reason": str(exc), "kind": exc.kind or "corrupt_image"})
             continue
         seen.add(pid)
         final = out / f"{pid}.png"
@@ -373,6 +840,20 @@ def prepare_images(df: pd.DataFrame, out_dir: str | os.PathLike, size: int) -> t
     result["image_path"] = pd.Series(paths, dtype=object)
     result["image_sha256"] = pd.Series(hashes, dtype=object)
     return result, skipped
+
+
+def count_skips(skipped: list[Mapping]) -> dict[str, int]:
+    """How many of prepare_images' skipped entries there are of each kind, plus ``total``.
+
+    Every kind in SKIP_KINDS is present (zeros included) so runs compare key by key;
+    an entry with an unknown or no kind is counted under its own key ("unknown").
+    """
+    counts = dict.fromkeys(SKIP_KINDS, 0)
+    for entry in skipped:
+        kind = entry.get("kind") or "unknown"
+        counts[kind] = counts.get(kind, 0) + 1
+    counts["total"] = len(skipped)
+    return counts
 
 
 # --------------------------------------------------------------------------- split
@@ -420,17 +901,45 @@ def split_train_eval(df: pd.DataFrame, eval_size: int, seed: int) -> tuple[pd.Da
 # --------------------------------------------------------------------------- prompts
 
 
-def build_prompt_text(row: Mapping, prompt_field: str = "query") -> str:
-    """Prompt text: ``row[prompt_field]`` (else ``row["question"]``), a newline, FORMAT_INSTRUCTION."""
+def build_prompt_text(row: Mapping, prompt_field: str = "query", instruction: str | None = FORMAT_INSTRUCTION) -> str:
+    """Prompt text: ``row[prompt_field]`` (else ``row["question"]``), a newline, ``instruction``.
+
+    ``instruction`` None or "" appends nothing: RLinf-style prompts carry their
+    instruction in the system turn (BOXED_SYSTEM_PROMPT) instead.
+    """
     text = row.get(prompt_field) if hasattr(row, "get") else None
     if _is_missing(text) or not str(text).strip():
         text = row.get("question") if hasattr(row, "get") else None
     if _is_missing(text) or not str(text).strip():
         pid = row.get("pid") if hasattr(row, "get") else None
         raise DataError(f"row pid={pid!r} has neither {prompt_field!r} nor 'question' text")
-    return f"{str(text).rstrip()}\n{FORMAT_INSTRUCTION}"
+    if not instruction:
+        return str(text).rstrip()
+    return f"{str(text).rstrip()}\n{instruction}"
 
 
-def chat_prompt(text: str) -> list[dict]:
-    """One user turn with an image placeholder then ``text`` (TRL's VLM conversational format)."""
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+def chat_prompt(text: str, system_prompt: str | None = None) -> list[dict]:
+    """TRL's VLM conversational format: an optional system turn, then one user turn.
+
+    The user turn places the image where ``text`` has its ``<image>`` placeholder (text
+    before, image, text after; whitespace right after the placeholder dropped, empty
+    text parts left out); without a placeholder the image comes first. More than one
+    placeholder is a DataError: a sample here has exactly one image.
+    """
+    count = text.count(IMAGE_PLACEHOLDER)
+    if count > 1:
+        raise DataError(
+            f"prompt has {count} {IMAGE_PLACEHOLDER} placeholders; this pipeline uses exactly one image per sample"
+        )
+    if count == 0:
+        content = [{"type": "image"}, {"type": "text", "text": text}]
+    else:
+        before, after = text.split(IMAGE_PLACEHOLDER, 1)
+        after = after.lstrip()
+        content = ([{"type": "text", "text": before}] if before.strip() else []) + [{"type": "image"}]
+        if after:
+            content.append({"type": "text", "text": after})
+    messages = [{"role": "user", "content": content}]
+    if system_prompt:
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    return messages

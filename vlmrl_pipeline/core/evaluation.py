@@ -13,65 +13,106 @@ import pandas as pd
 from vlmrl_pipeline.core.answers import score_completion
 from vlmrl_pipeline.core.atomic import atomic_file
 from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_breakdown
+from vlmrl_pipeline.core.samples import PromptStyle, chat_prompts, open_images
+from vlmrl_pipeline.core.stats import paired_comparison
 
 RECORD_COLUMNS = (
-    "pid", "question", "answer", "completion", "pred", "correct", "correct_numeric", "format_ok",
-    "format_reward", "correctness_reward", "total_reward",
+    "pid", "question", "answer", "question_type", "answer_type", "choices", "precision", "completion", "pred",
+    "correct", "correct_numeric", "correct_mathvista", "format_ok", "format_reward", "correctness_reward",
+    "total_reward",
+)
+
+# The per-sample booleans compared before/after: (record column, summary key, label in the report).
+METRICS = (
+    ("correct", "accuracy", "accuracy (strict string, the seed's metric)"),
+    ("correct_numeric", "accuracy_numeric", "accuracy (numeric match)"),
+    ("correct_mathvista", "accuracy_mathvista", "accuracy (MathVista's normalisation)"),
+    ("format_ok", "format_compliance", "format compliance"),
 )
 
 
-def score_records(eval_rows: pd.DataFrame, completions: Sequence[str]) -> pd.DataFrame:
+def _cell(row: pd.Series, key: str) -> Any:
+    return row[key] if key in row.index else None
+
+
+def _choices(value: Any) -> list[str] | None:
+    if value is None or (not hasattr(value, "__len__") and pd.isna(value)):
+        return None
+    return [str(c) for c in value] or None
+
+
+def _precision(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def score_records(eval_rows: pd.DataFrame, completions: Sequence[str], answer_format: str = "tags") -> pd.DataFrame:
     """One record per evaluation row: the completion, the extracted prediction and every score.
 
-    ``correct`` is the seed's strict string match ("991.0" is wrong against "991"); ``correct_numeric`` also
-    accepts a numerically equal answer, which is what the correctness reward pays 1.5 for. Both are kept so the
-    report can show the gap.
+    Three accuracies, because they disagree and the report shows all of them: ``correct`` is the seed's strict
+    string match ("991.0" is wrong against "991"); ``correct_numeric`` also accepts a numerically equal answer
+    (what the correctness reward pays 1.5 for); ``correct_mathvista`` is MathVista's own rule (integers
+    truncated, floats rounded to ``precision``, a choice letter or the nearest choice by edit distance).
     """
     if len(eval_rows) != len(completions):
         raise ValueError(f"{len(eval_rows)} evaluation rows but {len(completions)} completions")
     records = []
     for (_, row), completion in zip(eval_rows.iterrows(), completions):
-        scores = score_completion(completion, row["answer"])
+        choices = _choices(_cell(row, "choices"))
+        precision = _precision(_cell(row, "precision"))
+        question_type, answer_type = _cell(row, "question_type"), _cell(row, "answer_type")
+        scores = score_completion(
+            completion, row["answer"], choices=choices, question_type=question_type, answer_type=answer_type,
+            precision=precision, answer_format=answer_format,
+        )
         records.append(
             {
                 "pid": str(row["pid"]),
                 "question": str(row["question"]),
                 "answer": str(row["answer"]),
+                "question_type": None if question_type is None else str(question_type),
+                "answer_type": None if answer_type is None else str(answer_type),
+                "choices": choices,
+                "precision": precision,
                 "completion": completion,
                 "pred": scores["pred"],
                 "correct": bool(scores["correct"]),
                 "correct_numeric": bool(scores["correct_numeric"]),
+                "correct_mathvista": bool(scores["correct_mathvista"]),
                 "format_ok": bool(scores["format_ok"]),
-                **reward_breakdown(completion, row["answer"]),
+                **reward_breakdown(completion, row["answer"], answer_format=answer_format, choices=choices,
+                                   question_type=question_type),
             }
         )
     table = pd.DataFrame.from_records(records, columns=list(RECORD_COLUMNS))
-    # "no <SOLUTION> block" stays None (null in JSON/parquet), not pandas' NaN.
-    table["pred"] = pd.Series([r["pred"] for r in records], dtype=object)
+    # "no answer block", "no choices", "no precision" stay None (null in JSON/parquet), not pandas' NaN.
+    for column in ("pred", "choices", "precision"):
+        table[column] = pd.Series([r[column] for r in records], dtype=object)
     return table
 
 
 def summarize_records(records: pd.DataFrame) -> dict[str, float | int]:
-    """Accuracy (strict and numeric), format compliance and mean rewards over a record table."""
+    """Accuracy (strict, numeric, MathVista), format compliance and mean rewards over a record table."""
     n = len(records)
     if n == 0:
         raise ValueError("no evaluation records to summarize")
     return {
         "num_samples": n,
-        "accuracy": float(records["correct"].mean()),
-        "accuracy_numeric": float(records["correct_numeric"].mean()),
-        "format_compliance": float(records["format_ok"].mean()),
+        **{key: float(records[column].mean()) for column, key, _ in METRICS},
         "mean_total_reward": float(records["total_reward"].mean()),
         "mean_format_reward": float(records["format_reward"].mean()),
         "mean_correctness_reward": float(records["correctness_reward"].mean()),
     }
 
 
-def diff_records(baseline: pd.DataFrame, after: pd.DataFrame) -> dict[str, Any]:
-    """Compare two record tables on the same samples: headline numbers and the samples that flipped.
+def diff_records(
+    baseline: pd.DataFrame, after: pd.DataFrame, n_resamples: int = 10000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
+    """Compare two record tables on the same samples: headline numbers, how sure each change is, what flipped.
 
-    Raises if the two tables do not cover exactly the same ``pid`` set: a diff over different samples would
-    compare nothing.
+    For every metric the ``comparison`` entry gives the paired bootstrap interval of the after-minus-before
+    difference and the exact McNemar p-value on the samples that changed, so one point on 100 samples reads as
+    the noise it is. Raises if the two tables do not cover exactly the same ``pid`` set: a diff over different
+    samples would compare nothing.
     """
     b = baseline.set_index("pid")
     a = after.set_index("pid")
@@ -79,14 +120,21 @@ def diff_records(baseline: pd.DataFrame, after: pd.DataFrame) -> dict[str, Any]:
         raise ValueError("baseline and after records must cover the same, unique pids")
     a = a.loc[b.index]
     before_summary, after_summary = summarize_records(baseline), summarize_records(after)
+    columns = [column for column, _, _ in METRICS]
     flips: dict[str, dict[str, list[str]]] = {}
-    for metric in ("correct", "correct_numeric", "format_ok"):
-        gained = [str(p) for p in b.index[(~b[metric]) & a[metric]]]
-        lost = [str(p) for p in b.index[b[metric] & (~a[metric])]]
-        flips[metric] = {"gained": gained, "lost": lost}
+    comparison: dict[str, dict[str, Any]] = {}
+    for column, key, label in METRICS:
+        gained = [str(p) for p in b.index[(~b[column]) & a[column]]]
+        lost = [str(p) for p in b.index[b[column] & (~a[column])]]
+        flips[column] = {"gained": gained, "lost": lost}
+        comparison[key] = {
+            "label": label,
+            **paired_comparison(b[column].astype(bool).tolist(), a[column].astype(bool).tolist(),
+                                n_resamples=n_resamples, confidence=confidence, seed=seed),
+        }
     flipped_rows = []
     for pid in b.index:
-        changed = [m for m in ("correct", "correct_numeric", "format_ok") if bool(b.at[pid, m]) != bool(a.at[pid, m])]
+        changed = [m for m in columns if bool(b.at[pid, m]) != bool(a.at[pid, m])]
         if changed:
             flipped_rows.append(
                 {
@@ -101,20 +149,17 @@ def diff_records(baseline: pd.DataFrame, after: pd.DataFrame) -> dict[str, Any]:
                     "completion_after": a.at[pid, "completion"],
                 }
             )
-    headline = {
-        "baseline_accuracy": before_summary["accuracy"],
-        "after_accuracy": after_summary["accuracy"],
-        "baseline_accuracy_numeric": before_summary["accuracy_numeric"],
-        "after_accuracy_numeric": after_summary["accuracy_numeric"],
-        "baseline_format_compliance": before_summary["format_compliance"],
-        "after_format_compliance": after_summary["format_compliance"],
-        "baseline_mean_total_reward": before_summary["mean_total_reward"],
-        "after_mean_total_reward": after_summary["mean_total_reward"],
-    }
+    headline = {}
+    for _, key, _ in METRICS:
+        headline[f"baseline_{key}"] = before_summary[key]
+        headline[f"after_{key}"] = after_summary[key]
+    headline["baseline_mean_total_reward"] = before_summary["mean_total_reward"]
+    headline["after_mean_total_reward"] = after_summary["mean_total_reward"]
     return {
         "num_samples": len(b),
         "reward_version": REWARD_VERSION,
         "headline": headline,
+        "comparison": comparison,
         "flips": flips,
         "flipped_samples": flipped_rows,
     }
@@ -127,29 +172,37 @@ def report_markdown(diff: dict[str, Any], max_rows: int = 20) -> str:
     def pct(x: float) -> str:
         return f"{100 * x:.1f}%"
 
+    confidence = next(iter(diff["comparison"].values()))["confidence"]
     lines = [
         f"# Before/after evaluation ({diff['num_samples']} held-out samples)",
         "",
-        "| metric | before | after | change |",
-        "|---|---|---|---|",
+        f"| metric | before | after | change | {100 * confidence:.0f}% interval (paired bootstrap) "
+        "| gained / lost | McNemar p (exact) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for label, key in (
-        ("accuracy (strict string, the seed's metric)", "accuracy"),
-        ("accuracy (numeric match)", "accuracy_numeric"),
-        ("format compliance", "format_compliance"),
-    ):
-        before, after = h[f"baseline_{key}"], h[f"after_{key}"]
-        lines.append(f"| {label} | {pct(before)} | {pct(after)} | {100 * (after - before):+.1f} pts |")
+    for c in diff["comparison"].values():
+        lines.append(
+            f"| {c['label']} | {pct(c['before'])} | {pct(c['after'])} | {100 * c['difference']:+.1f} pts | "
+            f"[{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}] pts | {c['gained']} / {c['lost']} | "
+            f"{c['p_value']:.3g} |"
+        )
     lines.append(
         f"| mean total reward (0.3 format + 1.0 correctness) | {h['baseline_mean_total_reward']:.3f} | "
-        f"{h['after_mean_total_reward']:.3f} | {h['after_mean_total_reward'] - h['baseline_mean_total_reward']:+.3f} |"
+        f"{h['after_mean_total_reward']:.3f} | {h['after_mean_total_reward'] - h['baseline_mean_total_reward']:+.3f} "
+        "| | | |"
     )
+    lines += [
+        "",
+        "An interval that contains 0, or a p-value above 0.05, means this evaluation cannot tell the change from "
+        "noise on this many samples.",
+    ]
     lines += ["", "Samples that flipped:", ""]
     for metric, moves in diff["flips"].items():
         lines.append(f"- `{metric}`: {len(moves['gained'])} gained, {len(moves['lost'])} lost")
     rows = diff["flipped_samples"][:max_rows]
     if rows:
-        lines += ["", "| pid | gold | pred before | pred after | format before -> after | changed |", "|---|---|---|---|---|---|"]
+        lines += ["", "| pid | gold | pred before | pred after | format before -> after | changed |",
+                  "|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(
                 f"| {r['pid']} | {r['answer']} | {_shown(r['pred_before'])} | {_shown(r['pred_after'])} | "
@@ -161,7 +214,7 @@ def report_markdown(diff: dict[str, Any], max_rows: int = 20) -> str:
 
 
 def _shown(pred: Any) -> str:
-    return "(no SOLUTION)" if pred is None else f"`{pred}`"
+    return "(no answer)" if pred is None else f"`{pred}`"
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
@@ -200,15 +253,18 @@ def save_records(records: pd.DataFrame, folder: str | os.PathLike, stem: str, ex
     return {"json": json_path, "parquet": parquet_path}
 
 
-def evaluate_policy(model, processor, rows: pd.DataFrame, settings, prompt_field: str = "query", progress=None):
-    """Generate a completion for every row (batched) and score it. Returns ``(records, seconds)``."""
+def evaluate_policy(model, processor, rows: pd.DataFrame, settings, style: PromptStyle | None = None, progress=None):
+    """Generate a completion for every row (batched) and score it. Returns ``(records, seconds)``.
+
+    ``style`` is a ``samples.PromptStyle`` (default: MathVista's ``query`` with the seeds' tags); its answer
+    format also picks how completions are scored.
+    """
     import time
 
     from vlmrl_pipeline.core.generation import generate_completions
-    from vlmrl_pipeline.core.samples import chat_prompts, open_images
-
+    style = style or PromptStyle()
     start = time.perf_counter()
     completions = generate_completions(
-        model, processor, chat_prompts(rows, prompt_field), open_images(rows), settings, progress=progress
+        model, processor, chat_prompts(rows, style), open_images(rows), settings, progress=progress
     )
-    return score_records(rows, completions), time.perf_counter() - start
+    return score_records(rows, completions, style.answer_format), time.perf_counter() - start

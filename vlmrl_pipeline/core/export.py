@@ -66,8 +66,8 @@ def merge_adapter_to_checkpoint(base_model_path: str, adapter_dir: str | os.Path
     """Merge a LoRA adapter into its base model and save a standalone 16-bit checkpoint (plus processor).
 
     The merge is done in float32 on the CPU (exact), then cast to ``dtype`` for saving (``float32`` keeps it
-    bit-for-bit equivalent to base + adapter; ``bfloat16`` halves the size, as the seeds' ``merged_16bit`` does). The folder is written to a
-    temporary sibling and moved into place.
+    bit-for-bit equivalent to base + adapter; ``bfloat16`` halves the size, as the seeds' ``merged_16bit`` does).
+    The folder is written to a temporary sibling and moved into place.
     """
     import torch
     from peft import PeftModel

@@ -26,6 +26,8 @@ from vlmrl_pipeline.core.atomic import atomic_dir
 # match"), so generation suppresses them (see :func:`vision_token_ids`).
 CHAT_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+# Gemma-3 marks an image with <start_of_image> and expands it into <image_soft_token>s: the same hazard.
+GEMMA3_VISION_SPECIAL_TOKENS = ("<start_of_image>", "<end_of_image>", "<image_soft_token>")
 
 # LoRA on the language model's attention and MLP projections only; the vision tower stays frozen (the seeds'
 # choice: vLLM weight sharing cannot carry vision LoRA, and the goal is reasoning, not visual acuity). Qwen3-VL
@@ -239,7 +241,7 @@ def vision_token_ids(processor_or_tokenizer) -> list[int]:
     """Ids of the vision special tokens that exist in this tokenizer: never to be generated."""
     tok = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
     vocab = tok.get_vocab()
-    return sorted(vocab[t] for t in VISION_SPECIAL_TOKENS if t in vocab)
+    return sorted(vocab[t] for t in (*VISION_SPECIAL_TOKENS, *GEMMA3_VISION_SPECIAL_TOKENS) if t in vocab)
 
 
 def torch_dtype(name: str):
@@ -254,6 +256,25 @@ def torch_dtype(name: str):
         return getattr(torch, name)
     except AttributeError:  # pragma: no cover - guarded by the settings' validation
         raise ValueError(f"unknown torch dtype {name!r}") from None
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def require_fast_inference(backend_used: str) -> None:
+    """Refuse ``fast_inference`` where it cannot run, with what to do instead (a silent fallback would hide it)."""
+    if backend_used != "unsloth":
+        raise RuntimeError(
+            f"fast_inference=True runs vLLM through Unsloth, but the {backend_used!r} backend was chosen "
+            "(Unsloth needs CUDA and the 'gpu' extra). Set fast_inference=False to generate with transformers."
+        )
+    if not vllm_available():
+        raise RuntimeError(
+            "fast_inference=True needs vLLM, which is not installed in this environment. Install a vLLM build "
+            "that matches your torch and CUDA (pip install vllm), or set fast_inference=False: rollouts then use "
+            "Unsloth's own generation, slower but with the same results format."
+        )
 
 
 def load_processor(model_name: str, revision: str | None = None):
@@ -275,22 +296,33 @@ def load_model(
     load_in_4bit: bool = False,
     max_seq_length: int = 16384,
     device: str | None = None,
+    fast_inference: bool = False,
+    gpu_memory_utilization: float = 0.8,
 ):
     """Load a vision-language model and its processor for generation or training.
 
     ``backend="unsloth"`` goes through ``FastVisionModel.from_pretrained`` (4-bit when ``load_in_4bit``), the
     seeds' path; ``"transformers"`` through ``AutoModelForImageTextToText`` (4-bit through bitsandbytes when
-    asked). Returns ``(model, processor, backend_used)``.
+    asked). ``fast_inference`` asks Unsloth for a vLLM engine (GSPO rollouts through vLLM, sharing the weights);
+    it needs the Unsloth backend and an installed vLLM, and says so plainly otherwise. Returns
+    ``(model, processor, backend_used)``.
     """
     used = resolve_backend(backend)
+    if fast_inference:
+        require_fast_inference(used)
     if used == "unsloth":
         from unsloth import FastVisionModel  # imported lazily: it patches transformers on import
 
+        extra: dict[str, Any] = {}
+        if fast_inference:
+            extra = {"fast_inference": True, "gpu_memory_utilization": gpu_memory_utilization}
         model, processor = FastVisionModel.from_pretrained(
             model_name=model_name,
             max_seq_length=max_seq_length,
             load_in_4bit=load_in_4bit,
             revision=revision,
+            dtype=None if dtype == "auto" else torch_dtype(dtype),
+            **extra,
         )
         processor.tokenizer.padding_side = "left"
         return model, processor, used
@@ -340,13 +372,19 @@ def lora_target_regex(settings: LoraSettings) -> str:
         if names:
             parts.append(rf".*language_model.*\.({'|'.join(names)})")
     if settings.finetune_vision_layers:
-        vision = []
+        # Each family names its vision tower differently: Qwen3-VL (visual.blocks: attn.qkv, attn.proj,
+        # mlp.linear_fc1/2), Qwen2.5-VL (visual.blocks: attn.qkv, attn.proj, mlp.gate/up/down_proj) and Gemma-3's
+        # SigLIP (vision_tower ...: self_attn.q/k/v/out_proj, mlp.fc1/2).
+        qwen, siglip = [], []
         if settings.finetune_attention_modules:
-            vision += ["qkv", r"attn\.proj"]
+            qwen += ["qkv", r"attn\.proj"]
+            siglip += ["q_proj", "k_proj", "v_proj", "out_proj"]
         if settings.finetune_mlp_modules:
-            vision += ["linear_fc1", "linear_fc2"]
-        if vision:
-            parts.append(rf".*visual\.blocks.*\.({'|'.join(vision)})")
+            qwen += ["linear_fc1", "linear_fc2", "gate_proj", "up_proj", "down_proj"]
+            siglip += ["fc1", "fc2"]
+        if qwen:
+            parts.append(rf".*visual\.blocks.*\.({'|'.join(qwen)})")
+            parts.append(rf".*vision_tower.*\.({'|'.join(siglip)})")
     if not parts:
         raise ValueError("LoRA settings select no module: enable language or vision layers and a module kind")
     return "|".join(f"(?:{p})" for p in parts)
@@ -401,6 +439,7 @@ def load_policy(
 ):
     """Load a base model (optionally with a trained LoRA adapter on top) ready for generation.
 
+    Evaluation generates with ``model.generate`` in batches on every backend, so it never needs vLLM.
     Returns ``(model, processor, backend_used)``.
     """
     model, processor, used = load_model(

@@ -27,6 +27,7 @@ def training_curves_png(log_history: Sequence[dict]) -> bytes:
         ("reward", "total (weighted)"),
         ("rewards/formatting_reward/mean", "format"),
         ("rewards/correctness_reward/mean", "correctness"),
+        ("rewards/boxed_reward/mean", "boxed answer"),
     ):
         values = [h[key] for h in log_history if "reward" in h and key in h]
         if values:
@@ -42,14 +43,21 @@ def training_curves_png(log_history: Sequence[dict]) -> bytes:
     return _png(fig)
 
 
-def before_after_png(headline: dict[str, float]) -> bytes:
-    """Grouped bars: strict accuracy, numeric accuracy and format compliance, before vs after."""
+def before_after_png(headline: dict[str, float], comparison: dict[str, dict] | None = None) -> bytes:
+    """Grouped bars per metric, before vs after; with ``comparison`` each label carries the change's interval."""
     metrics = [("accuracy", "accuracy\n(strict)"), ("accuracy_numeric", "accuracy\n(numeric)"),
-               ("format_compliance", "format\ncompliance")]
+               ("accuracy_mathvista", "accuracy\n(MathVista)"), ("format_compliance", "format\ncompliance")]
+    metrics = [(m, label) for m, label in metrics if f"baseline_{m}" in headline]
+    if comparison:
+        metrics = [
+            (m, f"{label}\n[{100 * comparison[m]['ci_low']:+.0f}, {100 * comparison[m]['ci_high']:+.0f}] pts")
+            if m in comparison else (m, label)
+            for m, label in metrics
+        ]
     before = [100 * headline[f"baseline_{m}"] for m, _ in metrics]
     after = [100 * headline[f"after_{m}"] for m, _ in metrics]
     xs = range(len(metrics))
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
     ax.bar([x - 0.2 for x in xs], before, width=0.4, label="before RL", color="tab:gray")
     ax.bar([x + 0.2 for x in xs], after, width=0.4, label="after RL", color="tab:blue")
     for x, (b, a) in enumerate(zip(before, after)):

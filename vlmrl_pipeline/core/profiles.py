@@ -8,11 +8,13 @@ can still be overridden per run in Dagster's launchpad.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from vlmrl_pipeline.core.datasets import BOXED_SYSTEM_PROMPT
 from vlmrl_pipeline.core.generation import GenerationSettings
 from vlmrl_pipeline.core.modeling import LoraSettings, TinyModelSpec
-from vlmrl_pipeline.core.training import GSPOSettings
+from vlmrl_pipeline.core.samples import PromptStyle
+from vlmrl_pipeline.core.training import GSPOSettings, paper_gspo_settings
 from vlmrl_pipeline.core.warmstart import WarmStartSettings
 
 # The model name that means "build the demo model here" rather than "load this hub id or folder".
@@ -27,8 +29,18 @@ class DataSettings:
     """Where the data comes from and how it is filtered, prepared and split."""
 
     source: str = "AI4Math/MathVista"
-    """A hub id (loaded with ``datasets``), a local folder in the hub's parquet layout, or ``"synthetic"``."""
+    """A hub id (loaded with ``datasets``), a local folder (the hub's parquet layout, or MathVista's GitHub layout:
+    ``testmini.json`` + ``images/``), or ``"synthetic"``."""
     split: str = "testmini"
+    dataset_format: str = "mathvista"
+    """``mathvista`` (MathVista's columns) or ``rlinf`` (RLinf's form, as geo3k: a prompt with ``<image>``
+    placeholders, an image list and a ``\\boxed{}`` answer, under the keys below)."""
+    prompt_key: str = "problem"
+    """``rlinf`` only: the column holding the prompt text."""
+    answer_key: str = "answer"
+    """``rlinf`` only: the column holding the gold answer (``\\boxed{x}`` or plain)."""
+    image_keys: tuple[str, ...] = ("images",)
+    """``rlinf`` only: the column(s) holding the image (one image per sample)."""
     numeric_only: bool = True
     """Keep rows whose answer parses as a number (the seeds' filter)."""
     free_form_only: bool = False
@@ -41,8 +53,20 @@ class DataSettings:
     """Seed of the train/eval split (and of the synthetic data set)."""
     prompt_field: str = "query"
     """MathVista's ``query`` carries choices and unit/precision hints; ``question`` is the bare question."""
+    answer_format: str = "tags"
+    """``tags``: the seeds' <REASONING>/<SOLUTION> format and reward pair; ``boxed``: a ``\\boxed{}`` answer and
+    RLinf's +1/0 reward. Prompt instruction, rewards and scoring all follow it."""
+    system_prompt: str = ""
+    """A system turn before every prompt (RLinf's geo3k uses one to ask for ``\\boxed{}``); empty for none."""
+    max_lost_fraction: float = 0.05
+    """The data check fails when more than this share of rows is lost to bad input (missing answer, duplicate
+    pid, missing/corrupt/oversized image). Rows removed on purpose by the filters above are not "lost"."""
     synthetic_rows: int = 400
     """Rows rendered when ``source == "synthetic"``."""
+
+    @property
+    def prompt_style(self) -> PromptStyle:
+        return PromptStyle(self.prompt_field, self.answer_format, self.system_prompt or None)
 
 
 @dataclass(frozen=True)
@@ -59,10 +83,27 @@ class ModelSettings:
     max_seq_length: int = 16384
     """VLM prompts are long: image tokens + question + reasoning."""
     dtype: str = "auto"
-    """``auto``: bf16 on a GPU that supports it, float32 on a CPU."""
+    """``auto``: bf16 on a GPU that supports it, float32 on a CPU. Gemma-3 needs ``bfloat16`` (fp16 overflows)."""
+    fast_inference: bool = False
+    """GSPO rollouts through vLLM, via Unsloth's ``fast_inference=True`` (weights shared with training). Needs the
+    Unsloth backend and an installed vLLM (loading says so plainly when either is missing); vision layers must
+    stay frozen, since vLLM cannot carry LoRA on them. Evaluation always generates with ``model.generate``."""
+    gpu_memory_utilization: float = 0.8
+    """With ``fast_inference``: the share of GPU memory vLLM may take (lower it on out-of-memory errors)."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     tiny_model: TinyModelSpec = field(default_factory=TinyModelSpec)
     """Shape of the demo model (only used with the demo model name)."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("auto", "unsloth", "transformers"):
+            raise ValueError(f"backend must be 'auto', 'unsloth' or 'transformers', got {self.backend!r}")
+        if self.fast_inference and self.lora.finetune_vision_layers:
+            raise ValueError("fast_inference (vLLM) cannot serve LoRA on vision layers: set "
+                             "finetune_vision_layers=False or fast_inference=False")
+        if self.fast_inference and self.backend == "transformers":
+            raise ValueError("fast_inference runs vLLM through Unsloth: use backend 'unsloth' or 'auto'")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 
     @property
     def is_demo(self) -> bool:
@@ -114,7 +155,89 @@ def qwen3vl_8b_profile() -> Profile:
     )
 
 
-PROFILES = {"demo": demo_profile, "qwen3vl-8b": qwen3vl_8b_profile}
+def qwen3vl_8b_paper_profile() -> Profile:
+    """The seed's setup with GSPO as the paper runs it (see ``core.training.paper_gspo_settings``)."""
+    seed = qwen3vl_8b_profile()
+    return replace(seed, name="qwen3vl-8b-paper", gspo=paper_gspo_settings(seed.gspo))
+
+
+def _vision_notebook_gspo(**changes) -> GSPOSettings:
+    """GRPOConfig of Unsloth's vision GRPO notebooks (seeds 002/003): wd 0.1, 10% warm-up, clip 3e-4/4e-4,
+    8 generations; ``loss_type`` stays their ``dr_grpo``."""
+    return replace(GSPOSettings(), weight_decay=0.1, warmup_steps=0.1, epsilon=3e-4, epsilon_high=4e-4,
+                   num_generations=8, **changes)
+
+
+def qwen25vl_7b_profile() -> Profile:
+    """Qwen2.5-VL 7B Instruct as in seed 002 (4-bit through Unsloth, LoRA r=16 alpha=32, temperature 0.9, 2 epochs).
+
+    Quirks: the same Qwen-VL vision tokens (suppressed in generation); its known "addCriterion" gibberish during
+    RL is what the formatting reward's -2 penalty exists for. The seed turns on vLLM (``fast_inference``); it stays
+    off here by default because vLLM is an extra install, and loading says plainly when it is missing.
+    """
+    seed = qwen3vl_8b_profile()
+    return replace(
+        seed, name="qwen25vl-7b",
+        model=replace(seed.model, model_name="Qwen/Qwen2.5-VL-7B-Instruct", lora=LoraSettings(r=16, lora_alpha=32)),
+        gspo=_vision_notebook_gspo(temperature=0.9, num_train_epochs=2.0),
+    )
+
+
+def gemma3_4b_profile() -> Profile:
+    """Gemma-3 4B it as in seed 003 (Unsloth inference, no vLLM).
+
+    Quirks: bfloat16 only (float16 overflows Gemma-3's activations, so it needs a GPU newer than a T4); images are
+    marked with ``<start_of_image>`` and expanded into ``<image_soft_token>``, which generation suppresses; its chat
+    template folds a system turn into the first user turn; the vision tower is SigLIP (LoRA names differ, see
+    ``modeling.lora_target_regex``).
+    """
+    seed = qwen3vl_8b_profile()
+    return replace(
+        seed, name="gemma3-4b",
+        model=replace(seed.model, model_name="unsloth/gemma-3-4b-it", dtype="bfloat16",
+                      lora=LoraSettings(r=16, lora_alpha=32)),
+        gspo=_vision_notebook_gspo(),
+    )
+
+
+def demo_gpu_profile() -> Profile:
+    """The demo (synthetic data, tiny Qwen3-VL) through the GPU path: Unsloth ``FastVisionModel`` in 4-bit, 8-bit
+    AdamW. What the GPU tests run; a minute or two on any CUDA GPU, most of it Unsloth's first compile."""
+    demo = demo_profile()
+    return replace(
+        demo, name="demo-gpu",
+        model=replace(demo.model, backend="unsloth", load_in_4bit=True, dtype="auto"),
+        gspo=replace(demo.gspo, optim="adamw_8bit"),
+    )
+
+
+def geo3k_profile() -> Profile:
+    """RLinf's geo3k recipe on the seed's model: geometry problems in RLinf's form, ``\\boxed{}`` answers, +1/0 reward.
+
+    geo3k answers are often expressions (``2\\sqrt{3}``), so nothing is filtered out for being non-numeric.
+    """
+    return Profile(
+        name="geo3k",
+        data=DataSettings(
+            source="CAIR-HKISI/geo3k", split="train", dataset_format="rlinf", numeric_only=False,
+            answer_format="boxed", system_prompt=BOXED_SYSTEM_PROMPT,
+        ),
+        model=ModelSettings(),
+        warm_start=WarmStartSettings(),
+        gspo=GSPOSettings(),
+        generation=GenerationSettings(max_new_tokens=1024, batch_size=8),
+    )
+
+
+PROFILES = {
+    "demo": demo_profile,
+    "demo-gpu": demo_gpu_profile,
+    "qwen3vl-8b": qwen3vl_8b_profile,
+    "qwen3vl-8b-paper": qwen3vl_8b_paper_profile,
+    "qwen25vl-7b": qwen25vl_7b_profile,
+    "gemma3-4b": gemma3_4b_profile,
+    "geo3k": geo3k_profile,
+}
 
 
 def get_profile(name: str | None = None) -> Profile:

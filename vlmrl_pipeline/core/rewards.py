@@ -5,6 +5,10 @@ trainer_state=..., **dataset_columns)`` and logs it under ``f.__name__``. Pass
 ``REWARD_FUNCTIONS`` as ``reward_funcs`` and ``REWARD_WEIGHTS`` as
 ``GRPOConfig(reward_weights=...)`` to get ``0.3 * format + 1.0 * correctness``.
 
+That pair is the ``"tags"`` entry of :data:`REWARD_SETS`, which keys the reward
+functions by answer format; ``"boxed"`` is the geo3k / RLinf recipe (a single
+``\\boxed{}`` answer reward, +1 / 0). Use :func:`reward_set` to pick one.
+
 The functions never raise: an exception inside the reward loop would abort a
 training run hours in, so odd inputs score 0.0 (or whatever the rules give their
 text) instead.
@@ -12,9 +16,12 @@ text) instead.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import pathlib
+import re
+from collections.abc import Callable
 from typing import Any
 
 from vlmrl_pipeline.core import answers
@@ -22,21 +29,26 @@ from vlmrl_pipeline.core.answers import (
     completion_text,
     count_reasoning_blocks,
     count_solution_blocks,
+    extract_boxed,
     extract_solution,
     gold_text,
     is_addcriterion_spam,
     numeric_match,
     strict_match,
+    unbox_answer,
 )
 
 FORMAT_WEIGHT = 0.3
 CORRECTNESS_WEIGHT = 1.0
+BOXED_WEIGHT = 1.0
 
 # Per-rule scores from the seed notebook.
 _BLOCK_SCORE = 1.0
 _SPAM_PENALTY = -2.0
 _EXACT_SCORE = 2.0
 _NUMERIC_SCORE = 1.5
+# RLinf's geo3k reward: right or not, nothing in between.
+_BOXED_SCORE = 1.0
 
 
 def _as_list(values: Any) -> list:
@@ -54,7 +66,7 @@ def _as_list(values: Any) -> list:
         return [values]
     try:
         return list(values)
-    except Exception:  # not iterable (int, object) or an iterator that fails midway
+    except Exception:  # noqa: BLE001 - not iterable (int, object) or an iterator that fails midway
         return [values]
 
 
@@ -82,11 +94,27 @@ def _format_score(completion: Any) -> float:
         if is_addcriterion_spam(text):
             score += _SPAM_PENALTY
         return score
-    except Exception:  # defensive: answers.* is total, but a reward must never raise
+    except Exception:  # noqa: BLE001 - defensive: answers.* is total, but a reward must never raise
         return 0.0
 
 
-def _correctness_score(completion: Any, gold: Any) -> float:
+_OPTION_LETTER = re.compile(r"\(?([A-Z])\)?")
+
+
+def _is_chosen_option(pred: str, gold: Any, choices: Any, question_type: Any) -> bool:
+    """True when ``pred`` is the option letter ("B" or "(B)") of the gold choice of a multiple-choice row.
+
+    MathVista's ``query`` asks for the option letter, so without this a correct letter would earn nothing.
+    """
+    if question_type != "multi_choice" or choices is None:
+        return False
+    match = _OPTION_LETTER.fullmatch(pred.strip())
+    options = [str(c).strip() for c in choices]
+    index = ord(match.group(1)) - ord("A") if match else -1
+    return 0 <= index < len(options) and options[index] == gold_text(gold)
+
+
+def _correctness_score(completion: Any, gold: Any, choices: Any = None, question_type: Any = None) -> float:
     """Correctness reward for one completion (see :func:`correctness_reward`)."""
     try:
         if gold_text(gold) is None:
@@ -94,13 +122,44 @@ def _correctness_score(completion: Any, gold: Any) -> float:
         pred = extract_solution(completion_text(completion))
         if pred is None:
             return 0.0
-        if strict_match(pred, gold):
+        if strict_match(pred, gold) or _is_chosen_option(pred, gold, choices, question_type):
             return _EXACT_SCORE
         if numeric_match(pred, gold):
             return _NUMERIC_SCORE
         return 0.0
-    except Exception:  # defensive, as above
+    except Exception:  # noqa: BLE001 - defensive, as above
         return 0.0
+
+
+def _boxed_score(completion: Any, gold: Any) -> float:
+    """Boxed-answer reward for one completion (see :func:`boxed_reward`)."""
+    try:
+        gold_s = unbox_answer(gold)
+        if not gold_s:
+            return 0.0
+        pred = extract_boxed(completion_text(completion))
+        if pred is None:
+            return 0.0
+        if strict_match(pred, gold_s) or numeric_match(pred, gold_s):
+            return _BOXED_SCORE
+        return 0.0
+    except Exception:  # noqa: BLE001 - defensive, as above
+        return 0.0
+
+
+def _golds_for(items: list, answer: Any) -> list:
+    """One gold answer per completion from TRL's ``answer`` column.
+
+    None -> all None; a bare scalar broadcasts; a list-like column is cut or padded
+    with None to the batch length, so unmatched completions get no gold.
+    """
+    if answer is None:
+        golds: list = []
+    elif not _is_batch(answer):
+        golds = [answer] * len(items)
+    else:
+        golds = _as_list(answer)
+    return golds[: len(items)] + [None] * max(0, len(items) - len(golds))
 
 
 def formatting_reward(completions: Any, **kwargs: Any) -> list[float]:
@@ -116,40 +175,102 @@ def formatting_reward(completions: Any, **kwargs: Any) -> list[float]:
     return [_format_score(c) for c in _as_list(completions)]
 
 
-def correctness_reward(completions: Any, answer: Any = None, **kwargs: Any) -> list[float]:
+def correctness_reward(
+    completions: Any, answer: Any = None, choices: Any = None, question_type: Any = None, **kwargs: Any
+) -> list[float]:
     """Score each completion's ``<SOLUTION>`` against the gold ``answer`` column.
 
     2.0 when the last solution block equals the gold answer as a string (after
-    stripping), 1.5 when both parse as the same number ("3.0" vs "3"), else 0.0.
+    stripping), or, on a ``multi_choice`` row (``question_type`` and ``choices``
+    columns), is the letter of the gold choice; 1.5 when both parse as the same
+    number ("3.0" vs "3"), else 0.0.
     ``answer`` is the dataset column TRL passes per completion; a missing column,
     a shorter list (unmatched completions get no gold), None/NaN/empty entries all
     score 0.0. A bare scalar answer applies to every completion. Returns one float
     per completion; never raises.
     """
     items = _as_list(completions)
-    if answer is None:
-        golds: list = []
-    elif not _is_batch(answer):
-        golds = [answer] * len(items)
-    else:
-        golds = _as_list(answer)
-    golds = golds[: len(items)] + [None] * max(0, len(items) - len(golds))
-    return [_correctness_score(c, g) for c, g in zip(items, golds)]
+    per_item = zip(items, _golds_for(items, answer), _golds_for(items, choices), _golds_for(items, question_type))
+    return [_correctness_score(c, g, ch, qt) for c, g, ch, qt in per_item]
 
 
-REWARD_FUNCTIONS = (formatting_reward, correctness_reward)
-REWARD_WEIGHTS = (FORMAT_WEIGHT, CORRECTNESS_WEIGHT)
+def boxed_reward(completions: Any, answer: Any = None, **kwargs: Any) -> list[float]:
+    """Score each completion's last ``\\boxed{...}`` against the gold ``answer`` column.
 
-
-def reward_breakdown(completion: Any, answer: Any) -> dict:
-    """Both rewards and their weighted total for one completion.
-
-    Returns ``{"format_reward", "correctness_reward", "total_reward"}`` with
-    ``total_reward = FORMAT_WEIGHT * format + CORRECTNESS_WEIGHT * correctness``,
-    i.e. what GRPO optimises for this sample (before group normalisation).
+    1.0 when the content of the last box (:func:`~vlmrl_pipeline.core.answers.extract_boxed`,
+    nested braces allowed) equals the gold answer as a string after stripping, or
+    both parse as the same number; else 0.0. This is RLinf's geo3k reward (+1 / 0):
+    no separate format score, since an answer outside a box earns nothing anyway. A
+    gold written as ``"\\boxed{3}"`` is compared as ``"3"`` (:func:`unbox_answer`).
+    The ``answer`` column is handled as in :func:`correctness_reward`. Returns one
+    float per completion; never raises.
     """
+    items = _as_list(completions)
+    return [_boxed_score(c, g) for c, g in zip(items, _golds_for(items, answer))]
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSet:
+    """Reward functions and their weights, in the order TRL's ``GRPOConfig`` expects them."""
+
+    functions: tuple[Callable[..., list[float]], ...]
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        # TRL would only notice a mismatch once training starts.
+        if len(self.functions) != len(self.weights):
+            raise ValueError(f"{len(self.functions)} reward functions but {len(self.weights)} weights")
+
+
+# Keyed by answer format, one entry per answers.ANSWER_FORMATS: how the model is asked to write its answer.
+REWARD_SETS = {
+    "tags": RewardSet(functions=(formatting_reward, correctness_reward), weights=(FORMAT_WEIGHT, CORRECTNESS_WEIGHT)),
+    "boxed": RewardSet(functions=(boxed_reward,), weights=(BOXED_WEIGHT,)),
+}
+
+# The seed's pair, kept under its original names for existing callers.
+REWARD_FUNCTIONS = REWARD_SETS["tags"].functions
+REWARD_WEIGHTS = REWARD_SETS["tags"].weights
+
+
+def reward_set(answer_format: str) -> RewardSet:
+    """The reward functions and weights for ``answer_format`` ("tags" or "boxed").
+
+    Raises ValueError naming the valid formats for anything else.
+    """
+    try:
+        return REWARD_SETS[answer_format]
+    except (KeyError, TypeError):  # TypeError: an unhashable argument
+        raise ValueError(
+            f"unknown answer_format {answer_format!r}; expected one of {', '.join(REWARD_SETS)}"
+        ) from None
+
+
+def reward_breakdown(
+    completion: Any, answer: Any, answer_format: str = "tags", choices: Any = None, question_type: Any = None
+) -> dict:
+    """The rewards of one completion and their weighted total.
+
+    Returns ``{"format_reward", "correctness_reward", "total_reward"}``, where
+    ``total_reward`` is what GRPO optimises for this sample (before group
+    normalisation):
+
+    - ``"tags"``: ``FORMAT_WEIGHT * format + CORRECTNESS_WEIGHT * correctness``.
+    - ``"boxed"``: format 0.0 (the recipe has no format reward), correctness and
+      total both the :func:`boxed_reward` score (its weight is 1.0).
+
+    Raises ValueError for an unknown ``answer_format``.
+    """
+    chosen = reward_set(answer_format)
+    if answer_format == "boxed":
+        boxed = _boxed_score(completion, answer)
+        return {
+            "format_reward": 0.0,
+            "correctness_reward": boxed,
+            "total_reward": chosen.weights[0] * boxed,
+        }
     fmt = _format_score(completion)
-    corr = _correctness_score(completion, answer)
+    corr = _correctness_score(completion, answer, choices, question_type)
     return {
         "format_reward": fmt,
         "correctness_reward": corr,

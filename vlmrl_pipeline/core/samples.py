@@ -3,16 +3,39 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image
 
-from vlmrl_pipeline.core.datasets import build_prompt_text, chat_prompt
+from vlmrl_pipeline.core.datasets import FORMAT_INSTRUCTION, build_prompt_text, chat_prompt
 
 MANIFEST_NAME = "manifest.parquet"
 SPLIT_TRAIN = "train"
 SPLIT_EVAL = "eval"
+ANSWER_FORMATS = ("tags", "boxed")
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How a row becomes a prompt; the same style is used for warm start, training, evaluation and export checks.
+
+    ``answer_format="tags"`` (the seeds') appends the <REASONING>/<SOLUTION> instruction to the user turn;
+    ``"boxed"`` (RLinf's geo3k) appends nothing and relies on ``system_prompt`` to ask for ``\\boxed{}``.
+    """
+
+    prompt_field: str = "query"
+    answer_format: str = "tags"
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
+
+    @property
+    def instruction(self) -> str | None:
+        return FORMAT_INSTRUCTION if self.answer_format == "tags" else None
 
 
 def read_manifest(folder: str | os.PathLike) -> pd.DataFrame:
@@ -36,9 +59,13 @@ def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     return rows
 
 
-def chat_prompts(rows: pd.DataFrame, prompt_field: str = "query") -> list[list[dict]]:
-    """TRL-style conversational prompts (image part + text part), one per row."""
-    return [chat_prompt(build_prompt_text(row, prompt_field)) for row in rows.to_dict(orient="records")]
+def chat_prompts(rows: pd.DataFrame, style: PromptStyle = PromptStyle()) -> list[list[dict]]:
+    """TRL-style conversational prompts (optional system turn, image part + text parts), one per row."""
+    return [
+        chat_prompt(build_prompt_text(row, style.prompt_field, instruction=style.instruction),
+                    system_prompt=style.system_prompt or None)
+        for row in rows.to_dict(orient="records")
+    ]
 
 
 def open_images(rows: pd.DataFrame) -> list[Image.Image]:
@@ -50,20 +77,53 @@ def open_images(rows: pd.DataFrame) -> list[Image.Image]:
     return images
 
 
-def trl_dataset(rows: pd.DataFrame, prompt_field: str = "query"):
+def prompt_token_counts(processor, rows: pd.DataFrame, style: PromptStyle = PromptStyle()) -> list[int]:
+    """Tokens each row's prompt takes in the model, image tokens included (what the context must hold)."""
+    counts = []
+    for prompt, image in zip(chat_prompts(rows, style), open_images(rows)):
+        text = processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        encoded = processor(text=[text], images=[image])
+        counts.append(len(encoded["input_ids"][0]))
+    return counts
+
+
+def filter_context_overflow(
+    rows: pd.DataFrame, processor, style: PromptStyle, max_seq_length: int, max_new_tokens: int
+) -> tuple[pd.DataFrame, list[dict]]:
+    """Drop rows whose prompt plus ``max_new_tokens`` would not fit in ``max_seq_length``; list each drop.
+
+    TRL no longer truncates prompts (``max_prompt_length`` is gone), and a truncated prompt would cut image
+    placeholders and fail on an image-token mismatch, so overlong rows are removed up front and counted.
+    Returns ``(kept rows with a prompt_tokens column, dropped [{"pid", "prompt_tokens", "budget"}])``.
+    """
+    budget = int(max_seq_length) - int(max_new_tokens)
+    if budget <= 0:
+        raise ValueError(
+            f"max_seq_length ({max_seq_length}) leaves no room for a prompt after {max_new_tokens} new tokens"
+        )
+    counts = prompt_token_counts(processor, rows, style)
+    fits = [c <= budget for c in counts]
+    dropped = [{"pid": str(pid), "prompt_tokens": c, "budget": budget}
+               for pid, c, ok in zip(rows["pid"], counts, fits) if not ok]
+    kept = rows.assign(prompt_tokens=counts)[fits].reset_index(drop=True)
+    return kept, dropped
+
+
+def trl_dataset(rows: pd.DataFrame, style: PromptStyle = PromptStyle()):
     """A ``datasets.Dataset`` in TRL's VLM format: ``prompt`` (chat), ``image`` (decoded lazily), ``answer``, ``pid``.
 
-    Every column besides ``prompt`` and ``image`` reaches the reward functions as a keyword list, which is how
-    ``correctness_reward`` gets ``answer``.
+    Every column besides ``prompt`` and ``image`` reaches the reward functions as a keyword list: ``answer`` for
+    the correctness rewards, and ``choices``/``question_type`` so a multiple-choice letter can be scored.
     """
     import datasets
 
-    ds = datasets.Dataset.from_dict(
-        {
-            "prompt": chat_prompts(rows, prompt_field),
-            "image": [str(p) for p in rows["image_path"]],
-            "answer": [str(a) for a in rows["answer"]],
-            "pid": [str(p) for p in rows["pid"]],
-        }
-    )
-    return ds.cast_column("image", datasets.Image())
+    columns = {
+        "prompt": chat_prompts(rows, style),
+        "image": [str(p) for p in rows["image_path"]],
+        "answer": [str(a) for a in rows["answer"]],
+        "pid": [str(p) for p in rows["pid"]],
+    }
+    if "question_type" in rows and "choices" in rows:
+        columns["question_type"] = [str(q) for q in rows["question_type"]]
+        columns["choices"] = [[str(x) for x in c] if c is not None else [] for c in rows["choices"]]
+    return datasets.Dataset.from_dict(columns).cast_column("image", datasets.Image())

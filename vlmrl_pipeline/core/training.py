@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,28 @@ class GSPOSettings:
     mask_truncated_completions: bool = False
     logging_steps: int = 1
     seed: int = 3407
+
+    @property
+    def reuses_generations(self) -> bool:
+        """True when updates run on generations from an older policy, the only case where GSPO's sequence ratio
+        (and its clipping) can differ from 1."""
+        spg = self.steps_per_generation or self.gradient_accumulation_steps
+        return spg > self.gradient_accumulation_steps or self.num_iterations > 1
+
+
+def paper_gspo_settings(base: GSPOSettings | None = None) -> GSPOSettings:
+    """GSPO as its paper runs it, on top of ``base`` (default: the seed's settings).
+
+    ``loss_type="grpo"`` (sequence-level ratios without ``dr_grpo``'s length weighting), ``beta=0``, the paper's
+    asymmetric sequence clip ``epsilon=3e-4`` / ``epsilon_high=4e-4``, and each generation batch reused for two
+    optimizer steps (``steps_per_generation = 2 * gradient_accumulation_steps``), so the second update sees a
+    policy that has moved since sampling and the sequence ratio actually departs from 1.
+    """
+    base = base or GSPOSettings()
+    return replace(
+        base, loss_type="grpo", beta=0.0, epsilon=3e-4, epsilon_high=4e-4,
+        steps_per_generation=2 * base.gradient_accumulation_steps, num_iterations=1,
+    )
 
 
 def resolve_optim(optim: str) -> str:
@@ -158,6 +180,10 @@ def train_gspo(
     config = build_grpo_config(settings, output_dir, processor, reward_weights)
     if log is not None and config.optim != settings.optim:
         log(f"optimizer {settings.optim} needs CUDA + bitsandbytes; using {config.optim}")
+    if log is not None and settings.importance_sampling_level == "sequence" and not settings.reuses_generations:
+        log("note: every update is on-policy (steps_per_generation = gradient_accumulation_steps, num_iterations=1), "
+            "so GSPO's sequence ratio is exactly 1 and its clipping never acts; paper_gspo_settings() reuses "
+            "generations")
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=list(reward_funcs),

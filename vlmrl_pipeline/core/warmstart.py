@@ -156,7 +156,7 @@ def build_demo_base_model(
     out_dir,
     spec,
     settings: WarmStartSettings,
-    prompt_field: str = "query",
+    style=None,
     log: Callable[[str], None] | None = None,
 ):
     """Build the demo policy: tokenizer + random Qwen3-VL from ``spec``, warm-started on ``train_rows`` only.
@@ -165,15 +165,20 @@ def build_demo_base_model(
     """
     from vlmrl_pipeline.core.datasets import build_prompt_text
     from vlmrl_pipeline.core.modeling import build_tiny_qwen3vl, load_model, save_checkpoint
-    from vlmrl_pipeline.core.samples import chat_prompts, open_images
+    from vlmrl_pipeline.core.samples import PromptStyle, chat_prompts, open_images
 
+    style = style or PromptStyle()
     records = train_rows.to_dict(orient="records")
     targets = warm_start_targets([r["question"] for r in records], [str(r["answer"]) for r in records], settings)
-    corpus = tokenizer_corpus([build_prompt_text(r, prompt_field) for r in records], targets)
+    corpus = tokenizer_corpus(
+        [build_prompt_text(r, style.prompt_field, instruction=style.instruction) for r in records]
+        + ([style.system_prompt] if style.system_prompt else []),
+        targets,
+    )
     build_tiny_qwen3vl(out_dir, corpus, spec, seed=settings.seed)
     model, processor, _ = load_model(str(out_dir), backend="transformers", dtype="float32", device="cpu")
     losses = supervised_warm_start(
-        model, processor, chat_prompts(train_rows, prompt_field), open_images(train_rows), targets, settings, log
+        model, processor, chat_prompts(train_rows, style), open_images(train_rows), targets, settings, log
     )
     save_checkpoint(
         model, processor, out_dir,
