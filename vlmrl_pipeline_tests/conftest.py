@@ -25,9 +25,11 @@ def tiny_profile() -> Profile:
             vocab_size=512, text_hidden_size=64, text_layers=1, text_heads=2, text_kv_heads=1,
             text_intermediate_size=128, vision_depth=1, vision_hidden_size=32, vision_heads=2,
             vision_intermediate_size=64, image_size=TINY_IMAGE)),
-        warm_start=WarmStartSettings(steps=20, batch_size=4),
-        gspo=dataclasses.replace(demo.gspo, max_steps=3, per_device_train_batch_size=4, num_generations=2,
-                                 max_completion_length=12, logging_steps=1),
+        # Enough warm start and completion room that some rollouts earn a reward: with all rewards equal every
+        # advantage is 0, LoRA B stays 0 and the blocking check lora_weights_trained (rightly) stops the run.
+        warm_start=WarmStartSettings(steps=80, batch_size=4),
+        gspo=dataclasses.replace(demo.gspo, max_steps=3, per_device_train_batch_size=4, num_generations=4,
+                                 max_completion_length=40, logging_steps=1),
         generation=GenerationSettings(max_new_tokens=12, batch_size=4),
     )
 

@@ -138,15 +138,19 @@ def test_a_failed_blocking_check_stops_the_lineage(tmp_path):
     assert not result.asset_materializations_for_node("base_model")  # nothing downstream ran on bad data
 
 
-def write_geo3k_copy(root, rows: int = 16):
-    """geo3k in RLinf's form: a prompt with an <image> placeholder, a list of images and a boxed answer."""
+def write_geo3k_copy(root, rows: int = 16, constant_answer: str | None = None):
+    """geo3k in RLinf's form: a prompt with an <image> placeholder, a list of images and a boxed answer.
+
+    ``constant_answer`` gives every row the same answer, which a tiny model can learn in a few warm-start steps.
+    """
     records = []
     for i in range(rows):
         images = [{"bytes": _png(i + 1), "path": None}]
         if i == rows - 1:
             images = images + [{"bytes": _png(99), "path": None}]  # two images: a counted skip
         records.append({"id": f"geo-{i}", "question_text": f"<image>\nFind x in figure {i}.", "figures": images,
-                        "solution": f"\\boxed{{{i + 2}}}" if i % 2 else f"\\boxed{{{i}\\sqrt{{3}}}}"})
+                        "solution": f"\\boxed{{{constant_answer}}}" if constant_answer else
+                        f"\\boxed{{{i + 2}}}" if i % 2 else f"\\boxed{{{i}\\sqrt{{3}}}}"})
     (root / "data").mkdir(parents=True)
     pd.DataFrame(records).to_parquet(root / "data" / "train-00000-of-00001.parquet")
     return root

@@ -8,9 +8,11 @@ EXPECTED_UPSTREAM = {
     "mathvista_filtered": set(),
     "resized_images": {"mathvista_filtered"},
     "base_model": {"resized_images"},
-    "baseline_records": {"base_model", "resized_images", "mathvista_filtered"},
+    "baseline_completions": {"base_model", "resized_images", "mathvista_filtered"},
+    "baseline_records": {"baseline_completions", "resized_images"},
     "lora_adapter": {"base_model", "resized_images"},
-    "after_records": {"lora_adapter", "base_model", "resized_images", "mathvista_filtered"},
+    "after_completions": {"lora_adapter", "base_model", "resized_images", "mathvista_filtered"},
+    "after_records": {"after_completions", "resized_images"},
     "eval_diff_report": {"baseline_records", "after_records"},
     "merged_model": {"lora_adapter", "base_model", "resized_images"},
 }
@@ -32,8 +34,27 @@ def test_every_asset_says_what_it_is():
         assert node.description and len(node.description) > 40, key
 
 
-def test_the_lineage_job_exists_and_the_split_check_is_blocking():
+def test_the_lineage_job_exists_and_bad_artifacts_are_stopped_by_blocking_checks():
     assert defs.resolve_job_def("vlmrl_lineage").name == "vlmrl_lineage"
     specs = {spec.name: spec for checks in all_checks for spec in checks.check_specs}
-    assert specs["train_eval_disjoint"].blocking
-    assert specs["train_eval_disjoint"].asset_key == AssetKey("resized_images")
+    expected = {
+        "filtered_rows_valid": "mathvista_filtered",
+        "train_eval_disjoint": "resized_images",
+        "few_rows_lost": "resized_images",
+        "lora_weights_trained": "lora_adapter",
+        "baseline_records_complete": "baseline_records",
+        "after_records_complete": "after_records",
+    }
+    assert set(specs) == set(expected)
+    for name, asset in expected.items():
+        assert specs[name].blocking and specs[name].asset_key == AssetKey(asset), name
+
+
+def test_gpu_steps_share_the_gpu_pool_and_carry_the_compute_tag():
+    graph = defs.resolve_asset_graph()
+    gpu = {"baseline_completions", "after_completions", "lora_adapter", "merged_model"}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        name = key.to_user_string()
+        assert node.tags.get("compute") == ("gpu" if name in gpu else "cpu"), name
+        assert (node.pools == {"gpu"}) == (name in gpu), name

@@ -17,8 +17,10 @@ from vlmrl_pipeline.definitions import all_assets, all_checks
 from vlmrl_pipeline.resources import resources_for_profile
 from vlmrl_pipeline_tests.conftest import tiny_profile
 
-ASSETS = ["mathvista_filtered", "resized_images", "base_model", "baseline_records", "lora_adapter", "after_records",
-          "eval_diff_report", "merged_model"]
+ASSETS = ["mathvista_filtered", "resized_images", "base_model", "baseline_completions", "baseline_records",
+          "lora_adapter", "after_completions", "after_records", "eval_diff_report", "merged_model"]
+CHECKS = {"filtered_rows_valid", "train_eval_disjoint", "few_rows_lost", "lora_weights_trained",
+          "baseline_records_complete", "after_records_complete"}
 HEADLINE = ["baseline_accuracy", "after_accuracy", "baseline_accuracy_mathvista", "after_accuracy_mathvista",
             "baseline_format_compliance", "after_format_compliance"]
 
@@ -42,7 +44,7 @@ def test_whole_lineage_on_the_tiny_profile(tmp_path):
     for name in ASSETS:
         assert instance.get_latest_materialization_event(AssetKey(name)) is not None, name
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert set(checks) == {"train_eval_disjoint", "few_rows_lost"} and all(c.passed for c in checks.values())
+    assert set(checks) == CHECKS and all(c.passed for c in checks.values())
     assert checks["few_rows_lost"].metadata["rows_lost"].value == 0
 
     data = tmp_path / "data"
@@ -99,7 +101,8 @@ def test_whole_lineage_on_geo3k_in_rlinf_form_with_the_boxed_reward(tmp_path):
     from vlmrl_pipeline_tests.test_assets_data import write_geo3k_copy
 
     base = tiny_profile()
-    source = write_geo3k_copy(tmp_path / "geo3k", rows=20)
+    # One answer for all rows, so the tiny model learns to box it and rewards vary within groups.
+    source = write_geo3k_copy(tmp_path / "geo3k", rows=20, constant_answer="3")
     profile = dataclasses.replace(base, data=dataclasses.replace(
         base.data, source=str(source), split="train", dataset_format="rlinf", prompt_key="question_text",
         answer_key="solution", image_keys=("figures",), numeric_only=False, answer_format="boxed",

@@ -13,6 +13,7 @@ from dagster import (
 )
 
 from vlmrl_pipeline.core.datasets import (
+    MATHVISTA_COLUMNS,
     count_skips,
     filter_mathvista,
     load_mathvista,
@@ -25,6 +26,7 @@ from vlmrl_pipeline.core.export import sha256_file
 from vlmrl_pipeline.core.profiles import SYNTHETIC_SOURCE
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_EVAL, SPLIT_TRAIN
 from vlmrl_pipeline.core.synthetic import write_synthetic_mathvista
+from vlmrl_pipeline.execution import CPU_TAGS
 from vlmrl_pipeline.resources import ArtifactStore, DataSettingsResource
 
 FILTERED_NAME = "filtered.parquet"
@@ -33,7 +35,7 @@ SKIPPED_NAME = "skipped.json"
 PREVIEW_COLUMNS = ["pid", "question", "answer", "question_type", "answer_type"]
 
 
-@asset(group_name="data", kinds={"parquet"}, code_version="2")
+@asset(group_name="data", kinds={"parquet"}, code_version="data-2", tags=CPU_TAGS)
 def mathvista_filtered(
     context: AssetExecutionContext, artifacts: ArtifactStore, data_settings: DataSettingsResource
 ) -> MaterializeResult:
@@ -84,7 +86,25 @@ def mathvista_filtered(
     )
 
 
-@asset(group_name="data", deps=[mathvista_filtered], kinds={"pillow", "parquet"}, code_version="2")
+@asset_check(asset=mathvista_filtered, blocking=True,
+             description="Non-empty, MathVista's columns, an answer in every row, unique pids")
+def filtered_rows_valid(artifacts: ArtifactStore) -> AssetCheckResult:
+    """The filtered table is what every later stage assumes: rows exist, the schema is MathVista's, every row has
+    an answer and a distinct pid. A violation stops the run before images are prepared."""
+    table = pd.read_parquet(artifacts.asset_dir("mathvista_filtered") / FILTERED_NAME)
+    missing_columns = [c for c in MATHVISTA_COLUMNS if c not in table.columns]
+    blank_answers = int(table["answer"].isna().sum() + (table["answer"].astype(str).str.strip() == "").sum()) \
+        if "answer" in table.columns else len(table)
+    repeated_pids = int(table["pid"].astype(str).duplicated().sum()) if "pid" in table.columns else len(table)
+    return AssetCheckResult(
+        passed=len(table) > 0 and not missing_columns and blank_answers == 0 and repeated_pids == 0,
+        metadata={"num_rows": len(table), "missing_columns": MetadataValue.json(missing_columns),
+                  "blank_answers": blank_answers, "repeated_pids": repeated_pids},
+    )
+
+
+@asset(group_name="data", deps=[mathvista_filtered], kinds={"pillow", "parquet"}, code_version="images-2",
+       tags=CPU_TAGS)
 def resized_images(
     context: AssetExecutionContext, artifacts: ArtifactStore, data_settings: DataSettingsResource
 ) -> MaterializeResult:

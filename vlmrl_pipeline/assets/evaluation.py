@@ -1,25 +1,47 @@
-"""Evaluation stage: the same held-out samples, scored before and after RL."""
+"""Evaluation stage, split in two so a reward change re-scores without generating again.
+
+``*_completions`` generate (GPU, slow; their code version is the generation code's). ``*_records`` score the
+stored completions (CPU, seconds; their code version is the rewards' source hash, ``REWARD_VERSION``), so editing
+a reward marks only the records and the report unsynced, and "Materialize unsynced" re-scores.
+"""
 
 from dataclasses import asdict
 from pathlib import Path
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
 
 from vlmrl_pipeline.assets.data import mathvista_filtered, resized_images
 from vlmrl_pipeline.assets.model import base_model, base_model_path
+from vlmrl_pipeline.assets.provenance import lineage
 from vlmrl_pipeline.assets.training import lora_adapter
-from vlmrl_pipeline.core.evaluation import evaluate_policy, save_records, summarize_records
-from vlmrl_pipeline.core.export import sha256_file
+from vlmrl_pipeline.core.evaluation import (
+    generate_for_rows,
+    load_completions,
+    save_completions,
+    save_records,
+    score_stored_completions,
+    summarize_records,
+)
 from vlmrl_pipeline.core.modeling import load_policy
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
-from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_EVAL, filter_context_overflow, read_manifest, split_rows
+from vlmrl_pipeline.core.samples import SPLIT_EVAL, filter_context_overflow, read_manifest, split_rows
+from vlmrl_pipeline.execution import CPU_TAGS, GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import ArtifactStore, DataSettingsResource, EvalSettingsResource, ModelSettingsResource
 
+GENERATION_CODE_VERSION = "generation-1"
 PREVIEW_COLUMNS = ["pid", "answer", "pred", "correct", "correct_numeric", "correct_mathvista", "format_ok",
                    "total_reward"]
 
 
-def _evaluate(
+def _generate(
     name: str,
     context: AssetExecutionContext,
     artifacts: ArtifactStore,
@@ -30,13 +52,13 @@ def _evaluate(
 ) -> MaterializeResult:
     model_cfg = model_settings.to_core()
     data = data_settings.to_core()
+    settings = eval_settings.to_core()
     load_path, ref = base_model_path(artifacts)
     rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL)
     model, processor, backend = load_policy(
         load_path, backend=model_cfg.backend, revision=ref.get("revision"), dtype=model_cfg.dtype,
         load_in_4bit=model_cfg.load_in_4bit, max_seq_length=model_cfg.max_seq_length, adapter_dir=adapter_dir,
     )
-    settings = eval_settings.to_core()
     # Same base processor and settings before and after, so both evaluations drop the same rows.
     rows, overflow = filter_context_overflow(rows, processor, data.prompt_style, model_cfg.max_seq_length,
                                              settings.max_new_tokens)
@@ -45,71 +67,139 @@ def _evaluate(
                             f"the {item['budget']}-token budget (max_seq_length - max_new_tokens)")
     if rows.empty:
         raise ValueError(f"every evaluation prompt overflows max_seq_length={model_cfg.max_seq_length}")
-    records, seconds = evaluate_policy(
+    completions, seconds = generate_for_rows(
         model, processor, rows, settings, data.prompt_style,
         progress=lambda done, total: context.log.info(f"{name}: generated {done}/{total}"),
     )
-    summary = summarize_records(records)
-    provenance = {
-        "base_model": ref["model_name"],
-        "base_model_revision": ref.get("revision"),
-        "adapter_sha256": sha256_file(adapter_dir / "adapter_model.safetensors") if adapter_dir else None,
-        "dataset_sha256": sha256_file(artifacts.asset_dir("mathvista_filtered") / "filtered.parquet"),
-        "manifest_sha256": sha256_file(artifacts.asset_dir("resized_images") / MANIFEST_NAME),
-        "reward_version": REWARD_VERSION,
-        "answer_format": data.answer_format,
+    # Generation does not depend on the rewards: their version belongs to the records.
+    provenance = {k: v for k, v in lineage(artifacts, adapter_dir).items() if k != "reward_version"}
+    info = {
+        **provenance,
         "prompt_field": data.prompt_field,
+        "system_prompt": data.system_prompt,
         "generation": asdict(settings),
         "backend": backend,
+        "generation_seconds": seconds,
+        "eval_pids": [str(p) for p in rows["pid"]],
         "dropped_context_overflow": overflow,
-        "summary": summary,
     }
+    with artifacts.staging(name) as tmp:
+        save_completions(tmp, rows["pid"].tolist(), completions, info)
+    return MaterializeResult(
+        metadata={
+            "path": MetadataValue.path(str(artifacts.asset_dir(name))),
+            "num_completions": len(completions),
+            "num_context_overflow": len(overflow),
+            "generation_seconds": round(seconds, 2),
+            "samples_per_second": round(len(completions) / seconds, 2) if seconds > 0 else 0.0,
+            "backend": backend,
+            **provenance,
+        }
+    )
+
+
+def _score(name: str, completions_asset: str, artifacts: ArtifactStore,
+           data_settings: DataSettingsResource) -> MaterializeResult:
+    data = data_settings.to_core()
+    completions, info = load_completions(artifacts.asset_dir(completions_asset))
+    rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL)
+    records = score_stored_completions(rows, completions, data.answer_format)
+    summary = summarize_records(records)
+    provenance = {**info, "reward_version": REWARD_VERSION, "answer_format": data.answer_format,
+                  "completions_from": completions_asset, "summary": summary}
     with artifacts.staging(name) as tmp:
         save_records(records, tmp, name, provenance)
     return MaterializeResult(
         metadata={
             "path": MetadataValue.path(str(artifacts.asset_dir(name) / f"{name}.json")),
             **{k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in summary.items()},
-            "num_context_overflow": len(overflow),
-            "generation_seconds": round(seconds, 2),
-            "samples_per_second": round(len(records) / seconds, 2) if seconds > 0 else 0.0,
-            "base_model": ref["model_name"],
-            "adapter_sha256": provenance["adapter_sha256"] or "none (base model)",
-            "dataset_sha256": provenance["dataset_sha256"],
+            **{k: info[k] for k in ("base_model", "base_model_revision", "dataset_sha256", "adapter_sha256")},
             "reward_version": REWARD_VERSION,
+            "answer_format": data.answer_format,
             "preview": MetadataValue.md(records[PREVIEW_COLUMNS].head(20).to_markdown(index=False)),
         }
     )
 
 
 @asset(group_name="evaluation", deps=[base_model, resized_images, mathvista_filtered], kinds={"pytorch"},
-       code_version="2")
-def baseline_records(
+       code_version=GENERATION_CODE_VERSION, pool=GPU_POOL, tags=GPU_TAGS, op_tags=gpu_op_tags())
+def baseline_completions(
     context: AssetExecutionContext,
     artifacts: ArtifactStore,
     model_settings: ModelSettingsResource,
     data_settings: DataSettingsResource,
     eval_settings: EvalSettingsResource,
 ) -> MaterializeResult:
-    """Per-sample records of the base policy on the held-out split: completion, ``pred``, ``correct`` (strict),
-    ``correct_numeric``, ``correct_mathvista`` (MathVista's rules), ``format_ok`` and reward values, saved as
-    ``baseline_records.json`` and ``.parquet``.
+    """The base policy's completions for every held-out sample (greedy, batched, vision tokens suppressed).
 
-    This is the "before" of the before/after comparison; generation is greedy and batched. Prompts that would
-    overflow the model's context are dropped and listed.
+    Stored as ``completions.parquet`` with ``generation.json`` (model, data and generation settings), so the
+    records can be re-scored after a reward change without generating again. Prompts that would overflow the
+    model's context are dropped and listed.
     """
-    return _evaluate("baseline_records", context, artifacts, model_settings, data_settings, eval_settings, None)
+    return _generate("baseline_completions", context, artifacts, model_settings, data_settings, eval_settings, None)
 
 
 @asset(group_name="evaluation", deps=[lora_adapter, base_model, resized_images, mathvista_filtered],
-       kinds={"pytorch", "peft"}, code_version="2")
-def after_records(
+       kinds={"pytorch", "peft"}, code_version=GENERATION_CODE_VERSION, pool=GPU_POOL, tags=GPU_TAGS,
+       op_tags=gpu_op_tags())
+def after_completions(
     context: AssetExecutionContext,
     artifacts: ArtifactStore,
     model_settings: ModelSettingsResource,
     data_settings: DataSettingsResource,
     eval_settings: EvalSettingsResource,
 ) -> MaterializeResult:
-    """The same records as ``baseline_records``, for the base policy plus the trained LoRA adapter (the "after")."""
-    return _evaluate("after_records", context, artifacts, model_settings, data_settings, eval_settings,
+    """The same completions as ``baseline_completions``, from the base policy plus the trained LoRA adapter."""
+    return _generate("after_completions", context, artifacts, model_settings, data_settings, eval_settings,
                      artifacts.asset_dir("lora_adapter"))
+
+
+@asset(group_name="evaluation", deps=[baseline_completions, resized_images], kinds={"pandas"},
+       code_version=REWARD_VERSION, tags=CPU_TAGS)
+def baseline_records(artifacts: ArtifactStore, data_settings: DataSettingsResource) -> MaterializeResult:
+    """Per-sample records of the base policy: completion, ``pred``, ``correct`` (strict, the seed's metric),
+    ``correct_numeric``, ``correct_mathvista`` (MathVista's rules), ``format_ok`` and the reward values, saved as
+    ``baseline_records.json`` (with provenance) and ``.parquet``.
+
+    This is the "before" of the comparison. It only scores stored completions, so its code version is the
+    rewards' source hash: a reward change re-runs this in seconds, not the generation.
+    """
+    return _score("baseline_records", "baseline_completions", artifacts, data_settings)
+
+
+@asset(group_name="evaluation", deps=[after_completions, resized_images], kinds={"pandas"},
+       code_version=REWARD_VERSION, tags=CPU_TAGS)
+def after_records(artifacts: ArtifactStore, data_settings: DataSettingsResource) -> MaterializeResult:
+    """The same records as ``baseline_records``, for the policy after GSPO (base plus the LoRA adapter)."""
+    return _score("after_records", "after_completions", artifacts, data_settings)
+
+
+def _records_complete(artifacts: ArtifactStore, name: str, completions_asset: str) -> AssetCheckResult:
+    import pandas as pd
+
+    records = pd.read_parquet(artifacts.asset_dir(name) / f"{name}.parquet")
+    _, info = load_completions(artifacts.asset_dir(completions_asset))
+    eval_rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL)
+    dropped = {item["pid"] for item in info["dropped_context_overflow"]}
+    expected = set(eval_rows["pid"].astype(str)) - dropped
+    got = records["pid"].astype(str)
+    missing, extra = sorted(expected - set(got)), sorted(set(got) - expected)
+    return AssetCheckResult(
+        passed=not missing and not extra and not got.duplicated().any() and len(records) > 0,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"num_records": len(records), "num_expected": len(expected), "num_overflow_dropped": len(dropped),
+                  "missing_pids": MetadataValue.json(missing[:50]), "extra_pids": MetadataValue.json(extra[:50]),
+                  "duplicated_pids": int(got.duplicated().sum())},
+    )
+
+
+@asset_check(asset=baseline_records, blocking=True,
+             description="One record per held-out sample (less prompts dropped for overflowing the context)")
+def baseline_records_complete(artifacts: ArtifactStore) -> AssetCheckResult:
+    return _records_complete(artifacts, "baseline_records", "baseline_completions")
+
+
+@asset_check(asset=after_records, blocking=True,
+             description="One record per held-out sample (less prompts dropped for overflowing the context)")
+def after_records_complete(artifacts: ArtifactStore) -> AssetCheckResult:
+    return _records_complete(artifacts, "after_records", "after_completions")

@@ -4,18 +4,20 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.model import base_model, base_model_path
+from vlmrl_pipeline.assets.provenance import lineage
 from vlmrl_pipeline.assets.training import lora_adapter
 from vlmrl_pipeline.core.export import dir_size_bytes, merge_adapter_to_checkpoint, sha256_file
 from vlmrl_pipeline.core.generation import GenerationSettings, generate_completions
 from vlmrl_pipeline.core.modeling import load_model
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, chat_prompts, open_images, read_manifest, split_rows
+from vlmrl_pipeline.execution import GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import ArtifactStore, DataSettingsResource
 
 MERGED_DTYPE = "bfloat16"
 
 
 @asset(group_name="export", deps=[lora_adapter, base_model, resized_images], kinds={"safetensors", "huggingface"},
-       code_version="1")
+       code_version="export-1", pool=GPU_POOL, tags=GPU_TAGS, op_tags=gpu_op_tags())
 def merged_model(
     context: AssetExecutionContext, artifacts: ArtifactStore, data_settings: DataSettingsResource
 ) -> MaterializeResult:
@@ -39,7 +41,8 @@ def merged_model(
         metadata={
             "path": MetadataValue.path(str(artifacts.asset_dir("merged_model") / "checkpoint")),
             "dtype": MERGED_DTYPE,
-            "base_model": ref["model_name"],
+            **{k: v for k, v in lineage(artifacts, artifacts.asset_dir("lora_adapter")).items()
+               if k != "reward_version"},
             "size_bytes": size,
             "weights_sha256": digest,
             "sample_generation": sample,

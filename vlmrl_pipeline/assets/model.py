@@ -8,12 +8,14 @@ from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.core.lineage import write_model_ref
 from vlmrl_pipeline.core.samples import SPLIT_TRAIN, read_manifest, split_rows
 from vlmrl_pipeline.core.warmstart import build_demo_base_model
+from vlmrl_pipeline.execution import CPU_TAGS
 from vlmrl_pipeline.resources import ArtifactStore, DataSettingsResource, ModelSettingsResource
 
 CHECKPOINT_DIR = "checkpoint"
 
 
-@asset(group_name="model", deps=[resized_images], kinds={"pytorch", "huggingface"}, code_version="1")
+@asset(group_name="model", deps=[resized_images], kinds={"pytorch", "huggingface"}, code_version="model-1",
+       tags=CPU_TAGS)
 def base_model(
     context: AssetExecutionContext,
     artifacts: ArtifactStore,

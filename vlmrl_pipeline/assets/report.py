@@ -1,37 +1,58 @@
 """Report stage: what RL changed, per metric and per sample."""
 
+import json
+
 import pandas as pd
 from dagster import MaterializeResult, MetadataValue, asset
 
 from vlmrl_pipeline.assets.evaluation import after_records, baseline_records
 from vlmrl_pipeline.core.evaluation import diff_records, report_markdown, write_json_atomic
 from vlmrl_pipeline.core.plots import before_after_png, png_markdown
+from vlmrl_pipeline.core.report_html import render_report_html, thumbnail_data_uri
+from vlmrl_pipeline.core.rewards import REWARD_VERSION
+from vlmrl_pipeline.core.samples import SPLIT_EVAL, read_manifest, split_rows
+from vlmrl_pipeline.execution import CPU_TAGS
 from vlmrl_pipeline.resources import ArtifactStore
 
+PROVENANCE_KEYS = ("base_model", "base_model_revision", "dataset_sha256", "adapter_sha256", "reward_version")
 
-@asset(group_name="report", deps=[baseline_records, after_records], kinds={"markdown"}, code_version="2")
+
+@asset(group_name="report", deps=[baseline_records, after_records], kinds={"markdown"},
+       code_version=f"report-2+rewards-{REWARD_VERSION}", tags=CPU_TAGS)
 def eval_diff_report(artifacts: ArtifactStore) -> MaterializeResult:
     """Accuracy (strict, numeric and MathVista's rules) and format compliance before vs after RL, how sure each
     change is (paired bootstrap 95% interval, exact McNemar p-value), and every sample that flipped.
 
-    Written as ``report.json`` (machine-readable), ``report.md`` and ``before_after.png``. The headline numbers
-    are float metadata, so the Dagster UI plots them across materializations.
+    Written as ``report.json`` (machine-readable), ``report.md``, ``before_after.png`` and ``report.html`` (a
+    self-contained page with image thumbnails, filterable to the samples that flipped; linked as ``report_page``).
+    The headline numbers are float metadata, so the Dagster UI plots them across materializations.
     """
     baseline = pd.read_parquet(artifacts.asset_dir("baseline_records") / "baseline_records.parquet")
     after = pd.read_parquet(artifacts.asset_dir("after_records") / "after_records.parquet")
     diff = diff_records(baseline, after)
+    # Lineage of the "after" numbers (the baseline's differs only by having no adapter).
+    after_info = json.loads((artifacts.asset_dir("after_records") / "after_records.json").read_text())
+    diff["provenance"] = {k: after_info.get(k) for k in PROVENANCE_KEYS}
     markdown = report_markdown(diff)
     chart = before_after_png(diff["headline"], diff["comparison"])
     with artifacts.staging("eval_diff_report") as tmp:
         write_json_atomic(tmp / "report.json", diff)
         (tmp / "report.md").write_text(markdown + "\n" + png_markdown(chart, "before/after") + "\n")
         (tmp / "before_after.png").write_bytes(chart)
+        # The page people open: headline with intervals, plot, per-sample table with thumbnails (self-contained).
+        eval_rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL)
+        thumbnails = {str(pid): thumbnail_data_uri(path)
+                      for pid, path in zip(eval_rows["pid"], eval_rows["image_path"])}
+        (tmp / "report.html").write_text(render_report_html(diff, baseline, after, thumbnails, chart), encoding="utf-8")
     return MaterializeResult(
         metadata={
             "path": MetadataValue.path(str(artifacts.asset_dir("eval_diff_report") / "report.md")),
+            "report_page": MetadataValue.url(
+                (artifacts.asset_dir("eval_diff_report") / "report.html").resolve().as_uri()),
             **{k: round(float(v), 4) for k, v in diff["headline"].items()},
             **{f"{key}_{field}": round(float(c[field]), 4)
                for key, c in diff["comparison"].items() for field in ("difference", "ci_low", "ci_high", "p_value")},
+            **{k: str(v) for k, v in diff["provenance"].items()},
             "num_samples": diff["num_samples"],
             "num_flipped": len(diff["flipped_samples"]),
             "report": MetadataValue.md(markdown),

@@ -3,16 +3,18 @@
 import json
 from dataclasses import asdict
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetCheckResult, AssetExecutionContext, MaterializeResult, MetadataValue, asset, asset_check
 
 from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.model import base_model, base_model_path
+from vlmrl_pipeline.assets.provenance import lineage
 from vlmrl_pipeline.core.export import inspect_lora_adapter
 from vlmrl_pipeline.core.modeling import apply_lora, load_model, peft_lora_config
 from vlmrl_pipeline.core.plots import png_markdown, training_curves_png
 from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_set
 from vlmrl_pipeline.core.samples import SPLIT_TRAIN, filter_context_overflow, read_manifest, split_rows, trl_dataset
 from vlmrl_pipeline.core.training import train_gspo
+from vlmrl_pipeline.execution import GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import (
     ArtifactStore,
     DataSettingsResource,
@@ -21,7 +23,8 @@ from vlmrl_pipeline.resources import (
 )
 
 
-@asset(group_name="training", deps=[base_model, resized_images], kinds={"pytorch", "trl"}, code_version="2")
+@asset(group_name="training", deps=[base_model, resized_images], kinds={"pytorch", "trl"}, code_version="training-2",
+       pool=GPU_POOL, tags=GPU_TAGS, op_tags=gpu_op_tags())
 def lora_adapter(
     context: AssetExecutionContext,
     artifacts: ArtifactStore,
@@ -82,7 +85,7 @@ def lora_adapter(
         metadata={
             "path": MetadataValue.path(str(artifacts.asset_dir("lora_adapter"))),
             "backend": backend,
-            "base_model": ref["model_name"],
+            **{k: v for k, v in lineage(artifacts).items() if k != "adapter_sha256"},
             "train_rows": len(train_rows),
             "global_step": result.global_step,
             "train_runtime_s": round(result.train_runtime_s, 1),
@@ -92,7 +95,24 @@ def lora_adapter(
             "adapter_sha256": stats["sha256"],
             "lora_b_nonzero": f"{stats['num_lora_b_nonzero']}/{stats['num_lora_b']}",
             "lora_all_finite": stats["all_finite"],
-            "reward_version": REWARD_VERSION,
             "training_curves": MetadataValue.md(png_markdown(curves, "GSPO training curves")),
         }
+    )
+
+
+@asset_check(asset=lora_adapter, blocking=True,
+             description="Every LoRA weight is finite and at least one LoRA B matrix is non-zero")
+def lora_weights_trained(artifacts: ArtifactStore) -> AssetCheckResult:
+    """An adapter with NaN/inf weights, or whose B matrices are all still zero (PEFT's initialisation: the
+    adapter changes nothing), must not be evaluated, merged or exported as if it were a trained policy."""
+    stats = inspect_lora_adapter(artifacts.asset_dir("lora_adapter"))
+    return AssetCheckResult(
+        passed=bool(stats["all_finite"]) and stats["num_lora_b"] > 0 and stats["num_lora_b_nonzero"] > 0,
+        metadata={
+            "all_finite": bool(stats["all_finite"]),
+            "num_lora_b": stats["num_lora_b"],
+            "num_lora_b_nonzero": stats["num_lora_b_nonzero"],
+            "max_abs_lora_b": stats["max_abs_lora_b"],
+            "adapter_sha256": stats["sha256"],
+        },
     )

@@ -187,7 +187,7 @@ def _load_hub_dataset(source: str, split: str) -> pd.DataFrame:
     return ds.to_pandas()
 
 
-def _split_files(root: Path, split: str, suffix: str) -> list[Path]:
+def split_files(root: Path, split: str, suffix: str) -> list[Path]:
     """``{split}-*{suffix}`` and ``{split}{suffix}`` files below ``root`` (recursively), by file name.
 
     Ordered by file name (the shard number), wherever the shards sit; ``test`` does not
@@ -357,7 +357,7 @@ def load_mathvista(source: str, split: str = "testmini") -> pd.DataFrame:
     source = os.fspath(source)
     if os.path.isdir(source):
         root = Path(source)
-        files = _split_files(root, split, ".parquet")
+        files = split_files(root, split, ".parquet")
         json_file = _find_mathvista_json(root, split)
         if files and json_file is not None:
             raise DataError(
@@ -554,8 +554,8 @@ def load_rlinf(
         raise DataError("load_rlinf: image_keys is empty; name the column(s) that hold the images")
     if os.path.isdir(source):
         root = Path(source)
-        files = _split_files(root, split, ".parquet")
-        json_files = _split_files(root, split, ".jsonl") + _split_files(root, split, ".json")
+        files = split_files(root, split, ".parquet")
+        json_files = split_files(root, split, ".jsonl") + split_files(root, split, ".json")
         if files and json_files:
             raise DataError(
                 f"{root} holds split {split!r} as parquet ({files[0]}) and as JSON ({json_files[0]}); "

@@ -253,18 +253,71 @@ def save_records(records: pd.DataFrame, folder: str | os.PathLike, stem: str, ex
     return {"json": json_path, "parquet": parquet_path}
 
 
+COMPLETIONS_NAME = "completions.parquet"
+GENERATION_INFO_NAME = "generation.json"
+
+
+def generate_for_rows(model, processor, rows: pd.DataFrame, settings, style: PromptStyle | None = None,
+                      progress=None) -> tuple[list[str], float]:
+    """One completion per row (batched, vision tokens suppressed). Returns ``(completions, seconds)``."""
+    import time
+
+    from vlmrl_pipeline.core.generation import generate_completions
+
+    style = style or PromptStyle()
+    start = time.perf_counter()
+    completions = generate_completions(
+        model, processor, chat_prompts(rows, style), open_images(rows), settings, progress=progress
+    )
+    return completions, time.perf_counter() - start
+
+
 def evaluate_policy(model, processor, rows: pd.DataFrame, settings, style: PromptStyle | None = None, progress=None):
     """Generate a completion for every row (batched) and score it. Returns ``(records, seconds)``.
 
     ``style`` is a ``samples.PromptStyle`` (default: MathVista's ``query`` with the seeds' tags); its answer
     format also picks how completions are scored.
     """
-    import time
-
-    from vlmrl_pipeline.core.generation import generate_completions
     style = style or PromptStyle()
-    start = time.perf_counter()
-    completions = generate_completions(
-        model, processor, chat_prompts(rows, style), open_images(rows), settings, progress=progress
-    )
-    return score_records(rows, completions, style.answer_format), time.perf_counter() - start
+    completions, seconds = generate_for_rows(model, processor, rows, settings, style, progress)
+    return score_records(rows, completions, style.answer_format), seconds
+
+
+def save_completions(folder: str | os.PathLike, pids: Sequence[str], completions: Sequence[str],
+                     info: dict[str, Any]) -> Path:
+    """Store generated completions (``completions.parquet``: pid, completion) and how they were made
+    (``generation.json``), so scoring can be redone without generating again."""
+    if len(pids) != len(completions):
+        raise ValueError(f"{len(pids)} pids but {len(completions)} completions")
+    folder = Path(folder)
+    with atomic_file(folder / COMPLETIONS_NAME) as tmp:
+        pd.DataFrame({"pid": [str(p) for p in pids], "completion": list(completions)}).to_parquet(tmp, index=False)
+    write_json_atomic(folder / GENERATION_INFO_NAME, info)
+    return folder / COMPLETIONS_NAME
+
+
+def load_completions(folder: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The completions and generation info that :func:`save_completions` wrote."""
+    folder = Path(folder)
+    path = folder / COMPLETIONS_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"no {COMPLETIONS_NAME} in {folder}: materialize the completions asset first")
+    return pd.read_parquet(path), json.loads((folder / GENERATION_INFO_NAME).read_text())
+
+
+def score_stored_completions(eval_rows: pd.DataFrame, completions: pd.DataFrame,
+                             answer_format: str = "tags") -> pd.DataFrame:
+    """Score stored completions against their rows, matched by ``pid`` (the records follow the completions' order).
+
+    Raises if a completion's pid is not an evaluation row or repeats: scores must never be attached to the wrong
+    sample.
+    """
+    rows = eval_rows.assign(pid=eval_rows["pid"].astype(str)).set_index("pid", drop=False)
+    pids = completions["pid"].astype(str)
+    if pids.duplicated().any():
+        raise ValueError(f"repeated pids in the completions: {sorted(set(pids[pids.duplicated()]))[:10]}")
+    unknown = sorted(set(pids) - set(rows.index))
+    if unknown:
+        raise ValueError(f"completions for pids that are not evaluation rows: {unknown[:10]}")
+    return score_records(rows.loc[pids.tolist()].reset_index(drop=True), completions["completion"].tolist(),
+                         answer_format)

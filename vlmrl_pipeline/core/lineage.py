@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -33,3 +34,106 @@ def model_load_path(ref: dict[str, Any], base_model_folder: str | os.PathLike) -
     if ref.get("checkpoint_dir"):
         return str(Path(base_model_folder) / ref["checkpoint_dir"])
     return ref["model_name"]
+
+
+# --------------------------------------------------------------------------- source fingerprints
+
+SYNTHETIC_FINGERPRINT_KEYS = ("synthetic_rows", "seed", "image_size")
+"""The settings that, with the split, decide what the synthetic source renders."""
+
+
+def _looks_local(source: str) -> bool:
+    """The loaders' rule (``datasets._check_local_source``): such a path is never sent to the hub."""
+    return os.path.exists(source) or os.path.isabs(source) or source.startswith((".", "~"))
+
+
+def _mathvista_json_images(json_file: Path) -> list[Path]:
+    """The image files a MathVista GitHub-layout ``{split}.json`` names (``image``, relative to its folder).
+
+    An unreadable file gives none: the loader rejects that file anyway, and its own size/mtime is still hashed.
+    """
+    try:
+        with open(json_file, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    problems = data.values() if isinstance(data, dict) else data if isinstance(data, list) else []
+    images = {p.get("image") for p in problems if isinstance(p, dict)}
+    return sorted(json_file.parent / i for i in images if isinstance(i, str) and i)
+
+
+def source_files(source: str | os.PathLike, split: str, dataset_format: str = "mathvista") -> list[Path]:
+    """The files of a local source folder that the loaders read for ``split`` (sorted; missing ones included).
+
+    ``mathvista``: the parquet shards ``{split}-*.parquet`` / ``{split}.parquet`` below the folder (the hub's
+    layout, images embedded), or MathVista's GitHub layout: ``{split}.json`` in the folder or in ``data/``,
+    ``query.json`` beside it when present, and every image file the json names (a named image that does not
+    exist is listed too, so its arrival counts as a change). ``rlinf``: the split's parquet, ``.jsonl`` and
+    ``.json`` files; image files that JSON rows point to are not followed (their columns are settings the
+    caller did not pass). The same matching rule as ``datasets.load_mathvista`` / ``load_rlinf`` (shared
+    ``split_files``); when a folder holds a split twice, both are listed and the loader reports the conflict.
+    """
+    from vlmrl_pipeline.core.datasets import split_files  # the loaders' own rule, so the two cannot drift
+
+    root = Path(source)
+    files = split_files(root, split, ".parquet")
+    if dataset_format == "rlinf":
+        files += split_files(root, split, ".jsonl") + split_files(root, split, ".json")
+    elif dataset_format == "mathvista":
+        for json_file in (root / f"{split}.json", root / "data" / f"{split}.json"):
+            if json_file.is_file():
+                files.append(json_file)
+                if (json_file.parent / "query.json").is_file():
+                    files.append(json_file.parent / "query.json")
+                files += _mathvista_json_images(json_file)
+    else:
+        raise ValueError(f"dataset_format must be 'mathvista' or 'rlinf', got {dataset_format!r}")
+    return sorted(set(files))
+
+
+def source_fingerprint(source: str | os.PathLike, split: str, dataset_format: str = "mathvista",
+                       synthetic_settings: dict[str, Any] | None = None) -> str | None:
+    """A sha256 hex digest that changes when the data the lineage would load changes; None for a hub id.
+
+    What a data-watching sensor compares between ticks, to start the lineage only when the source changed.
+
+    * A local folder: the sorted (path relative to the folder, size, mtime_ns) of ``source_files`` plus the
+      split and format. Adding, removing, replacing or touching a read file changes it; a file the loaders do
+      not read (another split, a README) does not. File contents are not read, so a check costs one ``stat``
+      per file even for a folder of many GB (only a GitHub-layout ``{split}.json`` is parsed, for the names of
+      its images); the price is that a rewrite with the same size and mtime goes unseen, and a copy of the
+      same bytes with a new mtime counts as a change.
+    * ``"synthetic"``: a hash of ``synthetic_settings`` (``synthetic_rows``, ``seed``, ``image_size``) and
+      the split, which is everything that decides the rendered set.
+    * A hub id: None; a revision on the hub cannot be checked offline.
+
+    Raises FileNotFoundError for a local-looking path that is not a folder, or a folder without any file for
+    the split; ValueError for the synthetic source without its settings, or an unknown format.
+    """
+    from vlmrl_pipeline.core.profiles import SYNTHETIC_SOURCE
+
+    source = os.fspath(source)
+    if source == SYNTHETIC_SOURCE:
+        missing = [k for k in SYNTHETIC_FINGERPRINT_KEYS if k not in (synthetic_settings or {})]
+        if missing:
+            raise ValueError(f"the synthetic source's fingerprint needs synthetic_settings with {missing}")
+        state: dict[str, Any] = {"kind": "synthetic", "split": split, "dataset_format": dataset_format,
+                                 **{k: synthetic_settings[k] for k in SYNTHETIC_FINGERPRINT_KEYS}}
+    elif os.path.isdir(source):
+        files = source_files(source, split, dataset_format)
+        if not files:
+            raise FileNotFoundError(f"{source} holds no {dataset_format} files for split {split!r}")
+        entries = []
+        for path in files:
+            try:
+                stat = path.stat()
+                size, mtime_ns = stat.st_size, stat.st_mtime_ns
+            except FileNotFoundError:
+                size, mtime_ns = -1, -1  # named by the split's json but absent
+            entries.append([Path(os.path.relpath(path, source)).as_posix(), size, mtime_ns])
+        state = {"kind": "local", "split": split, "dataset_format": dataset_format, "files": entries}
+    elif _looks_local(source):
+        raise FileNotFoundError(f"local source {source} is not a folder")
+    else:
+        return None
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()

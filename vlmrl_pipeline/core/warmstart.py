@@ -56,17 +56,23 @@ def family_format_rates(questions: Sequence[str], settings: WarmStartSettings) -
 
 
 def warm_start_targets(
-    questions: Sequence[str], answers: Sequence[str], settings: WarmStartSettings
+    questions: Sequence[str], answers: Sequence[str], settings: WarmStartSettings, answer_format: str = "tags"
 ) -> list[str]:
-    """One target completion per training row: tagged (reasoning + solution) or plain prose, by family rate."""
+    """One target completion per training row: in the task's answer format or plain prose, by family rate.
+
+    ``answer_format="tags"``: reasoning and solution blocks (the seeds' format); ``"boxed"``: a final
+    ``Answer: \\boxed{x}`` line (RLinf's geo3k format).
+    """
     rates = family_format_rates(questions, settings)
     rng = random.Random(settings.seed)
     targets = []
     for question, answer in zip(questions, answers):
         if rng.random() < rates[question_family(question)]:
-            targets.append(
-                f"{REASONING_START}I read the figure to answer.{REASONING_END}\n{SOLUTION_START}{answer}{SOLUTION_END}"
-            )
+            if answer_format == "boxed":
+                targets.append(f"I read the figure to answer.\nAnswer: \\boxed{{{answer}}}")
+            else:
+                targets.append(f"{REASONING_START}I read the figure to answer.{REASONING_END}\n"
+                               f"{SOLUTION_START}{answer}{SOLUTION_END}")
         else:
             targets.append(f"The answer is {answer}.")
     return targets
@@ -147,7 +153,8 @@ def tokenizer_corpus(prompt_texts: Sequence[str], targets: Sequence[str]) -> lis
 
     Evaluation rows are left out on purpose: nothing about them, not even their wording, shapes the demo model.
     """
-    extras = [f"{REASONING_START} {REASONING_END} {SOLUTION_START} {SOLUTION_END}", "0123456789 .-,%"]
+    extras = [f"{REASONING_START} {REASONING_END} {SOLUTION_START} {SOLUTION_END}", "Answer: \\boxed{}",
+              "0123456789 .-,%"]
     return list(prompt_texts) + list(targets) + extras
 
 
@@ -169,14 +176,16 @@ def build_demo_base_model(
 
     style = style or PromptStyle()
     records = train_rows.to_dict(orient="records")
-    targets = warm_start_targets([r["question"] for r in records], [str(r["answer"]) for r in records], settings)
+    targets = warm_start_targets([r["question"] for r in records], [str(r["answer"]) for r in records], settings,
+                                 style.answer_format)
     corpus = tokenizer_corpus(
         [build_prompt_text(r, style.prompt_field, instruction=style.instruction) for r in records]
         + ([style.system_prompt] if style.system_prompt else []),
         targets,
     )
     build_tiny_qwen3vl(out_dir, corpus, spec, seed=settings.seed)
-    model, processor, _ = load_model(str(out_dir), backend="transformers", dtype="float32", device="cpu")
+    # On the GPU when there is one (CPU otherwise); float32 either way.
+    model, processor, _ = load_model(str(out_dir), backend="transformers", dtype="float32")
     losses = supervised_warm_start(
         model, processor, chat_prompts(train_rows, style), open_images(train_rows), targets, settings, log
     )

@@ -1,0 +1,30 @@
+"""``python -m vlmrl_pipeline.playground [--host 127.0.0.1] [--port 8765]``: serve the playground until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+
+from vlmrl_pipeline.playground.server import DEFAULT_HOST, DEFAULT_PORT, PlaygroundServer
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, serve in the foreground, and return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m vlmrl_pipeline.playground", description=__doc__)
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help="address to listen on (default %(default)s: this machine only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s; 0 picks a free one)")
+    parser.add_argument("--quiet", action="store_true", help="do not log each request")
+    args = parser.parse_args(argv)
+    server = PlaygroundServer(args.host, args.port, quiet=args.quiet)
+    print(f"Reward playground on {server.url}/ (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""A small stdlib HTTP server for the reward playground: one page and two JSON endpoints.
+
+Routes: ``GET /`` (the page), ``GET /api/presets``, ``POST /api/score`` (see
+:func:`vlmrl_pipeline.playground.scoring.score_payload`). Every answer other than the page is JSON, errors
+included (``{"error": "..."}``), and no input may take the server down: the body size is checked from its
+``Content-Length`` before any of it is read, JSON and field errors are 400s, and anything unexpected inside a
+handler becomes a 500 JSON answer while the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+
+from vlmrl_pipeline.core.rewards import REWARD_VERSION
+from vlmrl_pipeline.playground.i18n import STRINGS
+from vlmrl_pipeline.playground.presets import PRESETS
+from vlmrl_pipeline.playground.scoring import RequestError, score_payload
+
+MAX_BODY_BYTES = 64 * 1024
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+# Routes and the methods each accepts; any other method on a known path is a 405 with this Allow list.
+_ROUTES = {"/": ("GET", "HEAD"), "/index.html": ("GET", "HEAD"), "/api/presets": ("GET", "HEAD"),
+           "/api/score": ("POST",)}
+
+# The page is self-contained (inline script and style) and talks only to this server.
+_PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+             "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+_DATA_MARKER = "__PLAYGROUND_DATA__"
+
+
+def _json_for_script(value: Any) -> str:
+    """JSON that is safe inside a ``<script>`` element: no "<" can end the element or open a comment."""
+    return json.dumps(value, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e").replace(
+        "&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def page_html() -> str:
+    """The playground page with its strings, presets and limits embedded (no second request on load)."""
+    template = resources.files("vlmrl_pipeline.playground").joinpath("page.html").read_text(encoding="utf-8")
+    data = {"strings": STRINGS, "presets": list(PRESETS), "max_body_bytes": MAX_BODY_BYTES,
+            "reward_version": REWARD_VERSION}
+    return template.replace(_DATA_MARKER, _json_for_script(data))
+
+
+class PlaygroundHandler(BaseHTTPRequestHandler):
+    """Request handler; one instance per request, run in the server's worker threads."""
+
+    server_version = "vlmrl-playground"
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a client may stall mid-request before its connection is dropped
+
+    def version_string(self) -> str:
+        """The Server header: the name only, not the Python version."""
+        return self.server_version
+
+    # --- responses -------------------------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _send_json(self, status: int, payload: Any, extra: dict[str, str] | None = None) -> None:
+        body = json.dumps(payload, allow_nan=False).encode("ascii")  # ensure_ascii: lone surrogates survive
+        self._send(status, body, "application/json; charset=utf-8", extra)
+
+    def _error(self, status: int, message: str, extra: dict[str, str] | None = None) -> None:
+        self._send_json(status, {"error": message}, extra)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """JSON instead of the stdlib's HTML error page, also for errors raised while parsing the request line."""
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        if not hasattr(self, "command"):  # the request line itself was unreadable
+            self.command = ""
+        self._error(code, message or phrase)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's parameter name
+        if not getattr(self.server, "quiet", False):
+            sys.stderr.write(f"{self.address_string()} - {format % args}\n")
+
+    # --- dispatch --------------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        try:
+            path = self.path.split("?", 1)[0]
+            allowed = _ROUTES.get(path)
+            declares_body = "Transfer-Encoding" in self.headers or (
+                self.headers.get("Content-Length", "0").strip() != "0"
+            )
+            if declares_body and (path, self.command) != ("/api/score", "POST"):
+                # A body nobody reads would be parsed as the next request on this connection.
+                self.close_connection = True
+            if allowed is None:
+                self._error(404, f"no such path: {path}")
+            elif self.command not in allowed:
+                self._error(405, f"{self.command} is not allowed here; use {' or '.join(allowed)}",
+                            {"Allow": ", ".join(allowed)})
+            elif path == "/api/score":
+                self._score()
+            elif path == "/api/presets":
+                self._send_json(200, {"presets": list(PRESETS)})
+            else:
+                self._send(200, page_html().encode("utf-8"), "text/html; charset=utf-8",
+                           {"Content-Security-Policy": _PAGE_CSP, "Referrer-Policy": "no-referrer"})
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client went away; nothing to answer
+        except Exception as exc:  # noqa: BLE001 - never let one request take the server down
+            self.close_connection = True
+            self.log_error("internal error: %r", exc)
+            with contextlib.suppress(Exception):
+                self._error(500, f"internal error: {type(exc).__name__}")
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after answering an error (length missing, invalid or too large)."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            self._error(411, "send the body with a Content-Length, not chunked")
+            return None
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            self.close_connection = True
+            self._error(411, "Content-Length is required")
+            return None
+        try:
+            length = int(raw.strip())
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            self._error(400, "Content-Length must be a non-negative integer")
+            return None
+        if length > MAX_BODY_BYTES:
+            # Refuse before reading: the unread body is dropped with the connection.
+            self.close_connection = True
+            self._error(413, f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}")
+            return None
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True
+            self._error(400, "request body ended early")
+            return None
+        return body
+
+    def _score(self) -> None:
+        body = self._read_body()
+        if body is None:
+            return
+        try:
+            payload = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        except UnicodeDecodeError:
+            self._error(400, "request body is not UTF-8")
+            return
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+            self._error(400, f"request body is not valid JSON: {str(exc)[:200]}")
+            return
+        try:
+            result = score_payload(payload)
+        except RequestError as exc:
+            self._error(400, str(exc))
+            return
+        self._send_json(200, result)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class PlaygroundServer(ThreadingHTTPServer):
+    """The threading HTTP server with the playground's handler, plus its URL and a one-call stop."""
+
+    daemon_threads = True  # a stalled client must not keep the process alive at exit
+
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self._thread: threading.Thread | None = None
+        super().__init__((host, port), PlaygroundHandler)
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8765`` (the real port when started on port 0)."""
+        host, port = self.server_address[:2]
+        host = f"[{host}]" if ":" in str(host) else host
+        return f"http://{host}:{port}"
+
+    def start(self) -> PlaygroundServer:
+        """Serve in a daemon thread and return at once."""
+        self._thread = threading.Thread(target=self.serve_forever, name="vlmrl-playground", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (when started) and close the socket."""
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join()
+            self._thread = None
+        self.server_close()
+
+
+def serve(host: str = DEFAULT_HOST, port: int = 0, *, quiet: bool = True) -> PlaygroundServer:
+    """Start the playground in a background thread and return the running server (``.url``, ``.stop()``).
+
+    ``port=0`` picks a free port, which is what tests want.
+    """
+    return PlaygroundServer(host, port, quiet=quiet).start()
+
+
+@contextlib.contextmanager
+def running_server(host: str = DEFAULT_HOST, port: int = 0, *, quiet: bool = True) -> Iterator[PlaygroundServer]:
+    """Context manager around :func:`serve`: the server runs inside the ``with`` block and stops after it."""
+    server = serve(host, port, quiet=quiet)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,219 @@
+"""The project's Dagster instance (dagster_home/dagster.yaml): one GPU step at a time, slots freed, runs retried.
+
+Every test loads a copy of the file into a temporary folder, so the project's own run history is never touched.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    Definitions,
+    asset,
+    define_asset_job,
+    execute_job,
+    multiprocess_executor,
+    reconstructable,
+)
+from dagster._core.instance.config import PoolGranularity
+
+from vlmrl_pipeline.execution import GPU_POOL
+
+INSTANCE_YAML = Path(__file__).resolve().parent.parent / "dagster_home" / "dagster.yaml"
+STEP_SECONDS = 1.5  # long enough that two unconstrained steps overlap even though child processes start unevenly
+
+
+def _instance_from(folder: Path, yaml_text: str | None = None) -> DagsterInstance:
+    folder.mkdir(parents=True, exist_ok=True)
+    if yaml_text is None:
+        shutil.copy(INSTANCE_YAML, folder / "dagster.yaml")
+    else:
+        (folder / "dagster.yaml").write_text(yaml_text)
+    return DagsterInstance.from_config(str(folder))
+
+
+@pytest.fixture
+def instance(tmp_path):
+    with _instance_from(tmp_path / "home") as inst:
+        yield inst
+
+
+# ----------------------------------------------------------------------- what the file configures
+
+
+def test_the_instance_accepts_the_file_and_reads_back_every_setting(instance):
+    # from_config validates the file against Dagster's instance schema: an unknown key would raise here.
+    pools = instance.get_concurrency_config().pool_config
+    assert pools.default_pool_limit == 1 and instance.global_op_concurrency_default_limit == 1
+    assert pools.pool_granularity == PoolGranularity.OP
+    assert instance.run_monitoring_enabled
+    assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
+    assert instance.run_monitoring_max_resume_run_attempts == 0  # the default launcher cannot resume runs
+    assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
+    assert not instance.run_retries_retry_on_asset_or_op_failure
+    assert not instance.telemetry_enabled
+    # the daemons that act on these settings are the ones `dagster dev` starts
+    assert {"MONITORING", "EVENT_LOG_CONSUMER"} <= set(instance.get_required_daemon_types())
+
+
+def test_the_gpu_pool_gets_limit_one_once_the_instance_has_seen_it(instance):
+    storage = instance.event_log_storage
+    assert storage.supports_global_concurrency_limits
+    assert storage.get_pool_limits() == []  # no row in a fresh database: the limit comes from the file
+    # what the executor does the first time a step of the pool asks for a slot
+    storage.initialize_concurrency_limit_to_default(GPU_POOL)
+    [limit] = storage.get_pool_limits()
+    assert (limit.name, limit.limit, limit.from_default) == (GPU_POOL, 1, True)
+    info = storage.get_concurrency_info(GPU_POOL)
+    assert info.slot_count == 1 and info.limit == 1 and info.using_default_limit
+
+
+# ----------------------------------------------------------------------- the pool serialises GPU steps
+
+
+@asset(pool=GPU_POOL)
+def gpu_step_a() -> None:
+    time.sleep(STEP_SECONDS)
+
+
+@asset(pool=GPU_POOL)
+def gpu_step_b() -> None:
+    time.sleep(STEP_SECONDS)
+
+
+def two_gpu_steps_job():
+    """Two independent GPU steps: the multiprocess executor would run them side by side if nothing stopped it."""
+    defs = Definitions(assets=[gpu_step_a, gpu_step_b], jobs=[define_asset_job("two_gpu_steps")],
+                       executor=multiprocess_executor)
+    return defs.resolve_job_def("two_gpu_steps")
+
+
+def _step_windows(instance: DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:
+    starts, ends = {}, {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        if event.event_type == DagsterEventType.STEP_START:
+            starts[event.step_key] = entry.timestamp
+        elif event.event_type == DagsterEventType.STEP_SUCCESS:
+            ends[event.step_key] = entry.timestamp
+    assert set(starts) == set(ends) == {"gpu_step_a", "gpu_step_b"}
+    return {key: (starts[key], ends[key]) for key in starts}
+
+
+def _overlap(windows: dict[str, tuple[float, float]]) -> bool:
+    (a_start, a_end), (b_start, b_end) = windows.values()
+    return a_start < b_end and b_start < a_end
+
+
+def _run_two_gpu_steps(instance: DagsterInstance) -> tuple[dict[str, tuple[float, float]], list[str]]:
+    """(each step's start and end time, the run's engine messages)."""
+    run_config = {"execution": {"config": {"max_concurrent": 2}}}  # room for both, so only the pool can hold one
+    with execute_job(reconstructable(two_gpu_steps_job), instance=instance, run_config=run_config) as result:
+        assert result.success
+        messages = [e.message or "" for e in result.all_events if e.event_type == DagsterEventType.ENGINE_EVENT]
+        return _step_windows(instance, result.run_id), messages
+
+
+def test_the_gpu_pool_runs_gpu_steps_one_at_a_time(tmp_path):
+    with _instance_from(tmp_path / "configured") as configured:
+        windows, messages = _run_two_gpu_steps(configured)
+        assert not _overlap(windows), windows
+        assert any(f"blocked by limit for pool {GPU_POOL}" in m for m in messages)
+        info = configured.event_log_storage.get_concurrency_info(GPU_POOL)
+        assert info.limit == 1 and not info.claimed_slots  # the run gave its slot back
+    # Control: the same run on an instance without the file's pool limit does overlap, so the check above can
+    # fail, and what kept the steps apart is the limit.
+    with _instance_from(tmp_path / "unlimited", yaml_text="telemetry:\n  enabled: false\n") as unlimited:
+        windows, messages = _run_two_gpu_steps(unlimited)
+        assert _overlap(windows), windows
+        assert not any("blocked by limit" in m for m in messages)
+
+
+# ----------------------------------------------------------------------- retries and freed slots
+
+
+@asset
+def killed_gpu_step() -> None:
+    """What the kernel's OOM killer does to a GPU process: SIGKILL, no Python exception, no cleanup."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@asset
+def buggy_step() -> None:
+    raise ValueError("a bug in our code")
+
+
+def _one_step_job(step):
+    return Definitions(assets=[step], jobs=[define_asset_job("one_step")],
+                       executor=multiprocess_executor).resolve_job_def("one_step")
+
+
+def killed_step_job():
+    return _one_step_job(killed_gpu_step)
+
+
+def buggy_step_job():
+    return _one_step_job(buggy_step)
+
+
+def _failed_run(instance: DagsterInstance, job_fn) -> DagsterRun:
+    with execute_job(reconstructable(job_fn), instance=instance, raise_on_error=False) as result:
+        assert not result.success
+        run_id = result.run_id
+    run = instance.get_run_by_id(run_id)
+    assert run.status == DagsterRunStatus.FAILURE
+    return run
+
+
+def test_a_killed_gpu_process_is_retried_and_a_python_error_is_not(instance):
+    # Dagster tags a failed run with dagster/will_retry from the instance's run_retries settings as it fails;
+    # the daemon then launches the retry. The kill crashes the executor's child process, which fails the run
+    # with RUN_EXCEPTION; a raised exception is a STEP_FAILURE, which retry_on_asset_or_op_failure: false skips.
+    killed = _failed_run(instance, killed_step_job)
+    assert killed.tags["dagster/failure_reason"] == "RUN_EXCEPTION"
+    assert killed.tags["dagster/will_retry"] == "true"
+    buggy = _failed_run(instance, buggy_step_job)
+    assert buggy.tags["dagster/failure_reason"] == "STEP_FAILURE"
+    assert buggy.tags["dagster/will_retry"] == "false"
+
+
+def test_a_slot_left_by_a_finished_run_is_freed_by_the_monitoring_daemon(instance, monkeypatch):
+    from dagster._daemon.monitoring import concurrency as slot_monitor  # the daemon's own iteration
+
+    storage = instance.event_log_storage
+    run = instance.add_run(DagsterRun(job_name="vlmrl_lineage", status=DagsterRunStatus.STARTED))
+    storage.initialize_concurrency_limit_to_default(GPU_POOL)
+    assert storage.claim_concurrency_slot(GPU_POOL, run.run_id, "lora_adapter").is_claimed
+    instance.report_run_canceled(run)  # e.g. cancelled while the run worker was gone: nobody freed the slot
+    assert len(storage.get_concurrency_info(GPU_POOL).claimed_slots) == 1
+    assert not storage.claim_concurrency_slot(GPU_POOL, "another-run", "baseline_records").is_claimed
+
+    timeout = instance.run_monitoring_settings["free_slots_after_run_end_seconds"]
+
+    def drain(at: datetime.datetime) -> None:
+        monkeypatch.setattr(slot_monitor, "get_current_datetime", lambda: at)
+        list(slot_monitor.execute_concurrency_slots_iteration(SimpleNamespace(instance=instance),
+                                                                 logging.getLogger(__name__)))
+
+    now = datetime.datetime.now(datetime.UTC)
+    drain(now)  # the run ended just now: its slot is kept for the grace period
+    assert len(storage.get_concurrency_info(GPU_POOL).claimed_slots) == 1
+    drain(now + datetime.timedelta(seconds=timeout + 5))
+    claimed = storage.get_concurrency_info(GPU_POOL).claimed_slots
+    assert run.run_id not in {slot.run_id for slot in claimed}
+    # the GPU step that was waiting gets the freed slot
+    assert storage.claim_concurrency_slot(GPU_POOL, "another-run", "baseline_records").is_claimed
