@@ -142,6 +142,15 @@ def count_solution_blocks(text: Any) -> int:
     return len(_SOLUTION_RE.findall(_as_text(text)))
 
 
+def addcriterion_share(text: Any) -> float:
+    """Share of ``text``'s characters that are "addCriterion" or newlines (0.0 for the empty string)."""
+    text = _as_text(text)
+    if not text:
+        return 0.0
+    removed = text.replace(_SPAM_TOKEN, "").replace("\n", "")
+    return (len(text) - len(removed)) / len(text)
+
+
 def is_addcriterion_spam(text: Any) -> bool:
     """True when "addCriterion" plus newlines make up at least half of ``text``.
 
@@ -149,10 +158,7 @@ def is_addcriterion_spam(text: Any) -> bool:
     penalised too; the empty string never is.
     """
     text = _as_text(text)
-    if not text:
-        return False
-    removed = text.replace(_SPAM_TOKEN, "").replace("\n", "")
-    return (len(text) - len(removed)) / len(text) >= _SPAM_RATIO
+    return bool(text) and addcriterion_share(text) >= _SPAM_RATIO
 
 
 def extract_solution(text: Any) -> str | None:
@@ -288,6 +294,18 @@ def _choice_list(choices: Any) -> list[str]:
         return []
 
 
+def choice_for_letter(letter: str, choices: Any) -> str | None:
+    """The option that an option letter names ("A" -> the first of ``choices``), or None.
+
+    Only upper-case single letters within the number of options count; ``choices`` may be
+    anything :func:`_choice_list` accepts.
+    """
+    options = _choice_list(choices)
+    is_letter = isinstance(letter, str) and len(letter) == 1 and "A" <= letter <= "Z"
+    index = ord(letter) - ord("A") if is_letter else -1
+    return options[index] if 0 <= index < len(options) else None
+
+
 def _extraction_text(extraction: Any) -> str | None:
     """The extraction as stripped text, or None when the model gave no answer."""
     if extraction is None:
@@ -359,9 +377,9 @@ def mathvista_normalize(
             letter = _MC_LETTER_RE.search(text)
             if letter:
                 text = letter.group(1).upper()
-            letters = [chr(ord("A") + i) for i in range(len(options))]
-            if text in letters:
-                return options[letters.index(text)]
+            chosen = choice_for_letter(text, options)
+            if chosen is not None:
+                return chosen
             distances = [edit_distance(text, option) for option in options]
             return options[distances.index(min(distances))]  # index() keeps the first on ties
         if answer_type == "integer":
@@ -479,6 +497,15 @@ def boxed_format_ok(text: Any) -> bool:
     return count_boxed(text) == 1 and extract_boxed(text) is not None and not is_addcriterion_spam(text)
 
 
+def extract_answer(text: Any, answer_format: str = "tags") -> str | None:
+    """The model's answer in ``answer_format``: the last ``<SOLUTION>`` block (``"tags"``) or
+    the last ``\\boxed{}`` (``"boxed"``); None when there is none. Raises ValueError for an
+    unknown format (a configuration error, not model output)."""
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"unknown answer_format {answer_format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
+    return extract_boxed(text) if answer_format == "boxed" else extract_solution(text)
+
+
 def score_completion(
     completion: Any,
     gold: Any,
@@ -509,15 +536,12 @@ def score_completion(
     Raises ValueError for an unknown ``answer_format`` (a configuration error, not
     model output); otherwise never raises.
     """
-    if answer_format not in ANSWER_FORMATS:
-        raise ValueError(f"unknown answer_format {answer_format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
     text = completion_text(completion)
+    pred = extract_answer(text, answer_format)
     if answer_format == "boxed":
-        pred = extract_boxed(text)
         gold = unbox_answer(gold)
         well_formed = boxed_format_ok(text)
     else:
-        pred = extract_solution(text)
         well_formed = format_ok(text)
     correct = strict_match(pred, gold)
     return {

@@ -36,6 +36,7 @@ from vlmrl_pipeline.core.answers import (
     SOLUTION_END,
     SOLUTION_START,
     parse_number,
+    unbox_answer,
 )
 from vlmrl_pipeline.core.atomic import atomic_file
 
@@ -200,11 +201,16 @@ def split_files(root: Path, split: str, suffix: str) -> list[Path]:
     )
 
 
+def is_local_path(source: str) -> bool:
+    """A path that is clearly local (it exists, is absolute, or starts with "." or "~"): never sent to the hub."""
+    return os.path.exists(source) or os.path.isabs(source) or source.startswith((".", "~"))
+
+
 def _check_local_source(source: str) -> None:
     """Refuse a file, or a path that is clearly local but missing (it must not go to the hub)."""
     if os.path.exists(source):
         raise DataError(f"{source} is a file; pass the folder that holds the data files")
-    if os.path.isabs(source) or source.startswith((".", "~")):
+    if is_local_path(source):
         raise DataError(f"local folder {source} does not exist")
 
 
@@ -271,9 +277,15 @@ def build_mathvista_query(row: Mapping) -> str:
     return "\n".join(e for e in (hint, question_text, choices_text) if e)
 
 
+def mathvista_json_files(root: Path, split: str) -> list[Path]:
+    """The existing ``{split}.json`` files of MathVista's GitHub layout: in ``root`` and/or ``root/data``
+    (lupantech/MathVista keeps it in data/)."""
+    return [p for p in (root / f"{split}.json", root / "data" / f"{split}.json") if p.is_file()]
+
+
 def _find_mathvista_json(root: Path, split: str) -> Path | None:
-    """``{split}.json`` directly in ``root`` or in ``root/data`` (lupantech/MathVista keeps it in data/)."""
-    found = [p for p in (root / f"{split}.json", root / "data" / f"{split}.json") if p.is_file()]
+    """The one ``{split}.json`` of the GitHub layout under ``root``; both places at once is an error."""
+    found = mathvista_json_files(root, split)
     if len(found) > 1:
         raise DataError(f"both {found[0]} and {found[1]} exist; point source at the folder of the one to use")
     return found[0] if found else None
@@ -396,20 +408,9 @@ def strip_boxed(text: Any) -> Any:
     """
     if not isinstance(text, str):
         return text
-    stripped = text.strip()
-    opener = "\\boxed{"
-    if not stripped.startswith(opener) or not stripped.endswith("}"):
-        return text
-    depth = 0
-    for i in range(len(opener) - 1, len(stripped)):
-        if stripped[i] == "{":
-            depth += 1
-        elif stripped[i] == "}":
-            depth -= 1
-            if depth == 0:
-                # the box must close on the very last character to cover the whole string
-                return stripped[len(opener):i].strip() if i == len(stripped) - 1 else text
-    return text  # unbalanced
+    # One brace matcher for gold answers everywhere: the scorers' (escapes and "\\boxed {" handled there).
+    unboxed = unbox_answer(text)
+    return text if unboxed == text.strip() else unboxed
 
 
 def _image_list(value: Any) -> list:

@@ -42,11 +42,6 @@ SYNTHETIC_FINGERPRINT_KEYS = ("synthetic_rows", "seed", "image_size")
 """The settings that, with the split, decide what the synthetic source renders."""
 
 
-def _looks_local(source: str) -> bool:
-    """The loaders' rule (``datasets._check_local_source``): such a path is never sent to the hub."""
-    return os.path.exists(source) or os.path.isabs(source) or source.startswith((".", "~"))
-
-
 def _mathvista_json_images(json_file: Path) -> list[Path]:
     """The image files a MathVista GitHub-layout ``{split}.json`` names (``image``, relative to its folder).
 
@@ -73,19 +68,19 @@ def source_files(source: str | os.PathLike, split: str, dataset_format: str = "m
     caller did not pass). The same matching rule as ``datasets.load_mathvista`` / ``load_rlinf`` (shared
     ``split_files``); when a folder holds a split twice, both are listed and the loader reports the conflict.
     """
-    from vlmrl_pipeline.core.datasets import split_files  # the loaders' own rule, so the two cannot drift
+    # The loaders' own rules, so the two cannot drift.
+    from vlmrl_pipeline.core.datasets import mathvista_json_files, split_files
 
     root = Path(source)
     files = split_files(root, split, ".parquet")
     if dataset_format == "rlinf":
         files += split_files(root, split, ".jsonl") + split_files(root, split, ".json")
     elif dataset_format == "mathvista":
-        for json_file in (root / f"{split}.json", root / "data" / f"{split}.json"):
-            if json_file.is_file():
-                files.append(json_file)
-                if (json_file.parent / "query.json").is_file():
-                    files.append(json_file.parent / "query.json")
-                files += _mathvista_json_images(json_file)
+        for json_file in mathvista_json_files(root, split):
+            files.append(json_file)
+            if (json_file.parent / "query.json").is_file():
+                files.append(json_file.parent / "query.json")
+            files += _mathvista_json_images(json_file)
     else:
         raise ValueError(f"dataset_format must be 'mathvista' or 'rlinf', got {dataset_format!r}")
     return sorted(set(files))
@@ -110,6 +105,7 @@ def source_fingerprint(source: str | os.PathLike, split: str, dataset_format: st
     Raises FileNotFoundError for a local-looking path that is not a folder, or a folder without any file for
     the split; ValueError for the synthetic source without its settings, or an unknown format.
     """
+    from vlmrl_pipeline.core.datasets import is_local_path
     from vlmrl_pipeline.core.profiles import SYNTHETIC_SOURCE
 
     source = os.fspath(source)
@@ -132,7 +128,7 @@ def source_fingerprint(source: str | os.PathLike, split: str, dataset_format: st
                 size, mtime_ns = -1, -1  # named by the split's json but absent
             entries.append([Path(os.path.relpath(path, source)).as_posix(), size, mtime_ns])
         state = {"kind": "local", "split": split, "dataset_format": dataset_format, "files": entries}
-    elif _looks_local(source):
+    elif is_local_path(source):
         raise FileNotFoundError(f"local source {source} is not a folder")
     else:
         return None

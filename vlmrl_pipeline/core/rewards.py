@@ -26,6 +26,7 @@ from typing import Any
 
 from vlmrl_pipeline.core import answers
 from vlmrl_pipeline.core.answers import (
+    choice_for_letter,
     completion_text,
     count_reasoning_blocks,
     count_solution_blocks,
@@ -106,12 +107,11 @@ def _is_chosen_option(pred: str, gold: Any, choices: Any, question_type: Any) ->
 
     MathVista's ``query`` asks for the option letter, so without this a correct letter would earn nothing.
     """
-    if question_type != "multi_choice" or choices is None:
+    if question_type != "multi_choice":
         return False
     match = _OPTION_LETTER.fullmatch(pred.strip())
-    options = [str(c).strip() for c in choices]
-    index = ord(match.group(1)) - ord("A") if match else -1
-    return 0 <= index < len(options) and options[index] == gold_text(gold)
+    chosen = choice_for_letter(match.group(1), choices) if match else None
+    return chosen is not None and chosen.strip() == gold_text(gold)
 
 
 def _correctness_score(completion: Any, gold: Any, choices: Any = None, question_type: Any = None) -> float:

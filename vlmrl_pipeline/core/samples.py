@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from vlmrl_pipeline.core.answers import ANSWER_FORMATS
 from vlmrl_pipeline.core.datasets import FORMAT_INSTRUCTION, build_prompt_text, chat_prompt
 
 MANIFEST_NAME = "manifest.parquet"
 SPLIT_TRAIN = "train"
 SPLIT_EVAL = "eval"
-ANSWER_FORMATS = ("tags", "boxed")
 
 
 @dataclass(frozen=True)

@@ -104,26 +104,13 @@ def _check_edit_budget(request: dict) -> None:
     """Refuse multiple-choice requests whose nearest-option search would take seconds (see MAX_EDIT_CELLS)."""
     if request["question_type"] != "multi_choice" or not request["choices"]:
         return
-    pred = _prediction(request["completion"], request["answer_format"]) or ""
+    pred = answers.extract_answer(request["completion"], request["answer_format"]) or ""
     cells = len(pred) * sum(len(c) for c in request["choices"])
     if cells > MAX_EDIT_CELLS:
         raise RequestError(
             "the answer and the choices are too long to compare by edit distance "
             f"({len(pred)} x {sum(len(c) for c in request['choices'])} characters)"
         )
-
-
-def _prediction(completion: str, answer_format: str) -> str | None:
-    if answer_format == "boxed":
-        return answers.extract_boxed(completion)
-    return answers.extract_solution(completion)
-
-
-def _spam_share(text: str) -> float:
-    """Share of the text made of "addCriterion" and newlines, for display only (the verdict is the rule's)."""
-    if not text:
-        return 0.0
-    return (len(text) - len(text.replace("addCriterion", "").replace("\n", ""))) / len(text)
 
 
 def _correctness_rule(request: dict, pred: str | None, correctness: float) -> str:
@@ -174,7 +161,7 @@ def score_request(request: dict) -> dict:
         "solution_blocks": answers.count_solution_blocks(completion),
         "boxes": answers.count_boxed(completion),
         "addcriterion_spam": answers.is_addcriterion_spam(completion),
-        "spam_share": _spam_share(completion),
+        "spam_share": answers.addcriterion_share(completion),
         "correctness_rule": _correctness_rule(request, pred, breakdown["correctness_reward"]),
         "gold": answers.unbox_answer(gold) if answer_format == "boxed" else (answers.gold_text(gold) or ""),
     }
