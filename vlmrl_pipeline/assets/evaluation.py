@@ -8,6 +8,7 @@ a reward marks only the records and the report unsynced, and "Materialize unsync
 from dataclasses import asdict
 from pathlib import Path
 
+import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -20,7 +21,7 @@ from dagster import (
 
 from vlmrl_pipeline.assets.data import mathvista_filtered, resized_images
 from vlmrl_pipeline.assets.model import base_model, base_model_path
-from vlmrl_pipeline.assets.provenance import lineage
+from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS, lineage
 from vlmrl_pipeline.assets.training import lora_adapter
 from vlmrl_pipeline.core.evaluation import (
     generate_for_rows,
@@ -72,7 +73,7 @@ def _generate(
         progress=lambda done, total: context.log.info(f"{name}: generated {done}/{total}"),
     )
     # Generation does not depend on the rewards: their version belongs to the records.
-    provenance = {k: v for k, v in lineage(artifacts, adapter_dir).items() if k != "reward_version"}
+    provenance = lineage(artifacts, adapter_dir, with_rewards=False)
     info = {
         **provenance,
         "prompt_field": data.prompt_field,
@@ -113,7 +114,7 @@ def _score(name: str, completions_asset: str, artifacts: ArtifactStore,
         metadata={
             "path": MetadataValue.path(str(artifacts.asset_dir(name) / f"{name}.json")),
             **{k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in summary.items()},
-            **{k: info[k] for k in ("base_model", "base_model_revision", "dataset_sha256", "adapter_sha256")},
+            **{k: info[k] for k in LINEAGE_KEYS if k in info},
             "reward_version": REWARD_VERSION,
             "answer_format": data.answer_format,
             "preview": MetadataValue.md(records[PREVIEW_COLUMNS].head(20).to_markdown(index=False)),
@@ -175,8 +176,6 @@ def after_records(artifacts: ArtifactStore, data_settings: DataSettingsResource)
 
 
 def _records_complete(artifacts: ArtifactStore, name: str, completions_asset: str) -> AssetCheckResult:
-    import pandas as pd
-
     records = pd.read_parquet(artifacts.asset_dir(name) / f"{name}.parquet")
     _, info = load_completions(artifacts.asset_dir(completions_asset))
     eval_rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL)

@@ -41,8 +41,7 @@ def merged_model(
         metadata={
             "path": MetadataValue.path(str(artifacts.asset_dir("merged_model") / "checkpoint")),
             "dtype": MERGED_DTYPE,
-            **{k: v for k, v in lineage(artifacts, artifacts.asset_dir("lora_adapter")).items()
-               if k != "reward_version"},
+            **lineage(artifacts, artifacts.asset_dir("lora_adapter"), with_rewards=False),
             "size_bytes": size,
             "weights_sha256": digest,
             "sample_generation": sample,

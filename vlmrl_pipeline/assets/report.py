@@ -6,6 +6,7 @@ import pandas as pd
 from dagster import MaterializeResult, MetadataValue, asset
 
 from vlmrl_pipeline.assets.evaluation import after_records, baseline_records
+from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS
 from vlmrl_pipeline.core.evaluation import diff_records, report_markdown, write_json_atomic
 from vlmrl_pipeline.core.plots import before_after_png, png_markdown
 from vlmrl_pipeline.core.report_html import render_report_html, thumbnail_data_uri
@@ -13,8 +14,6 @@ from vlmrl_pipeline.core.rewards import REWARD_VERSION
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, read_manifest, split_rows
 from vlmrl_pipeline.execution import CPU_TAGS
 from vlmrl_pipeline.resources import ArtifactStore
-
-PROVENANCE_KEYS = ("base_model", "base_model_revision", "dataset_sha256", "adapter_sha256", "reward_version")
 
 
 @asset(group_name="report", deps=[baseline_records, after_records], kinds={"markdown"},
@@ -32,7 +31,7 @@ def eval_diff_report(artifacts: ArtifactStore) -> MaterializeResult:
     diff = diff_records(baseline, after)
     # Lineage of the "after" numbers (the baseline's differs only by having no adapter).
     after_info = json.loads((artifacts.asset_dir("after_records") / "after_records.json").read_text())
-    diff["provenance"] = {k: after_info.get(k) for k in PROVENANCE_KEYS}
+    diff["provenance"] = {k: after_info.get(k) for k in LINEAGE_KEYS}
     markdown = report_markdown(diff)
     chart = before_after_png(diff["headline"], diff["comparison"])
     with artifacts.staging("eval_diff_report") as tmp:

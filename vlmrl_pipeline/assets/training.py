@@ -85,7 +85,7 @@ def lora_adapter(
         metadata={
             "path": MetadataValue.path(str(artifacts.asset_dir("lora_adapter"))),
             "backend": backend,
-            **{k: v for k, v in lineage(artifacts).items() if k != "adapter_sha256"},
+            **lineage(artifacts),  # adapter_sha256 below: this run's adapter
             "train_rows": len(train_rows),
             "global_step": result.global_step,
             "train_runtime_s": round(result.train_runtime_s, 1),
