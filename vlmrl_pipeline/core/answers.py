@@ -280,7 +280,7 @@ def edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
-def _choice_list(choices: Any) -> list[str]:
+def choice_list(choices: Any) -> list[str]:
     """Options of a multiple-choice question as strings; [] when there are none.
 
     Accepts a list, tuple or numpy array (pandas hands over arrays); None, NaN, a bare
@@ -298,9 +298,9 @@ def choice_for_letter(letter: str, choices: Any) -> str | None:
     """The option that an option letter names ("A" -> the first of ``choices``), or None.
 
     Only upper-case single letters within the number of options count; ``choices`` may be
-    anything :func:`_choice_list` accepts.
+    anything :func:`choice_list` accepts.
     """
-    options = _choice_list(choices)
+    options = choice_list(choices)
     is_letter = isinstance(letter, str) and len(letter) == 1 and "A" <= letter <= "Z"
     index = ord(letter) - ord("A") if is_letter else -1
     return options[index] if 0 <= index < len(options) else None
@@ -371,7 +371,7 @@ def mathvista_normalize(
         if text is None:
             return None
         if question_type == "multi_choice":
-            options = _choice_list(choices)
+            options = choice_list(choices)
             if not options:
                 return text
             letter = _MC_LETTER_RE.search(text)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from vlmrl_pipeline.core.answers import score_completion
+from vlmrl_pipeline.core.answers import choice_list, score_completion
 from vlmrl_pipeline.core.atomic import atomic_file
 from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_breakdown
 from vlmrl_pipeline.core.samples import PromptStyle, chat_prompts, open_images
@@ -35,12 +35,6 @@ def _cell(row: pd.Series, key: str) -> Any:
     return row[key] if key in row.index else None
 
 
-def _choices(value: Any) -> list[str] | None:
-    if value is None or (not hasattr(value, "__len__") and pd.isna(value)):
-        return None
-    return [str(c) for c in value] or None
-
-
 def _precision(value: Any) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
@@ -57,7 +51,7 @@ def score_records(eval_rows: pd.DataFrame, completions: Sequence[str], answer_fo
         raise ValueError(f"{len(eval_rows)} evaluation rows but {len(completions)} completions")
     records = []
     for (_, row), completion in zip(eval_rows.iterrows(), completions):
-        choices = _choices(_cell(row, "choices"))
+        choices = choice_list(_cell(row, "choices")) or None
         precision = _precision(_cell(row, "precision"))
         question_type, answer_type = _cell(row, "question_type"), _cell(row, "answer_type")
         scores = score_completion(
