@@ -141,7 +141,7 @@ def build_processor(image_size: int, vocab: int):
     rows = synthetic_rows(200, 64, seed=123)
     corpus = prompt_texts(rows) + ["<REASONING> </REASONING> <SOLUTION> </SOLUTION>", "0123456789 .-,%"]
     corpus += [str(a) for a in rows["answer"]]
-    return build_tiny_processor(corpus, TinyModelSpec(vocab_size=vocab, image_size=image_size))
+    return build_tiny_processor(corpus, TinyModelSpec(tokenizer="trained", vocab_size=vocab, image_size=image_size))
 
 
 def write_images(rows, folder: Path) -> list[str]:

@@ -7,7 +7,8 @@ the executor reads it:
   returned to the driver before the next starts; the instance's ``gpu`` pool (``dagster_home/dagster.yaml``)
   keeps two GPU steps from running at once, across runs too;
 * ``VLMRL_EXECUTOR=k8s`` with the ``k8s`` extra installed: ``dagster_k8s.k8s_job_executor``, every step in its own
-  pod; GPU steps' pods request ``nvidia.com/gpu`` through the ``dagster-k8s/config`` op tag below.
+  pod; GPU steps' pods request ``nvidia.com/gpu`` (``$VLMRL_GPUS_PER_STEP`` of them, 1 by default) through the
+  ``dagster-k8s/config`` op tag below. ``vlmrl_pipeline/deploy/k8s/`` has the Helm values and instance config.
 """
 
 import os
@@ -23,19 +24,25 @@ EXECUTOR_ENV_VAR = "VLMRL_EXECUTOR"
 GPUS_ENV_VAR = "VLMRL_GPUS_PER_STEP"
 
 
-def gpu_op_tags(gpus: int | None = None, memory: str = "64Gi", cpu: str = "8") -> dict:
+def gpu_op_tags(gpus: int | None = None, memory: str = "64Gi", cpu: str = "8", shm: str = "16Gi") -> dict:
     """``op_tags`` asking Kubernetes (through ``k8s_job_executor``) for a GPU node for this step.
 
     The container requests and limits ``nvidia.com/gpu`` (extended resources need both equal), and the pod
-    tolerates the usual ``nvidia.com/gpu`` taint of GPU node pools. Other executors ignore the tag.
+    tolerates the usual ``nvidia.com/gpu`` taint of GPU node pools. ``/dev/shm`` is a memory-backed volume of
+    ``shm``: a container's default 64 MB is too small for NCCL between the training processes of a multi-GPU
+    step (``num_processes`` > 1) and for PyTorch's shared-memory tensors. Other executors ignore the tag.
     """
     gpus = int(os.environ.get(GPUS_ENV_VAR, "1")) if gpus is None else gpus
     resources = {"nvidia.com/gpu": str(gpus), "memory": memory, "cpu": cpu}
     return {
         "dagster-k8s/config": {
-            "container_config": {"resources": {"requests": dict(resources), "limits": dict(resources)}},
+            "container_config": {
+                "resources": {"requests": dict(resources), "limits": dict(resources)},
+                "volume_mounts": [{"name": "dshm", "mount_path": "/dev/shm"}],
+            },
             "pod_spec_config": {
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "volumes": [{"name": "dshm", "empty_dir": {"medium": "Memory", "size_limit": shm}}],
             },
         }
     }

@@ -13,6 +13,7 @@ from typing import Optional
 from dagster import Config, ConfigurableResource
 
 from vlmrl_pipeline.core.atomic import atomic_dir
+from vlmrl_pipeline.core.export import ExportSettings
 from vlmrl_pipeline.core.generation import GenerationSettings
 from vlmrl_pipeline.core.modeling import LoraSettings, TinyModelSpec
 from vlmrl_pipeline.core.profiles import DataSettings, ModelSettings, Profile
@@ -88,6 +89,7 @@ class LoraConfig(Config):
 
 
 class TinyModelConfig(Config):
+    tokenizer: str
     vocab_size: int
     text_hidden_size: int
     text_layers: int
@@ -139,7 +141,8 @@ class ModelSettingsResource(ConfigurableResource):
 
 
 class TrainingSettingsResource(ConfigurableResource):
-    """GSPO options passed to TRL's ``GRPOConfig`` (documented on ``core.training.GSPOSettings``)."""
+    """GSPO options passed to TRL's ``GRPOConfig``, plus checkpointing and the launch (processes, ddp/fsdp);
+    each documented on ``core.training.GSPOSettings``."""
 
     learning_rate: float
     lr_scheduler_type: str
@@ -165,6 +168,11 @@ class TrainingSettingsResource(ConfigurableResource):
     mask_truncated_completions: bool
     logging_steps: int
     seed: int
+    gradient_checkpointing: bool
+    save_steps: int
+    save_total_limit: int
+    num_processes: int
+    distributed: str
 
     def to_core(self) -> GSPOSettings:
         return GSPOSettings(**_core_kwargs(self, GSPOSettings))
@@ -184,6 +192,21 @@ class EvalSettingsResource(ConfigurableResource):
         return GenerationSettings(**_core_kwargs(self, GenerationSettings))
 
 
+class ExportSettingsResource(ConfigurableResource):
+    """What the export stage writes: merged checkpoints and GGUF types (see ``core.export.ExportSettings``)."""
+
+    merged_dtype: str
+    merged_4bit: bool
+    gguf_types: list[str]
+    mmproj_type: str
+    verify_with_llama_cpp: bool
+
+    def to_core(self) -> ExportSettings:
+        kwargs = _core_kwargs(self, ExportSettings)
+        kwargs["gguf_types"] = tuple(kwargs["gguf_types"])
+        return ExportSettings(**kwargs)
+
+
 def resources_for_profile(profile: Profile, data_dir: str | None = None) -> dict:
     """The resource dict for ``Definitions`` (or ``dagster.materialize``) that runs ``profile``."""
     model = profile.model
@@ -199,4 +222,6 @@ def resources_for_profile(profile: Profile, data_dir: str | None = None) -> dict
         ),
         "training_settings": TrainingSettingsResource(**asdict(profile.gspo)),
         "eval_settings": EvalSettingsResource(**asdict(profile.generation)),
+        "export_settings": ExportSettingsResource(**{**asdict(profile.export),
+                                                     "gguf_types": list(profile.export.gguf_types)}),
     }

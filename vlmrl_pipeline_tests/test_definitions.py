@@ -15,6 +15,7 @@ EXPECTED_UPSTREAM = {
     "after_records": {"after_completions", "resized_images"},
     "eval_diff_report": {"baseline_records", "after_records"},
     "merged_model": {"lora_adapter", "base_model", "resized_images"},
+    "gguf_model": {"merged_model", "resized_images"},
 }
 
 
@@ -44,6 +45,7 @@ def test_the_lineage_job_exists_and_bad_artifacts_are_stopped_by_blocking_checks
         "lora_weights_trained": "lora_adapter",
         "baseline_records_complete": "baseline_records",
         "after_records_complete": "after_records",
+        "gguf_files_intact": "gguf_model",
     }
     assert set(specs) == set(expected)
     for name, asset in expected.items():

@@ -11,6 +11,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from vlmrl_pipeline.core.datasets import BOXED_SYSTEM_PROMPT
+from vlmrl_pipeline.core.export import sha256_file
 from vlmrl_pipeline.core.modeling import load_model
 from vlmrl_pipeline.core.profiles import demo_profile
 from vlmrl_pipeline.definitions import all_assets, all_checks
@@ -18,9 +19,9 @@ from vlmrl_pipeline.resources import resources_for_profile
 from vlmrl_pipeline_tests.conftest import tiny_profile
 
 ASSETS = ["mathvista_filtered", "resized_images", "base_model", "baseline_completions", "baseline_records",
-          "lora_adapter", "after_completions", "after_records", "eval_diff_report", "merged_model"]
+          "lora_adapter", "after_completions", "after_records", "eval_diff_report", "merged_model", "gguf_model"]
 CHECKS = {"filtered_rows_valid", "train_eval_disjoint", "few_rows_lost", "lora_weights_trained",
-          "baseline_records_complete", "after_records_complete"}
+          "baseline_records_complete", "after_records_complete", "gguf_files_intact"}
 HEADLINE = ["baseline_accuracy", "after_accuracy", "baseline_accuracy_mathvista", "after_accuracy_mathvista",
             "baseline_format_compliance", "after_format_compliance"]
 
@@ -73,6 +74,15 @@ def test_whole_lineage_on_the_tiny_profile(tmp_path):
     assert (data / "lora_adapter" / "adapter_config.json").exists()
     model, _, _ = load_model(str(data / "merged_model" / "checkpoint"), backend="transformers", dtype="float32")
     assert model.config.model_type == "qwen3_vl"
+    # the GGUF export: one language-model file per type plus the vision projector, read back and recorded
+    gguf = _metadata(result, "gguf_model")
+    assert gguf["architecture"] == "qwen3vl" and gguf["tokenizer_pre"] == "gpt-2"
+    for gguf_type in profile.export.gguf_types:
+        path = data / "gguf_model" / gguf[f"{gguf_type}_file"]
+        assert path.stat().st_size == gguf[f"{gguf_type}_size_bytes"]
+        assert sha256_file(path) == gguf[f"{gguf_type}_sha256"]
+    assert (data / "gguf_model" / gguf["mmproj_file"]).stat().st_size == gguf["mmproj_size_bytes"]
+    assert gguf["adapter_sha256"] == adapter_meta["adapter_sha256"]
 
     report = _metadata(result, "eval_diff_report")
     for key in HEADLINE:

@@ -12,7 +12,7 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 from vlmrl_pipeline.core.evaluation import evaluate_policy
-from vlmrl_pipeline.core.export import inspect_lora_adapter, merge_adapter_to_checkpoint
+from vlmrl_pipeline.core.export import inspect_lora_adapter, merge_adapter_4bit_unsloth, merge_adapter_to_checkpoint
 from vlmrl_pipeline.core.generation import GenerationSettings
 from vlmrl_pipeline.core.modeling import apply_lora, load_model, load_policy
 from vlmrl_pipeline.core.profiles import demo_gpu_profile
@@ -70,6 +70,36 @@ def test_unsloth_4bit_gspo_steps_then_batched_evaluation_then_merge(tiny_checkpo
     assert reloaded.config.model_type == "qwen3_vl"
 
 
+def test_unsloth_merged_4bit_checkpoint_loads_and_generates(tiny_checkpoint, tmp_path):
+    """Unsloth's merged 4-bit export: bitsandbytes 4-bit weights with the adapter merged in, loaded back by plain
+    transformers; its greedy answers are compared with the unmerged 4-bit base + adapter's."""
+    import torch
+    from PIL import Image
+
+    from vlmrl_pipeline.core.generation import generate_completions
+    from vlmrl_pipeline_tests.test_export import _save_adapter
+
+    adapter = _save_adapter(tiny_checkpoint, tmp_path / "adapter", trained=True)
+    out = merge_adapter_4bit_unsloth(adapter, tmp_path / "merged-4bit", max_seq_length=1024)
+    config = json.loads((out / "config.json").read_text())
+    quant = config.get("quantization_config") or config.get("text_config", {}).get("quantization_config")
+    assert quant and quant.get("load_in_4bit"), config.get("quantization_config")
+    assert not (out / "adapter_config.json").exists()  # merged: no PEFT needed
+    model, processor, _ = load_model(str(out), backend="transformers", dtype="bfloat16")
+    assert any("4bit" in type(m).__name__.lower() for m in model.modules())
+    prompts = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"Question {i}?"}]}]
+               for i in range(4)]
+    images = [Image.new("RGB", (64, 64), c) for c in ("red", "green", "blue", "white")]
+    settings = GenerationSettings(max_new_tokens=8, batch_size=4)
+    merged = generate_completions(model, processor, prompts, images, settings)
+    unmerged, processor2, _ = load_policy(tiny_checkpoint, backend="unsloth", load_in_4bit=True, max_seq_length=1024,
+                                          adapter_dir=adapter)
+    reference = generate_completions(unmerged, processor2, prompts, images, settings)
+    same = sum(a == b for a, b in zip(merged, reference))
+    print(f"merged 4-bit vs 4-bit base + adapter: {same}/{len(prompts)} greedy answers identical")
+    assert len(merged) == 4 and torch.cuda.is_available()
+
+
 def test_whole_demo_lineage_on_the_gpu_demo_profile(tmp_path):
     """The README's main job on the GPU profile: Unsloth 4-bit + adamw_8bit GSPO, and format compliance rises."""
     profile = demo_gpu_profile()
@@ -89,3 +119,9 @@ def test_whole_demo_lineage_on_the_gpu_demo_profile(tmp_path):
     print(f"GPU demo: format compliance {before_format:.2f} -> {after_format:.2f}")
     assert after_format > before_format
     assert (tmp_path / "merged_model" / "checkpoint" / "config.json").exists()
+    [merged] = result.asset_materializations_for_node("merged_model")
+    assert merged.metadata["merged_4bit"].value and (tmp_path / "merged_model" / "checkpoint-4bit").is_dir()
+    print(f"merged 16-bit: {merged.metadata['size_bytes'].value} B, 4-bit: {merged.metadata['size_bytes_4bit'].value} B")
+    [gguf] = result.asset_materializations_for_node("gguf_model")
+    for gguf_type in profile.export.gguf_types:
+        assert (tmp_path / "gguf_model" / gguf.metadata[f"{gguf_type}_file"].value).exists()

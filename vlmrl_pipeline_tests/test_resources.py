@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from vlmrl_pipeline import resources as res
+from vlmrl_pipeline.core.export import ExportSettings
 from vlmrl_pipeline.core.generation import GenerationSettings
 from vlmrl_pipeline.core.modeling import LoraSettings, TinyModelSpec
 from vlmrl_pipeline.core.profiles import PROFILES, DataSettings
@@ -21,6 +22,7 @@ from vlmrl_pipeline.core.warmstart import WarmStartSettings
         (res.LoraConfig, LoraSettings),
         (res.TinyModelConfig, TinyModelSpec),
         (res.WarmStartConfig, WarmStartSettings),
+        (res.ExportSettingsResource, ExportSettings),
     ],
 )
 def test_resources_mirror_the_core_settings(resource_cls, core_cls):
@@ -35,6 +37,7 @@ def test_resources_round_trip_a_profile(tmp_path, profile):
     assert built["eval_settings"].to_core() == profile.generation
     assert built["model_settings"].to_core() == profile.model
     assert built["model_settings"].warm_start_settings() == profile.warm_start
+    assert built["export_settings"].to_core() == profile.export
 
 
 def test_artifact_staging_replaces_whole_or_not_at_all(tmp_path):

@@ -8,6 +8,7 @@ import datasets
 import pytest
 from PIL import Image
 
+from vlmrl_pipeline.core.checkpoints import latest_checkpoint
 from vlmrl_pipeline.core.export import inspect_lora_adapter
 from vlmrl_pipeline.core.modeling import LoraSettings, load_model, peft_lora_config, vision_token_ids
 from vlmrl_pipeline.core.profiles import qwen3vl_8b_profile
@@ -15,8 +16,11 @@ from vlmrl_pipeline.core.rewards import REWARD_FUNCTIONS, REWARD_WEIGHTS
 from vlmrl_pipeline.core.training import (
     GSPOSettings,
     NonFiniteLossError,
+    TrainingOutOfMemoryError,
     _progress_callback,
     build_grpo_config,
+    explain_out_of_memory,
+    is_out_of_memory,
     paper_gspo_settings,
     resolve_optim,
     train_gspo,
@@ -70,6 +74,102 @@ def test_non_finite_loss_stops_training_naming_the_step():
     with pytest.raises(NonFiniteLossError, match="step 17"):
         callback.on_log(None, state, None, logs={"loss": math.nan})
     callback.on_log(None, state, None, logs={"loss": 0.5})  # a finite loss passes
+
+
+def _small(**changes) -> GSPOSettings:
+    return GSPOSettings(**{**dict(learning_rate=5e-3, optim="adamw_torch", per_device_train_batch_size=4,
+                                  gradient_accumulation_steps=1, num_generations=2, max_completion_length=8,
+                                  max_steps=3, logging_steps=1, max_grad_norm=1.0), **changes})
+
+
+def test_a_non_finite_loss_in_training_stops_at_its_step(tiny_checkpoint, tmp_path):
+    """From step 2 on, the training forward pass (the one with gradients; rollouts run without) overflows to NaN,
+    as a bf16/fp16 overflow would. Training stops at step 2, naming it, before that step's update is applied: the
+    adapter's weights are still finite. (A NaN reward cannot do this: TRL zeroes NaN advantages.)"""
+    import torch
+    from transformers import TrainerCallback
+
+    model, processor, _ = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
+    armed = {"on": False}
+
+    def overflow(module, args, output):
+        if armed["on"] and torch.is_grad_enabled():
+            return output * math.nan if torch.is_tensor(output) else (output[0] * math.nan, *output[1:])
+        return None
+
+    model.model.language_model.layers[0].register_forward_hook(overflow)
+
+    class FromStep2(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            armed["on"] = state.global_step >= 1
+
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 2/3.*before that step's update"):
+        train_gspo(model, processor, _dataset(), _small(), tmp_path, (length_reward,), (1.0,),
+                   peft_config=peft_lora_config(LoraSettings(r=4, lora_alpha=8)), callbacks=[FromStep2()])
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert lora and all(torch.isfinite(p).all() for p in lora)
+    assert build_grpo_config(_small(), tmp_path, processor, (1.0,)).logging_nan_inf_filter is False
+
+
+def test_out_of_memory_says_what_to_lower(tiny_checkpoint, tmp_path):
+    """An out-of-memory error raised inside a real training step (injected: a CPU cannot run out of GPU memory)
+    comes back naming the step, the settings to lower with their values, and what to enable."""
+    import torch
+    from transformers import TrainerCallback
+
+    class OutOfMemoryAtStep2(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    model, processor, _ = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
+    settings = _small(gradient_checkpointing=False)
+    with pytest.raises(TrainingOutOfMemoryError) as info:
+        with explain_out_of_memory(settings, step=lambda: 2, max_seq_length=1024, load_in_4bit=False):
+            train_gspo(model, processor, _dataset(), settings, tmp_path, REWARD_FUNCTIONS, REWARD_WEIGHTS,
+                       peft_config=peft_lora_config(LoraSettings(r=4, lora_alpha=8)),
+                       callbacks=[OutOfMemoryAtStep2()])
+    message = str(info.value)
+    for expected in ("at step 2", "per_device_train_batch_size (now 4", "num_generations (now 2)",
+                     "max_completion_length (now 8)", "max_seq_length (now 1024", "load_in_4bit",
+                     "gradient_checkpointing", "Tried to allocate 2.00 GiB"):
+        assert expected in message, expected
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory")) and not is_out_of_memory(ValueError("x"))
+    with pytest.raises(ValueError):  # anything else passes through untouched
+        with explain_out_of_memory(settings):
+            raise ValueError("not memory")
+
+
+def test_checkpoints_are_written_and_a_half_written_one_is_skipped(tiny_checkpoint, tmp_path):
+    model, processor, _ = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
+    _, result = train_gspo(model, processor, _dataset(), _small(max_steps=2, save_steps=1, save_total_limit=2),
+                           tmp_path, REWARD_FUNCTIONS, REWARD_WEIGHTS,
+                           peft_config=peft_lora_config(LoraSettings(r=4, lora_alpha=8)))
+    assert result.resumed_from_step == 0 and result.steps_run == 2 and result.optimizer_state_step == 2
+    assert latest_checkpoint(tmp_path) == (tmp_path / "checkpoint-2", 2)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "adapter_model.safetensors"):
+        assert (tmp_path / "checkpoint-2" / name).exists(), name
+    # killed while writing checkpoint-2's trainer state (the file the trainer writes last)
+    state = tmp_path / "checkpoint-2" / "trainer_state.json"
+    state.write_text(state.read_text()[:40])
+    assert latest_checkpoint(tmp_path) == (tmp_path / "checkpoint-1", 1)
+
+
+@pytest.mark.parametrize("bad, match", [(dict(distributed="zero3"), "distributed must be one of"),
+                                        (dict(num_processes=-1), "num_processes"),
+                                        (dict(save_steps=-5), "save_steps"),
+                                        (dict(save_total_limit=0), "save_total_limit")])
+def test_bad_launch_and_checkpoint_settings_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        GSPOSettings(**bad)
+
+
+def test_checkpoint_settings_reach_the_trainer(tiny_checkpoint, tmp_path):
+    _, processor, _ = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
+    config = build_grpo_config(_small(save_steps=7, save_total_limit=3), tmp_path, processor, (1.0,))
+    assert (config.save_strategy, config.save_steps, config.save_total_limit) == ("steps", 7, 3)
+    assert build_grpo_config(_small(save_steps=0), tmp_path, processor, (1.0,)).save_strategy == "no"
+    assert not hasattr(config, "distributed")  # launch settings stay out of GRPOConfig
 
 
 def test_empty_training_set_is_refused(tiny_checkpoint, tmp_path):

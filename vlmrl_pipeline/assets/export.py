@@ -1,49 +1,201 @@
-"""Export stage: the adapter merged into a standalone checkpoint."""
+"""Export stage: the adapter merged into standalone checkpoints, and the merged model as GGUF for llama.cpp."""
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+import json
+
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
 
 from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.model import base_model, base_model_path
 from vlmrl_pipeline.assets.provenance import lineage
 from vlmrl_pipeline.assets.training import lora_adapter
-from vlmrl_pipeline.core.export import dir_size_bytes, merge_adapter_to_checkpoint, sha256_file
-from vlmrl_pipeline.core.generation import GenerationSettings, generate_completions
+from vlmrl_pipeline.core.export import (
+    GGUF_QUANTIZER_TYPES,
+    dir_size_bytes,
+    export_gguf,
+    gguf_greedy_tokens,
+    inspect_gguf,
+    llama_cpp_runtime_available,
+    merge_adapter_4bit_unsloth,
+    merge_adapter_to_checkpoint,
+    sha256_dir,
+    sha256_file,
+)
+from vlmrl_pipeline.core.generation import GenerationSettings, generate_completions, greedy_token_ids
+from vlmrl_pipeline.core.llama_cpp import LLAMA_CPP_PYTHON_VERSION, llama_cpp_tools
 from vlmrl_pipeline.core.modeling import load_model
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, chat_prompts, open_images, read_manifest, split_rows
-from vlmrl_pipeline.execution import GPU_POOL, GPU_TAGS, gpu_op_tags
-from vlmrl_pipeline.resources import ArtifactStore, DataSettingsResource
+from vlmrl_pipeline.execution import CPU_TAGS, GPU_POOL, GPU_TAGS, gpu_op_tags
+from vlmrl_pipeline.resources import (
+    ArtifactStore,
+    DataSettingsResource,
+    ExportSettingsResource,
+    ModelSettingsResource,
+)
 
-MERGED_DTYPE = "bfloat16"
+MERGED_16BIT_DIR = "checkpoint"
+MERGED_4BIT_DIR = "checkpoint-4bit"
+GGUF_SUMMARY = "gguf.json"
+GGUF_CHECK_TOKENS = 16
 
 
 @asset(group_name="export", deps=[lora_adapter, base_model, resized_images], kinds={"safetensors", "huggingface"},
-       code_version="export-1", pool=GPU_POOL, tags=GPU_TAGS, op_tags=gpu_op_tags())
+       code_version="export-2", pool=GPU_POOL, tags=GPU_TAGS, op_tags=gpu_op_tags())
 def merged_model(
-    context: AssetExecutionContext, artifacts: ArtifactStore, data_settings: DataSettingsResource
+    context: AssetExecutionContext,
+    artifacts: ArtifactStore,
+    data_settings: DataSettingsResource,
+    model_settings: ModelSettingsResource,
+    export_settings: ExportSettingsResource,
 ) -> MaterializeResult:
-    """The LoRA adapter merged into the base weights, saved as a standalone 16-bit (bf16) checkpoint with its
-    processor: loads with plain ``transformers`` and needs no PEFT. Verified by loading it back and generating.
+    """The LoRA adapter merged into the base weights: a standalone 16-bit checkpoint (``checkpoint/``, bf16 by
+    default) that loads with plain ``transformers`` and needs no PEFT, and with ``merged_4bit`` also Unsloth's
+    merged 4-bit bitsandbytes checkpoint (``checkpoint-4bit/``, GPU only). Each is verified by loading it back
+    and generating for a held-out sample.
     """
+    settings = export_settings.to_core()
     load_path, ref = base_model_path(artifacts)
+    adapter_dir = artifacts.asset_dir("lora_adapter")
+    rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL).head(1)
+    prompts, images = chat_prompts(rows, data_settings.to_core().prompt_style), open_images(rows)
+    one = GenerationSettings(max_new_tokens=32, batch_size=1)
+    metadata: dict = {}
     with artifacts.staging("merged_model") as tmp:
-        merge_adapter_to_checkpoint(load_path, artifacts.asset_dir("lora_adapter"), tmp / "checkpoint",
-                                    dtype=MERGED_DTYPE, revision=ref.get("revision"))
+        merge_adapter_to_checkpoint(load_path, adapter_dir, tmp / MERGED_16BIT_DIR, dtype=settings.merged_dtype,
+                                    revision=ref.get("revision"))
         # Proof that the export is usable: load it with plain transformers and generate for one eval sample.
-        model, processor, _ = load_model(str(tmp / "checkpoint"), backend="transformers", dtype="float32")
-        rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL).head(1)
-        sample = generate_completions(model, processor, chat_prompts(rows, data_settings.to_core().prompt_style),
-                                      open_images(rows), GenerationSettings(max_new_tokens=32, batch_size=1))[0]
-        weights = sorted((tmp / "checkpoint").glob("*.safetensors"))
-        size = dir_size_bytes(tmp / "checkpoint")
-        digest = sha256_file(weights[0]) if len(weights) == 1 else "sharded"
-    context.log.info(f"merged checkpoint generates: {sample!r}")
+        model, processor, _ = load_model(str(tmp / MERGED_16BIT_DIR), backend="transformers", dtype="float32")
+        metadata["sample_generation"] = generate_completions(model, processor, prompts, images, one)[0]
+        del model
+        metadata.update(size_bytes=dir_size_bytes(tmp / MERGED_16BIT_DIR),
+                        weights_sha256=sha256_dir(tmp / MERGED_16BIT_DIR))
+        if settings.merged_4bit:
+            merge_adapter_4bit_unsloth(adapter_dir, tmp / MERGED_4BIT_DIR,
+                                       max_seq_length=model_settings.to_core().max_seq_length)
+            model, processor, _ = load_model(str(tmp / MERGED_4BIT_DIR), backend="transformers", dtype="bfloat16")
+            metadata["sample_generation_4bit"] = generate_completions(model, processor, prompts, images, one)[0]
+            del model
+            metadata.update(size_bytes_4bit=dir_size_bytes(tmp / MERGED_4BIT_DIR),
+                            weights_sha256_4bit=sha256_dir(tmp / MERGED_4BIT_DIR))
+    context.log.info(f"merged checkpoint generates: {metadata['sample_generation']!r}")
     return MaterializeResult(
         metadata={
-            "path": MetadataValue.path(str(artifacts.asset_dir("merged_model") / "checkpoint")),
-            "dtype": MERGED_DTYPE,
-            **lineage(artifacts, artifacts.asset_dir("lora_adapter"), with_rewards=False),
-            "size_bytes": size,
-            "weights_sha256": digest,
-            "sample_generation": sample,
+            "path": MetadataValue.path(str(artifacts.asset_dir("merged_model") / MERGED_16BIT_DIR)),
+            "dtype": settings.merged_dtype,
+            "merged_4bit": settings.merged_4bit,
+            **lineage(artifacts, adapter_dir, with_rewards=False),
+            **metadata,
         }
     )
+
+
+@asset(group_name="export", deps=[merged_model, resized_images], kinds={"gguf", "llamacpp"}, code_version="gguf-1",
+       tags=CPU_TAGS)
+def gguf_model(
+    context: AssetExecutionContext,
+    artifacts: ArtifactStore,
+    data_settings: DataSettingsResource,
+    export_settings: ExportSettingsResource,
+) -> MaterializeResult:
+    """The merged model as GGUF for llama.cpp (and Ollama, LM Studio): per type in ``gguf_types`` one language-model
+    file ``model-<type>.gguf``, plus the vision encoder and projector ``mmproj-<type>.gguf`` that llama.cpp loads
+    beside it.
+
+    Written by llama.cpp's own converter and quantizer, taken from the ``llama-cpp-python`` source release (no
+    compiler, no network at run time once fetched). Every file is read back and compared with the checkpoint
+    (architecture, one block per layer, widths, every token at its id, the pre-tokenizer llama.cpp recognised);
+    with the llama.cpp runtime installed, each file is also run on a held-out prompt and its greedy tokens
+    compared with ``transformers``' on the merged checkpoint. Sizes and sha256 per file are in the metadata.
+    """
+    settings = export_settings.to_core()
+    checkpoint = artifacts.asset_dir("merged_model") / MERGED_16BIT_DIR
+    if any(t in GGUF_QUANTIZER_TYPES for t in settings.gguf_types) and not llama_cpp_runtime_available():
+        raise RuntimeError(f"gguf_types {list(settings.gguf_types)} include a type only llama.cpp's quantizer "
+                           "writes, and the llama.cpp runtime is not installed: pip install -e '.[gguf]', or drop "
+                           f"{sorted(GGUF_QUANTIZER_TYPES)} from gguf_types")
+    tools = llama_cpp_tools()
+    runtime = settings.verify_with_llama_cpp and llama_cpp_runtime_available()
+    with artifacts.staging("gguf_model") as tmp:
+        exports = export_gguf(checkpoint, tmp, settings.gguf_types, tools.converter, settings.mmproj_type,
+                              log=context.log.info)
+        summary = {"converter": f"llama.cpp from llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}",
+                   "source_checkpoint": str(checkpoint), "exports": [e.summary() for e in exports]}
+        if runtime:
+            # The same held-out prompt through transformers and through llama.cpp, text only, greedy.
+            row = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL).head(1)
+            prompt = chat_prompts(row, data_settings.to_core().prompt_style)[0]
+            model, processor, _ = load_model(str(checkpoint), backend="transformers", dtype="float32", device="cpu")
+            prompt_ids, expected = greedy_token_ids(model, processor, prompt, GGUF_CHECK_TOKENS)
+            stop = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+            for export, entry in zip(exports, summary["exports"], strict=True):
+                got, _ = gguf_greedy_tokens(export.model_file, prompt_ids, GGUF_CHECK_TOKENS, stop_ids=stop)
+                agree = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+                             min(len(got), len(expected)))
+                entry["llama_cpp_check"] = {
+                    "greedy_tokens_llama_cpp": got, "greedy_tokens_transformers": expected,
+                    "agreeing_prefix": agree, "identical": got == expected,
+                    "text": processor.tokenizer.decode(got),
+                }
+                context.log.info(f"{export.model_file.name} in llama.cpp: {entry['llama_cpp_check']['text']!r} "
+                                 f"({agree}/{len(expected)} greedy tokens as transformers)")
+        (tmp / GGUF_SUMMARY).write_text(json.dumps(summary, indent=2))
+    metadata: dict = {
+        "path": MetadataValue.path(str(artifacts.asset_dir("gguf_model"))),
+        "gguf_types": ", ".join(settings.gguf_types),
+        "converter": summary["converter"],
+        "tokenizer_pre": exports[0].model_info["tokenizer_pre"],
+        "architecture": exports[0].model_info["architecture"],
+        "llama_cpp_runtime_check": "ran" if runtime else
+        ("off" if not settings.verify_with_llama_cpp else "skipped: llama.cpp runtime not installed"),
+        **lineage(artifacts, artifacts.asset_dir("lora_adapter"), with_rewards=False),
+    }
+    if exports[0].mmproj_file is not None:
+        info = exports[0].mmproj_info
+        metadata.update({"mmproj_file": info["file"], "mmproj_size_bytes": info["size_bytes"],
+                         "mmproj_sha256": info["sha256"], "mmproj_num_tensors": info["num_tensors"]})
+    for export, entry in zip(exports, summary["exports"], strict=True):
+        t = export.gguf_type
+        metadata.update({f"{t}_file": export.model_info["file"], f"{t}_size_bytes": export.model_info["size_bytes"],
+                         f"{t}_sha256": export.model_info["sha256"],
+                         f"{t}_num_tensors": export.model_info["num_tensors"],
+                         f"{t}_tensor_types": json.dumps(export.model_info["tensor_types"])})
+        if "llama_cpp_check" in entry:
+            metadata[f"{t}_llama_cpp_greedy_agreement"] = (
+                f"{entry['llama_cpp_check']['agreeing_prefix']}/{len(entry['llama_cpp_check']['greedy_tokens_transformers'])}")
+    return MaterializeResult(metadata=metadata)
+
+
+@asset_check(asset=gguf_model, blocking=True,
+             description="Every GGUF file reads back with the checksum, architecture and tokenizer recorded")
+def gguf_files_intact(artifacts: ArtifactStore) -> AssetCheckResult:
+    """Re-reads each GGUF file named in ``gguf.json`` and compares it with what the export recorded: a file that
+    was truncated, replaced or corrupted after export must not be handed to llama.cpp as this model."""
+    folder = artifacts.asset_dir("gguf_model")
+    summary = json.loads((folder / GGUF_SUMMARY).read_text())
+    problems: list[str] = []
+    checked = 0
+    for export in summary["exports"]:
+        for part in ("model", "mmproj"):
+            recorded = export.get(part)
+            if recorded is None:
+                continue
+            path = folder / recorded["file"]
+            if not path.exists():
+                problems.append(f"{recorded['file']} is missing")
+                continue
+            if sha256_file(path) != recorded["sha256"]:
+                problems.append(f"{recorded['file']} changed since export (sha256)")
+                continue
+            now = inspect_gguf(path)
+            for key in ("architecture", "num_tensors", "tokenizer_pre", "num_tokens"):
+                if now[key] != recorded[key]:
+                    problems.append(f"{recorded['file']}: {key} {now[key]!r} != recorded {recorded[key]!r}")
+            checked += 1
+    return AssetCheckResult(passed=not problems and checked > 0,
+                            metadata={"files_checked": checked, "problems": "; ".join(problems) or "none"})

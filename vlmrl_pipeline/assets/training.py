@@ -1,19 +1,48 @@
-"""Training stage: GSPO with LoRA on the training split."""
+"""Training stage: GSPO with LoRA on the training split, in its own process(es) launched through Dagster Pipes."""
 
 import json
+import os
+import shlex
 from dataclasses import asdict
 
-from dagster import AssetCheckResult, AssetExecutionContext, MaterializeResult, MetadataValue, asset, asset_check
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    PipesSubprocessClient,
+    asset,
+    asset_check,
+)
 
+import vlmrl_pipeline
 from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.model import base_model, base_model_path
 from vlmrl_pipeline.assets.provenance import lineage
-from vlmrl_pipeline.core.export import inspect_lora_adapter
-from vlmrl_pipeline.core.modeling import apply_lora, load_model, peft_lora_config
+from vlmrl_pipeline.core.checkpoints import (
+    latest_checkpoint,
+    local_files_state,
+    other_work_dirs,
+    prepare_work_dir,
+    remove_work_dir,
+    training_inputs,
+)
+from vlmrl_pipeline.core.export import inspect_lora_adapter, sha256_file
+from vlmrl_pipeline.core.launch import (
+    accelerate_command,
+    accelerate_config,
+    check_backend_supports,
+    default_cpu_threads,
+    resolve_num_processes,
+    visible_gpu_count,
+    visible_gpu_ids,
+    write_accelerate_config,
+)
+from vlmrl_pipeline.core.modeling import resolve_backend
 from vlmrl_pipeline.core.plots import png_markdown, training_curves_png
 from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_set
-from vlmrl_pipeline.core.samples import SPLIT_TRAIN, filter_context_overflow, read_manifest, split_rows, trl_dataset
-from vlmrl_pipeline.core.training import train_gspo
+from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_TRAIN, read_manifest, split_rows
+from vlmrl_pipeline.core.training_job import TRAINING_LOG, TrainingJob, TrainingProcessError, describe_failure
 from vlmrl_pipeline.execution import GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import (
     ArtifactStore,
@@ -22,9 +51,13 @@ from vlmrl_pipeline.resources import (
     TrainingSettingsResource,
 )
 
+TRAINING_CODE_VERSION = "training-2"
+CHECKPOINTS_DIR = "lora_adapter_checkpoints"
+"""Beside the asset folders: ``<key>/checkpoint-<step>`` per set of training inputs (see ``core.checkpoints``)."""
 
-@asset(group_name="training", deps=[base_model, resized_images], kinds={"pytorch", "trl"}, code_version="training-2",
-       pool=GPU_POOL, tags=GPU_TAGS, op_tags=gpu_op_tags())
+
+@asset(group_name="training", deps=[base_model, resized_images], kinds={"pytorch", "trl"},
+       code_version=TRAINING_CODE_VERSION, pool=GPU_POOL, tags=GPU_TAGS, op_tags=gpu_op_tags())
 def lora_adapter(
     context: AssetExecutionContext,
     artifacts: ArtifactStore,
@@ -37,67 +70,85 @@ def lora_adapter(
     Rewards follow ``answer_format``: the seeds' formatting and correctness functions weighted 0.3 and 1.0
     (``tags``), or RLinf's +1/0 boxed-answer reward (``boxed``). Prompts that overflow the context are dropped and
     counted first. LoRA sits on the language model's attention and MLP projections; the vision tower is frozen.
-    Trains on the training split only. Saved in PEFT's format (``adapter_model.safetensors`` +
-    ``adapter_config.json``) with the trainer's log history.
+    Trains on the training split only. Training runs in its own process(es): ``accelerate launch`` through Dagster
+    Pipes, one process on a CPU or one per GPU (``num_processes``, ``distributed``), with its logs and metrics
+    streamed into this run. Checkpoints every ``save_steps`` go to a folder keyed by the training inputs; after a
+    killed run, materializing again resumes from the newest one. Saved in PEFT's format
+    (``adapter_model.safetensors`` + ``adapter_config.json``) with the trainer's log history.
     """
     model_cfg = model_settings.to_core()
     data = data_settings.to_core()
     gspo = training_settings.to_core()
-    rewards = reward_set(data.answer_format)
+    reward_set(data.answer_format)  # an unknown format is refused here, before anything is launched
     load_path, ref = base_model_path(artifacts)
-    train_rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_TRAIN)
-    model, processor, backend = load_model(
-        load_path, backend=model_cfg.backend, revision=ref.get("revision"), dtype=model_cfg.dtype,
-        load_in_4bit=model_cfg.load_in_4bit, max_seq_length=model_cfg.max_seq_length,
-        fast_inference=model_cfg.fast_inference, gpu_memory_utilization=model_cfg.gpu_memory_utilization,
+    manifest_dir = artifacts.asset_dir("resized_images")
+    split_rows(read_manifest(manifest_dir), SPLIT_TRAIN)  # no manifest or no training rows: say so now
+    gpus = visible_gpu_count()
+    processes = resolve_num_processes(gspo.num_processes, gpus)
+    check_backend_supports(resolve_backend(model_cfg.backend), processes, gspo.distributed)
+    style = {"prompt_field": data.prompt_field, "answer_format": data.answer_format,
+             "system_prompt": data.system_prompt}
+    inputs = training_inputs(
+        gspo=asdict(gspo), model=asdict(model_cfg), prompt_style=style, base_model_ref=ref,
+        base_model_files=local_files_state(load_path), manifest_sha256=sha256_file(manifest_dir / MANIFEST_NAME),
+        reward_version=REWARD_VERSION, num_processes=processes, code_version=TRAINING_CODE_VERSION,
     )
-    # Unsloth wraps LoRA itself; on the transformers path TRL applies PEFT's config.
-    peft_config = None
-    if backend == "unsloth":
-        model = apply_lora(model, model_cfg.lora, backend, seed=gspo.seed)
-    else:
-        peft_config = peft_lora_config(model_cfg.lora)
-    # TRL no longer truncates prompts; an overlong one would cut image placeholders mid-run.
-    train_rows, overflow = filter_context_overflow(train_rows, processor, data.prompt_style, model_cfg.max_seq_length,
-                                                   gspo.max_completion_length)
-    if overflow:
-        context.log.warning(f"dropped {len(overflow)} training rows whose prompt overflows the context: "
-                            f"{[item['pid'] for item in overflow[:20]]}")
-    if train_rows.empty:
-        raise ValueError(f"every training prompt overflows max_seq_length={model_cfg.max_seq_length}")
-    context.log.info(f"GSPO on {len(train_rows)} training rows with {backend} ({ref['model_name']})")
+    checkpoints_root = artifacts.asset_dir(CHECKPOINTS_DIR)
+    work = prepare_work_dir(checkpoints_root, inputs)
+    stale = other_work_dirs(checkpoints_root, work.name)
+    if stale:
+        context.log.warning(f"not resuming {len(stale)} checkpoint folder(s) written for other settings, data or base "
+                            f"model: {[p.name for p in stale]} (left in {checkpoints_root}; delete them to free space)")
+    found = latest_checkpoint(work)
+    context.log.info(f"checkpoint folder {work}: " + (f"resuming from {found[0].name}" if found else "starting fresh"))
+    launch_dir = work / "launch"
+    for old_error in (launch_dir / "errors").glob("rank-*.json"):
+        old_error.unlink()
     with artifacts.staging("lora_adapter") as tmp:
-        trained, result = train_gspo(
-            model, processor, trl_dataset(train_rows, data.prompt_style), gspo, tmp / "trainer",
-            rewards.functions, rewards.weights, peft_config=peft_config, log=context.log.info,
-        )
-        trained.save_pretrained(tmp)
-        (tmp / "training_log.json").write_text(json.dumps(
-            {"log_history": result.log_history, "global_step": result.global_step, "settings": asdict(gspo),
-             "base_model": ref, "reward_version": REWARD_VERSION, "answer_format": data.answer_format,
-             "reward_functions": [f.__name__ for f in rewards.functions], "reward_weights": list(rewards.weights),
-             "dropped_context_overflow": overflow}, indent=2, default=str))
-        curves = training_curves_png(result.log_history)
+        job_file = TrainingJob(
+            base_model_path=load_path, base_model_ref=ref, manifest_dir=str(manifest_dir), adapter_dir=str(tmp),
+            work_dir=str(work), checkpoint_key=work.name, model=asdict(model_cfg), prompt_style=style,
+            gspo=asdict(gspo), num_processes=processes,
+        ).write(launch_dir / "job.json")
+        config_file = write_accelerate_config(launch_dir / "accelerate_config.yaml", accelerate_config(
+            processes, gspo.distributed, use_cpu=gpus == 0, gpu_ids=visible_gpu_ids(processes)))
+        command = accelerate_command(config_file, job_file, cpu_threads=default_cpu_threads(processes))
+        context.log.info(f"launching {processes} training process(es): {shlex.join(command)}")
+        try:
+            invocation = PipesSubprocessClient().run(
+                command=command, context=context, extras={"job": str(job_file), "checkpoint_key": work.name},
+                env=_child_env(),
+            )
+        except Exception as exc:  # the process exited non-zero (Dagster's DagsterPipesExecutionError) or died
+            raise TrainingProcessError(describe_failure(job_file, work, str(exc))) from exc
+        reported = dict(invocation.get_materialize_result().metadata or {})
+        log = json.loads((tmp / TRAINING_LOG).read_text())
+        curves = training_curves_png(log["log_history"])
         (tmp / "training_curves.png").write_bytes(curves)
         stats = inspect_lora_adapter(tmp)
-    logged = [v for _, v in result.series("reward")]
+    remove_work_dir(work)  # the adapter is in place; its checkpoints are no longer needed
+    logged = [float(h["reward"]) for h in log["log_history"] if "reward" in h]
     return MaterializeResult(
         metadata={
             "path": MetadataValue.path(str(artifacts.asset_dir("lora_adapter"))),
-            "backend": backend,
+            **reported,  # from the training process: backend, train_rows, global_step, resumed_from_step, ...
             **lineage(artifacts),  # adapter_sha256 below: this run's adapter
-            "train_rows": len(train_rows),
-            "global_step": result.global_step,
-            "train_runtime_s": round(result.train_runtime_s, 1),
-            "num_context_overflow": len(overflow),
-            "first_logged_reward": float(logged[0]) if logged else float("nan"),
-            "final_logged_reward": float(logged[-1]) if logged else float("nan"),
+            "first_logged_reward": logged[0] if logged else float("nan"),
+            "final_logged_reward": logged[-1] if logged else float("nan"),
             "adapter_sha256": stats["sha256"],
             "lora_b_nonzero": f"{stats['num_lora_b_nonzero']}/{stats['num_lora_b']}",
             "lora_all_finite": stats["all_finite"],
             "training_curves": MetadataValue.md(png_markdown(curves, "GSPO training curves")),
         }
     )
+
+
+def _child_env() -> dict[str, str]:
+    """The training process imports this package from wherever the launching step did."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(vlmrl_pipeline.__file__)))
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": root + (os.pathsep + path if path else ""), "PYTHONUNBUFFERED": "1",
+            "TOKENIZERS_PARALLELISM": "false"}
 
 
 @asset_check(asset=lora_adapter, blocking=True,

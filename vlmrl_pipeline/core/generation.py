@@ -79,3 +79,38 @@ def generate_completions(
     finally:
         model.train(was_training)
     return outputs
+
+
+def text_only(prompt: list[dict]) -> list[dict]:
+    """A chat prompt with its image parts removed (for runtimes compared on the language model alone)."""
+    out = []
+    for message in prompt:
+        content = message["content"]
+        if not isinstance(content, str):
+            content = [part for part in content if part.get("type") != "image"]
+        out.append({**message, "content": content})
+    return out
+
+
+def greedy_token_ids(model, processor, prompt: list[dict], max_new_tokens: int) -> tuple[list[int], list[int]]:
+    """``(prompt ids, greedy new ids)`` for a chat prompt without its image, stopping at ``<|im_end|>``.
+
+    Ids rather than text so that another runtime (llama.cpp on a GGUF export) can be fed the same prompt and its
+    tokens compared one by one. No tokens are suppressed: both runtimes take the plain argmax.
+    """
+    import torch
+
+    tokenizer = processor.tokenizer
+    text = processor.apply_chat_template(text_only(prompt), add_generation_prompt=True, tokenize=False)
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.inference_mode():
+        out = model.generate(input_ids=torch.tensor([prompt_ids], device=device), max_new_tokens=max_new_tokens,
+                             do_sample=False, temperature=None, top_p=None, top_k=None, eos_token_id=end,
+                             pad_token_id=tokenizer.pad_token_id)
+    new = [int(t) for t in out[0, len(prompt_ids):]]
+    if end in new:
+        new = new[: new.index(end)]
+    return prompt_ids, new

@@ -5,8 +5,8 @@ Two ways to get a policy, one loading path:
 * the real one: a hub id or local checkpoint (``unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit``), loaded through
   Unsloth's ``FastVisionModel`` when Unsloth is installed and CUDA is present, else through ``transformers``;
 * the demo one: :func:`build_tiny_qwen3vl` writes a complete Qwen3-VL checkpoint folder (config, random weights,
-  a byte-level BPE tokenizer trained here, chat template, vision special tokens, image processor), which is then
-  loaded exactly like a hub checkpoint. Nothing is downloaded.
+  a byte-level BPE tokenizer (GPT-2's, from llama.cpp's files, or one trained here), chat template, vision special
+  tokens, image processor), which is then loaded exactly like a hub checkpoint. No model is downloaded.
 """
 
 from __future__ import annotations
@@ -57,7 +57,13 @@ QWEN_VL_CHAT_TEMPLATE = (
 class TinyModelSpec:
     """Shape of the demo model: Qwen3-VL's architecture at a size that trains on two CPU cores."""
 
+    tokenizer: str = "gpt-2"
+    """``"gpt-2"``: GPT-2's byte-level BPE from llama.cpp's own vocabulary files (50 257 tokens plus the chat and
+    vision tokens); llama.cpp's GGUF converter recognises it, so the demo exports to GGUF. ``"trained"``: a
+    ``vocab_size``-token BPE trained on the prompt corpus: a smaller, faster model that cannot be exported to GGUF
+    (llama.cpp refuses tokenizers it does not know)."""
     vocab_size: int = 1024
+    """Vocabulary size of the ``"trained"`` tokenizer (unused for ``"gpt-2"``)."""
     text_hidden_size: int = 128
     text_layers: int = 2
     text_heads: int = 4
@@ -170,13 +176,24 @@ def _tiny_config(spec: TinyModelSpec, vocab_size: int, token_ids: dict[str, int]
     )
 
 
+def tiny_tokenizer(corpus: Iterable[str], spec: TinyModelSpec):
+    """The raw ``tokenizers.Tokenizer`` named by ``spec.tokenizer``, with the chat and vision special tokens."""
+    if spec.tokenizer == "gpt-2":
+        from vlmrl_pipeline.core.llama_cpp import llama_cpp_tools, vocab_tokenizer
+
+        return vocab_tokenizer(llama_cpp_tools().vocab("gpt-2"), CHAT_SPECIAL_TOKENS + VISION_SPECIAL_TOKENS)
+    if spec.tokenizer == "trained":
+        return train_tokenizer(corpus, spec.vocab_size)
+    raise ValueError(f"tiny model tokenizer must be 'gpt-2' or 'trained', got {spec.tokenizer!r}")
+
+
 def build_tiny_processor(corpus: Iterable[str], spec: TinyModelSpec = TinyModelSpec()):
-    """A Qwen3-VL processor around a tokenizer trained on ``corpus``: chat template, special tokens, 16 px patches."""
+    """A Qwen3-VL processor around the demo tokenizer: chat template, special tokens, 16 px patches."""
     from transformers import PreTrainedTokenizerFast, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-    raw = train_tokenizer(corpus, spec.vocab_size)
+    raw = tiny_tokenizer(corpus, spec)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw,
         bos_token=None,

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from vlmrl_pipeline.core.datasets import BOXED_SYSTEM_PROMPT
+from vlmrl_pipeline.core.export import ExportSettings
 from vlmrl_pipeline.core.generation import GenerationSettings
 from vlmrl_pipeline.core.modeling import LoraSettings, TinyModelSpec
 from vlmrl_pipeline.core.samples import PromptStyle
@@ -118,6 +119,7 @@ class Profile:
     warm_start: WarmStartSettings
     gspo: GSPOSettings
     generation: GenerationSettings
+    export: ExportSettings = field(default_factory=ExportSettings)
 
 
 def demo_profile() -> Profile:
@@ -202,12 +204,14 @@ def gemma3_4b_profile() -> Profile:
 
 def demo_gpu_profile() -> Profile:
     """The demo (synthetic data, tiny Qwen3-VL) through the GPU path: Unsloth ``FastVisionModel`` in 4-bit, 8-bit
-    AdamW. What the GPU tests run; a minute or two on any CUDA GPU, most of it Unsloth's first compile."""
+    AdamW, and Unsloth's merged 4-bit checkpoint beside the 16-bit one. What the GPU tests run; a few minutes on
+    any CUDA GPU, much of it Unsloth's first compile."""
     demo = demo_profile()
     return replace(
         demo, name="demo-gpu",
         model=replace(demo.model, backend="unsloth", load_in_4bit=True, dtype="auto"),
         gspo=replace(demo.gspo, optim="adamw_8bit"),
+        export=replace(demo.export, merged_4bit=True),
     )
 
 

@@ -6,13 +6,20 @@ the token ratios) instead of per token, switched on by ``importance_sampling_lev
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from vlmrl_pipeline.core.modeling import vision_token_ids
+
+DISTRIBUTED_MODES = ("ddp", "fsdp")
+LAUNCH_FIELDS = ("num_processes", "distributed")
+"""``GSPOSettings`` fields that shape the launch (``core.launch``), not ``GRPOConfig``."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,34 @@ class GSPOSettings:
     mask_truncated_completions: bool = False
     logging_steps: int = 1
     seed: int = 3407
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass instead of keeping them (TRL's default): less memory, about a
+    third more compute per step. Turn it on before lowering the batch when a step runs out of memory."""
+    save_steps: int = 25
+    """Write a checkpoint (adapter, optimizer, scheduler, RNG and trainer state) every this many optimizer steps
+    into the asset's checkpoint folder; materializing ``lora_adapter`` again after a killed run resumes from the
+    newest complete one. 0 writes none (a killed run then starts over)."""
+    save_total_limit: int = 2
+    """Checkpoints kept (the newest ones); at least 1. Two, so that a run killed while writing one still has the
+    previous one complete."""
+    num_processes: int = 1
+    """Training processes ``accelerate launch`` starts, one per GPU: each holds a replica of the policy (``ddp``)
+    or a shard of it (``fsdp``) and generates and trains on its own ``per_device_train_batch_size`` completions,
+    so a step covers ``num_processes`` times as many. 0 means one per visible GPU. A CPU-only machine runs 1."""
+    distributed: str = "ddp"
+    """With more than one process: ``ddp`` (data parallel; every GPU holds the whole model, gradients are
+    averaged) or ``fsdp`` (FSDP2; parameters, gradients and optimizer state are sharded across the GPUs, for a
+    model that does not fit on one). Ignored with one process."""
+
+    def __post_init__(self) -> None:
+        if self.distributed not in DISTRIBUTED_MODES:
+            raise ValueError(f"distributed must be one of {DISTRIBUTED_MODES}, got {self.distributed!r}")
+        if self.num_processes < 0:
+            raise ValueError(f"num_processes must be >= 0 (0: one per visible GPU), got {self.num_processes}")
+        if self.save_steps < 0:
+            raise ValueError(f"save_steps must be >= 0 (0: no checkpoints), got {self.save_steps}")
+        if self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
 
     @property
     def reuses_generations(self) -> bool:
@@ -101,43 +136,125 @@ def build_grpo_config(settings: GSPOSettings, output_dir: str | Path, processor,
     import torch
     from trl import GRPOConfig
 
-    values = asdict(settings)
+    values = {k: v for k, v in asdict(settings).items() if k not in LAUNCH_FIELDS}
     values["optim"] = resolve_optim(settings.optim)
+    if settings.save_steps == 0:
+        values.pop("save_steps")  # GRPOConfig wants a positive number even when nothing is saved
     on_gpu = torch.cuda.is_available()
     return GRPOConfig(
         output_dir=str(output_dir),
         **values,
+        save_strategy="steps" if settings.save_steps > 0 else "no",
         reward_weights=list(reward_weights),
         # TRL suppresses only <|image_pad|>; a sampled vision start/end or video pad breaks the next forward too.
         generation_kwargs={"suppress_tokens": vision_token_ids(processor)},
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
         report_to="none",
-        save_strategy="no",
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        # transformers' default hides a NaN/inf loss from the logs (it logs the running average instead); the
+        # trainer below stops on the first one, so the logs must not paper over it either.
+        logging_nan_inf_filter=False,
     )
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite loss; the message names the optimizer step."""
 
 
-def _progress_callback(log: Callable[[str], None] | None):
+def non_finite_loss_message(loss: float, step: int, max_steps: int | None = None) -> str:
+    of = f"/{max_steps}" if max_steps and max_steps > 0 else ""
+    return (
+        f"GSPO loss became {loss} at step {step}{of}; training stopped before that step's update was applied. "
+        "Lower learning_rate or max_grad_norm, and check that every reward function returns finite numbers."
+    )
+
+
+class TrainingOutOfMemoryError(MemoryError):
+    """The GPU ran out of memory while loading or training; the message says which settings to lower."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA (or other accelerator) out-of-memory error, whichever way the library raised it."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "cublas_status_alloc_failed" in text)
+
+
+def out_of_memory_message(settings: GSPOSettings, *, step: int | None = None, max_seq_length: int | None = None,
+                          load_in_4bit: bool | None = None, detail: str = "") -> str:
+    """What to change after an out-of-memory error, with the values in force now."""
+    where = f"at step {step}" if step else "while loading the model or before the first step finished"
+    lower = [
+        f"per_device_train_batch_size (now {settings.per_device_train_batch_size}; raise "
+        f"gradient_accumulation_steps, now {settings.gradient_accumulation_steps}, to keep the batch)",
+        f"num_generations (now {settings.num_generations})",
+        f"max_completion_length (now {settings.max_completion_length})",
+    ]
+    if max_seq_length is not None:
+        lower.append(f"max_seq_length (now {max_seq_length}; longer prompts are dropped, not truncated)")
+    enable = []
+    if load_in_4bit is not True:
+        enable.append("load_in_4bit (4-bit base weights)")
+    if not settings.gradient_checkpointing:
+        enable.append("gradient_checkpointing")
+    message = f"Out of GPU memory {where}. Lower " + ", ".join(lower)
+    if enable:
+        message += "; or enable " + " and ".join(enable)
+    message += "; or shard the model over several GPUs (num_processes > 1 with distributed='fsdp')."
+    if detail:
+        message += f" [{detail.strip().splitlines()[0][:300]}]"
+    return message
+
+
+@contextmanager
+def explain_out_of_memory(settings: GSPOSettings, *, step: Callable[[], int | None] = lambda: None,
+                          max_seq_length: int | None = None, load_in_4bit: bool | None = None):
+    """Re-raise an out-of-memory error inside the block as ``TrainingOutOfMemoryError`` saying what to lower."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise TrainingOutOfMemoryError(out_of_memory_message(
+            settings, step=step(), max_seq_length=max_seq_length, load_in_4bit=load_in_4bit, detail=str(exc),
+        )) from exc
+
+
+def _progress_callback(log: Callable[[str], None] | None, progress_file: str | Path | None = None):
     from transformers import TrainerCallback
 
     class ProgressCallback(TrainerCallback):
-        """Forwards each logged step to ``log`` and stops on a non-finite loss, naming the step."""
+        """Forwards each logged step to ``log``, stops on a non-finite logged loss naming the step, counts the steps
+        this process ran and (main process) writes ``progress_file`` after each one."""
+
+        def __init__(self):
+            self.steps_run = 0
+            self.current_step: int | None = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.current_step = state.global_step + 1
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps_run += 1
+            if progress_file is not None and getattr(state, "is_world_process_zero", True):
+                from vlmrl_pipeline.core.atomic import atomic_file
+
+                with atomic_file(progress_file) as tmp:
+                    tmp.write_text(json.dumps({"pid": os.getpid(), "global_step": state.global_step,
+                                               "max_steps": state.max_steps, "steps_run": self.steps_run}))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             loss = logs.get("loss")
             if loss is not None and not math.isfinite(float(loss)):
-                raise NonFiniteLossError(
-                    f"GSPO loss became {loss} at step {state.global_step}: lower learning_rate or max_grad_norm"
-                )
-            if log is not None and "reward" in logs:
+                raise NonFiniteLossError(non_finite_loss_message(float(loss), state.global_step, state.max_steps))
+            if log is not None and "reward" in logs and getattr(state, "is_world_process_zero", True):
                 keys = ("loss", "reward", "reward_std", "completions/mean_length", "frac_reward_zero_std")
                 shown = " ".join(f"{k}={float(logs[k]):.4g}" for k in keys if k in logs)
                 log(f"GSPO step {state.global_step}/{state.max_steps}: {shown}")
@@ -145,15 +262,58 @@ def _progress_callback(log: Callable[[str], None] | None):
     return ProgressCallback()
 
 
+def _checked_trainer_class(base):
+    """``base`` (TRL's or Unsloth's ``GRPOTrainer``) stopping at the first micro-batch whose loss is not finite.
+
+    The check runs after the backward pass and before the optimizer step, so the bad update is never applied and
+    the error names the optimizer step it belongs to (transformers itself would only average it away in the logs).
+    """
+
+    class CheckedGRPOTrainer(base):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            value = float(loss.detach().float().item())
+            if not math.isfinite(value):
+                raise NonFiniteLossError(non_finite_loss_message(value, self.state.global_step + 1,
+                                                                 self.state.max_steps))
+            return loss
+
+    return CheckedGRPOTrainer
+
+
 @dataclass
 class TrainingResult:
     global_step: int
     train_runtime_s: float
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_step: int = 0
+    """The checkpoint's step this run resumed from (0: started fresh)."""
+    steps_run: int = 0
+    """Optimizer steps this process ran (``global_step - resumed_from_step`` unless stopped early)."""
+    optimizer_state_step: int | None = None
+    """The optimizer's own step counter at the end: equals ``global_step`` only if a resumed run loaded the
+    checkpoint's optimizer state (a fresh optimizer would count ``steps_run``)."""
+    scheduler_last_epoch: int | None = None
+    """The learning-rate scheduler's step counter at the end, same meaning."""
+    world_size: int = 1
 
     def series(self, key: str) -> list[tuple[int, float]]:
         """``(step, value)`` pairs of one logged metric, e.g. ``"reward"``."""
         return [(int(h["step"]), float(h[key])) for h in self.log_history if key in h and "step" in h]
+
+
+def _optimizer_step_count(optimizer) -> int | None:
+    try:
+        state = optimizer.state_dict()["state"]
+    except Exception:  # an optimizer without a standard state dict
+        return None
+    steps = [int(v["step"]) for v in state.values() if isinstance(v, dict) and "step" in v]
+    return max(steps) if steps else None
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The optimizer step a trainer checkpoint folder was written at (from its ``trainer_state.json``)."""
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
 
 
 def train_gspo(
@@ -166,42 +326,73 @@ def train_gspo(
     reward_weights: Sequence[float],
     peft_config=None,
     log: Callable[[str], None] | None = None,
+    *,
+    resume_from_checkpoint: str | Path | None = None,
+    progress_file: str | Path | None = None,
+    callbacks: Sequence = (),
+    save_adapter_to: str | Path | None = None,
 ):
     """Run GSPO on ``train_dataset`` (columns ``prompt``, ``image``, ``answer``, ...) and return the trained model.
 
     ``model`` is either already wrapped with LoRA (Unsloth's path) or a plain model plus ``peft_config`` (PEFT's
-    path). Returns ``(trained_model, TrainingResult)``; the trained model is the PEFT model, ready to
-    ``save_pretrained`` as an adapter.
+    path). Checkpoints (every ``settings.save_steps``) go to ``output_dir``; ``resume_from_checkpoint`` (one of
+    those folders) continues from it with its adapter, optimizer, scheduler, RNG and trainer state. Under
+    ``accelerate launch`` with several processes every process calls this; only the main one logs, writes
+    ``progress_file`` and, with ``save_adapter_to``, saves the adapter (gathered first under FSDP). Returns
+    ``(trained_model, TrainingResult)``; the trained model is the PEFT model, ready to ``save_pretrained``.
     """
     from trl import GRPOTrainer
 
     if len(train_dataset) == 0:
         raise ValueError("GSPO needs at least one training row")
     config = build_grpo_config(settings, output_dir, processor, reward_weights)
+    is_main = config.process_index == 0
+    log = log if is_main else None
     if log is not None and config.optim != settings.optim:
         log(f"optimizer {settings.optim} needs CUDA + bitsandbytes; using {config.optim}")
     if log is not None and settings.importance_sampling_level == "sequence" and not settings.reuses_generations:
         log("note: every update is on-policy (steps_per_generation = gradient_accumulation_steps, num_iterations=1), "
             "so GSPO's sequence ratio is exactly 1 and its clipping never acts; paper_gspo_settings() reuses "
             "generations")
-    trainer = GRPOTrainer(
+    progress = _progress_callback(log, progress_file)
+    trainer = _checked_trainer_class(GRPOTrainer)(
         model=model,
         reward_funcs=list(reward_funcs),
         args=config,
         train_dataset=train_dataset,
         processing_class=processor,
         peft_config=peft_config,
-        callbacks=[_progress_callback(log)],
+        callbacks=[progress, *callbacks],
     )
     # Progress goes through ``log`` (the Dagster run log); TRL's own printer would dump every dict to stdout too.
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
-    output = trainer.train()
+    resumed_from = checkpoint_step(resume_from_checkpoint) if resume_from_checkpoint is not None else 0
+    output = trainer.train(resume_from_checkpoint=str(resume_from_checkpoint) if resume_from_checkpoint else None)
+    if save_adapter_to is not None:
+        _save_adapter(trainer, save_adapter_to)
     result = TrainingResult(
         global_step=int(trainer.state.global_step),
         train_runtime_s=float(output.metrics.get("train_runtime", 0.0)),
         log_history=list(trainer.state.log_history),
+        resumed_from_step=resumed_from,
+        steps_run=progress.steps_run,
+        optimizer_state_step=_optimizer_step_count(trainer.optimizer),
+        scheduler_last_epoch=getattr(getattr(trainer.lr_scheduler, "scheduler", trainer.lr_scheduler),
+                                     "last_epoch", None),
+        world_size=int(config.world_size),
     )
     return trainer.model, result
 
+
+def _save_adapter(trainer, folder: str | Path) -> None:
+    """Save the LoRA adapter from the main process; under FSDP every process first joins gathering it."""
+    accelerator = trainer.accelerator
+    if trainer.is_fsdp_enabled:
+        state_dict = accelerator.get_state_dict(trainer.model)
+        if accelerator.is_main_process:
+            accelerator.unwrap_model(trainer.model).save_pretrained(folder, state_dict=state_dict)
+    elif accelerator.is_main_process:
+        accelerator.unwrap_model(trainer.model).save_pretrained(folder)
+    accelerator.wait_for_everyone()

@@ -131,7 +131,14 @@ def supervised_warm_start(
             for row, n in enumerate(prompt_lens):
                 labels[row, :n] = -100
             enc = enc.to(device)
-            loss = model(**enc, labels=labels.to(device)).loss
+            # Logits only where a target token is predicted: the prompts (image tokens included) are most of each
+            # row, and the output layer over the whole vocabulary is most of the cost.
+            length = labels.shape[1]
+            keep = length - min(prompt_lens) + 1
+            logits = model(**enc, logits_to_keep=keep).logits[:, :-1]
+            target_ids = labels[:, length - keep + 1:].to(device)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                     target_ids.reshape(-1), ignore_index=-100)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"warm start loss became {loss.item()} at step {step}")
             loss.backward()
