@@ -50,13 +50,21 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     return str(build_tiny_qwen3vl(tmp_path_factory.mktemp("tiny") / "ckpt", corpus, spec, seed=0))
 
 
+HEAVY_ENV_VAR = "VLMRL_HEAVY_TESTS"
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` need CUDA: they are skipped (with the reason) on CPU machines such as CI."""
+    """Tests marked ``gpu`` need CUDA: they are skipped (with the reason) on CPU machines such as CI. Tests marked
+    ``heavy`` (the README's whole demo job in-process, a quarter of an hour on two cores) run only with
+    ``VLMRL_HEAVY_TESTS=1``, so CI stays well under its time budget."""
+    import os
+
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine: pytest -m gpu)")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine: pytest -m gpu)")
+    skip_heavy = pytest.mark.skip(reason=f"heavy: set {HEAVY_ENV_VAR}=1 to run it")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "heavy" in item.keywords and os.environ.get(HEAVY_ENV_VAR) != "1":
+            item.add_marker(skip_heavy)

@@ -98,7 +98,7 @@ def test_whole_lineage_on_the_tiny_profile(tmp_path):
     assert not [p for p in data.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_demo_profile_raises_format_compliance(tmp_path):
     """The README's main job, in-process: GSPO must lift format compliance on the held-out set."""
     result, _ = _materialize(demo_profile(), tmp_path / "data")

@@ -138,8 +138,10 @@ def demo_profile() -> Profile:
         ),
         warm_start=WarmStartSettings(),
         gspo=GSPOSettings(
-            learning_rate=2e-4, optim="adamw_torch", per_device_train_batch_size=8, gradient_accumulation_steps=1,
-            num_generations=4, max_completion_length=40, max_steps=150, max_grad_norm=1.0, logging_steps=5,
+            # 1e-3: with GPT-2's vocabulary (tags split into several tokens) 2e-4 left greedy outputs unchanged
+            # after 150 steps; 1e-3 and 3e-3 both reached full format compliance in 80 (measured on the demo).
+            learning_rate=1e-3, optim="adamw_torch", per_device_train_batch_size=8, gradient_accumulation_steps=1,
+            num_generations=4, max_completion_length=40, max_steps=80, max_grad_norm=1.0, logging_steps=5,
         ),
         generation=GenerationSettings(max_new_tokens=40, batch_size=20),
     )
