@@ -45,6 +45,6 @@ def test_warm_start_lowers_the_loss(tiny_checkpoint):
     prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the value?"}]}]
     targets = ["<REASONING>look</REASONING>\n<SOLUTION>12</SOLUTION>", "The answer is 3.5."] * 4
     losses = supervised_warm_start(model, processor, [prompt] * 8, [Image.new("RGB", (64, 64), "white")] * 8,
-                                   targets, WarmStartSettings(steps=30, batch_size=4, learning_rate=3e-3))
+                                   targets, WarmStartSettings(steps=30, batch_size=4, learning_rate=6e-3))
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
