@@ -14,7 +14,6 @@ trained here could never be exported; GPT-2's byte-level BPE is one it knows (``
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -23,6 +22,8 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from vlmrl_pipeline.core.export import sha256_file
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 """The ``llama-cpp-python`` release whose vendored llama.cpp converts Qwen3-VL (text model and ``mmproj``)."""
@@ -57,14 +58,6 @@ class LlamaCppTools:
 
 def tools_cache_dir() -> Path:
     return Path(os.environ.get(TOOLS_DIR_ENV_VAR) or Path.home() / ".cache" / "vlmrl-pipeline")
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download_sdist(dest: Path) -> Path:
@@ -113,7 +106,7 @@ def llama_cpp_tools(cache_dir: str | os.PathLike | None = None, fetch: bool = Tr
     if tools.converter.is_file() and tools.vocab().is_file():
         return tools
     sdist = _locate_sdist(cache, fetch)
-    digest = sha256_of(sdist)
+    digest = sha256_file(sdist)
     if digest != LLAMA_CPP_PYTHON_SDIST_SHA256:
         raise RuntimeError(f"{sdist} has sha256 {digest}, expected {LLAMA_CPP_PYTHON_SDIST_SHA256}: "
                            "not the pinned llama-cpp-python release (or a damaged download); delete it and retry")
