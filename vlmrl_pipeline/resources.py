@@ -148,6 +148,8 @@ class TrainingSettingsResource(ConfigurableResource):
     lr_scheduler_type: str
     warmup_steps: float
     weight_decay: float
+    adam_beta1: float
+    adam_beta2: float
     optim: str
     per_device_train_batch_size: int
     gradient_accumulation_steps: int
@@ -172,6 +174,7 @@ class TrainingSettingsResource(ConfigurableResource):
     save_steps: int
     save_total_limit: int
     num_processes: int
+    rehearsal_reward_weight: float
     distributed: str
 
     def to_core(self) -> GSPOSettings:

@@ -45,6 +45,7 @@ def test_the_lineage_job_exists_and_bad_artifacts_are_stopped_by_blocking_checks
         "lora_weights_trained": "lora_adapter",
         "baseline_records_complete": "baseline_records",
         "after_records_complete": "after_records",
+        "merged_matches_adapter": "merged_model",
         "gguf_files_intact": "gguf_model",
     }
     assert set(specs) == set(expected)

@@ -15,8 +15,10 @@ from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.model import base_model, base_model_path
 from vlmrl_pipeline.assets.provenance import lineage
 from vlmrl_pipeline.assets.training import lora_adapter
+from vlmrl_pipeline.core.evaluation import write_json_atomic
 from vlmrl_pipeline.core.export import (
     GGUF_QUANTIZER_TYPES,
+    checkpoint_has_4bit_layers,
     dir_size_bytes,
     export_gguf,
     gguf_greedy_tokens,
@@ -24,12 +26,22 @@ from vlmrl_pipeline.core.export import (
     llama_cpp_runtime_available,
     merge_adapter_4bit_unsloth,
     merge_adapter_to_checkpoint,
+    merge_agreement,
+    read_checkpoint_config,
     sha256_dir,
     sha256_file,
+    stored_dtype,
 )
-from vlmrl_pipeline.core.generation import GenerationSettings, generate_completions, greedy_token_ids
+from vlmrl_pipeline.core.generation import (
+    GenerationSettings,
+    end_of_turn_id,
+    generate_completions,
+    greedy_token_ids,
+    next_token_logits,
+)
 from vlmrl_pipeline.core.llama_cpp import LLAMA_CPP_PYTHON_VERSION, llama_cpp_tools
-from vlmrl_pipeline.core.modeling import load_model
+from vlmrl_pipeline.core.memory import peak_memory
+from vlmrl_pipeline.core.modeling import load_model, load_policy
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, chat_prompts, open_images, read_manifest, split_rows
 from vlmrl_pipeline.execution import CPU_TAGS, GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import (
@@ -43,10 +55,12 @@ MERGED_16BIT_DIR = "checkpoint"
 MERGED_4BIT_DIR = "checkpoint-4bit"
 GGUF_SUMMARY = "gguf.json"
 GGUF_CHECK_TOKENS = 16
+MERGE_CHECK = "merge_check.json"
+MERGE_CHECK_PROMPTS = 4
 
 
 @asset(group_name="export", deps=[lora_adapter, base_model, resized_images], kinds={"safetensors", "huggingface"},
-       code_version="export-2", pool=GPU_POOL, tags=GPU_TAGS, op_tags=gpu_op_tags())
+       code_version="export-3", pool=GPU_POOL, tags=GPU_TAGS, op_tags=gpu_op_tags())
 def merged_model(
     context: AssetExecutionContext,
     artifacts: ArtifactStore,
@@ -56,33 +70,65 @@ def merged_model(
 ) -> MaterializeResult:
     """The LoRA adapter merged into the base weights: a standalone 16-bit checkpoint (``checkpoint/``, bf16 by
     default) that loads with plain ``transformers`` and needs no PEFT, and with ``merged_4bit`` also Unsloth's
-    merged 4-bit bitsandbytes checkpoint (``checkpoint-4bit/``, GPU only). Each is verified by loading it back
-    and generating for a held-out sample.
+    merged 4-bit bitsandbytes checkpoint (``checkpoint-4bit/``, GPU only).
+
+    A base saved pre-quantized in 4-bit (Unsloth's ``...-bnb-4bit`` ids) is dequantized first, so the 16-bit
+    checkpoint holds no 4-bit layer. The merged checkpoint is loaded back and compared with base + adapter (loaded
+    the way evaluation loads it) on held-out prompts: first-token logits (``merge_check.json``, checked by
+    ``merged_matches_adapter``) and a sample generation. Peak host and GPU memory are recorded.
     """
+    import torch
+
     settings = export_settings.to_core()
+    model_cfg = model_settings.to_core()
     load_path, ref = base_model_path(artifacts)
     adapter_dir = artifacts.asset_dir("lora_adapter")
-    rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL).head(1)
+    rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL).head(MERGE_CHECK_PROMPTS)
     prompts, images = chat_prompts(rows, data_settings.to_core().prompt_style), open_images(rows)
     one = GenerationSettings(max_new_tokens=32, batch_size=1)
     metadata: dict = {}
-    with artifacts.staging("merged_model") as tmp:
-        merge_adapter_to_checkpoint(load_path, adapter_dir, tmp / MERGED_16BIT_DIR, dtype=settings.merged_dtype,
-                                    revision=ref.get("revision"))
-        # Proof that the export is usable: load it with plain transformers and generate for one eval sample.
-        model, processor, _ = load_model(str(tmp / MERGED_16BIT_DIR), backend="transformers", dtype="float32")
-        metadata["sample_generation"] = generate_completions(model, processor, prompts, images, one)[0]
+    with artifacts.staging("merged_model") as tmp, peak_memory() as usage:
+        with peak_memory() as merge_usage:
+            merge_adapter_to_checkpoint(load_path, adapter_dir, tmp / MERGED_16BIT_DIR, dtype=settings.merged_dtype,
+                                        revision=ref.get("revision"))
+        if checkpoint_has_4bit_layers(tmp / MERGED_16BIT_DIR):
+            raise RuntimeError(f"the merged {settings.merged_dtype} checkpoint still holds bitsandbytes 4-bit layers")
+        context.log.info(f"merged into {settings.merged_dtype} in {merge_usage['seconds']} s, peak host memory "
+                         f"{merge_usage['host_peak_gb']} GB")
+        # Proof that the export is usable and is the trained policy: plain transformers loads it, generates, and its
+        # next-token logits match base + adapter's on the same prompts.
+        model, processor, _ = load_model(str(tmp / MERGED_16BIT_DIR), backend="transformers",
+                                         dtype=settings.merged_dtype)
+        merged_logits = next_token_logits(model, processor, prompts, images)
+        metadata["sample_generation"] = generate_completions(model, processor, prompts[:1], images[:1], one)[0]
         del model
+        _free_gpu(torch)
+        policy, policy_processor, backend = load_policy(
+            load_path, backend=model_cfg.backend, revision=ref.get("revision"), dtype=model_cfg.dtype,
+            load_in_4bit=model_cfg.load_in_4bit, max_seq_length=model_cfg.max_seq_length, adapter_dir=adapter_dir)
+        check = merge_agreement(next_token_logits(policy, policy_processor, prompts, images), merged_logits)
+        check["reference"] = f"base + adapter through {backend}" + (" (4-bit)" if model_cfg.load_in_4bit else "")
+        del policy
+        _free_gpu(torch)
+        write_json_atomic(tmp / MERGE_CHECK, check)
+        context.log.info(f"merged vs {check['reference']}: first-token argmax {check['argmax_agree']}/"
+                         f"{check['prompts']}, max logit difference {check['relative_logit_diff']:.4f} of the spread")
         metadata.update(size_bytes=dir_size_bytes(tmp / MERGED_16BIT_DIR),
-                        weights_sha256=sha256_dir(tmp / MERGED_16BIT_DIR))
+                        weights_sha256=sha256_dir(tmp / MERGED_16BIT_DIR),
+                        merge_relative_logit_diff=check["relative_logit_diff"],
+                        merge_argmax_agree=f"{check['argmax_agree']}/{check['prompts']}",
+                        merge_seconds=merge_usage["seconds"], merge_peak_host_gb=merge_usage["host_peak_gb"])
         if settings.merged_4bit:
             merge_adapter_4bit_unsloth(adapter_dir, tmp / MERGED_4BIT_DIR,
-                                       max_seq_length=model_settings.to_core().max_seq_length)
+                                       max_seq_length=model_cfg.max_seq_length)
             model, processor, _ = load_model(str(tmp / MERGED_4BIT_DIR), backend="transformers", dtype="bfloat16")
-            metadata["sample_generation_4bit"] = generate_completions(model, processor, prompts, images, one)[0]
+            metadata["sample_generation_4bit"] = generate_completions(model, processor, prompts[:1], images[:1],
+                                                                      one)[0]
             del model
+            _free_gpu(torch)
             metadata.update(size_bytes_4bit=dir_size_bytes(tmp / MERGED_4BIT_DIR),
                             weights_sha256_4bit=sha256_dir(tmp / MERGED_4BIT_DIR))
+    metadata.update({f"peak_{k}": v for k, v in usage.items() if k != "host_start_gb"})
     context.log.info(f"merged checkpoint generates: {metadata['sample_generation']!r}")
     return MaterializeResult(
         metadata={
@@ -93,6 +139,24 @@ def merged_model(
             **metadata,
         }
     )
+
+
+def _free_gpu(torch) -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@asset_check(asset=merged_model, blocking=True,
+             description="The merged checkpoint computes what base + adapter computes (first-token logits)")
+def merged_matches_adapter(artifacts: ArtifactStore) -> AssetCheckResult:
+    """A merge that dropped, doubled or mis-scaled the adapter, or dequantized the base wrongly, must not be
+    exported as the trained policy. Tolerance: ``core.export.MERGE_LOGIT_TOLERANCE`` of the logits' spread."""
+    check = json.loads((artifacts.asset_dir("merged_model") / MERGE_CHECK).read_text())
+    return AssetCheckResult(passed=bool(check["within_tolerance"]),
+                            metadata={k: v for k, v in check.items() if isinstance(v, (int, float, str, bool))})
 
 
 @asset(group_name="export", deps=[merged_model, resized_images], kinds={"gguf", "llamacpp"}, code_version="gguf-1",
@@ -121,7 +185,7 @@ def gguf_model(
                            f"{sorted(GGUF_QUANTIZER_TYPES)} from gguf_types")
     tools = llama_cpp_tools()
     runtime = settings.verify_with_llama_cpp and llama_cpp_runtime_available()
-    with artifacts.staging("gguf_model") as tmp:
+    with artifacts.staging("gguf_model") as tmp, peak_memory() as usage:
         exports = export_gguf(checkpoint, tmp, settings.gguf_types, tools.converter, settings.mmproj_type,
                               log=context.log.info)
         summary = {"converter": f"llama.cpp from llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}",
@@ -130,9 +194,12 @@ def gguf_model(
             # The same held-out prompt through transformers and through llama.cpp, text only, greedy.
             row = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL).head(1)
             prompt = chat_prompts(row, data_settings.to_core().prompt_style)[0]
-            model, processor, _ = load_model(str(checkpoint), backend="transformers", dtype="float32", device="cpu")
+            # In the dtype it was saved in: float32 would double an 8B model's host memory (33 GB).
+            model, processor, _ = load_model(str(checkpoint), backend="transformers",
+                                             dtype=stored_dtype(read_checkpoint_config(str(checkpoint))) or "float32",
+                                             device="cpu")
             prompt_ids, expected = greedy_token_ids(model, processor, prompt, GGUF_CHECK_TOKENS)
-            stop = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+            stop = [end_of_turn_id(processor.tokenizer)]
             for export, entry in zip(exports, summary["exports"], strict=True):
                 got, _ = gguf_greedy_tokens(export.model_file, prompt_ids, GGUF_CHECK_TOKENS, stop_ids=stop)
                 agree = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
@@ -154,6 +221,7 @@ def gguf_model(
         "llama_cpp_runtime_check": "ran" if runtime else
         ("off" if not settings.verify_with_llama_cpp else "skipped: llama.cpp runtime not installed"),
         **lineage(artifacts, artifacts.asset_dir("lora_adapter"), with_rewards=False),
+        **{f"peak_{k}": v for k, v in usage.items() if k != "host_start_gb"},
     }
     if exports[0].mmproj_file is not None:
         info = exports[0].mmproj_info

@@ -18,6 +18,7 @@ from dagster import (
 import vlmrl_pipeline
 from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.model import base_model, base_model_path
+from vlmrl_pipeline.assets.preflight import export_preflight
 from vlmrl_pipeline.assets.provenance import lineage
 from vlmrl_pipeline.core.checkpoints import (
     latest_checkpoint,
@@ -48,6 +49,7 @@ from vlmrl_pipeline.resources import (
     ArtifactStore,
     DataSettingsResource,
     ModelSettingsResource,
+    ExportSettingsResource,
     TrainingSettingsResource,
 )
 
@@ -64,6 +66,7 @@ def lora_adapter(
     model_settings: ModelSettingsResource,
     data_settings: DataSettingsResource,
     training_settings: TrainingSettingsResource,
+    export_settings: ExportSettingsResource,
 ) -> MaterializeResult:
     """A LoRA adapter trained with GSPO (TRL ``GRPOTrainer``, ``importance_sampling_level="sequence"``).
 
@@ -86,6 +89,10 @@ def lora_adapter(
     gpus = visible_gpu_count()
     processes = resolve_num_processes(gspo.num_processes, gpus)
     check_backend_supports(resolve_backend(model_cfg.backend), processes, gspo.distributed)
+    # What can only fail after training (the export's disk, memory, converter support) is checked now.
+    export_need = export_preflight(artifacts, export_settings, load_path, ref.get("revision"))
+    context.log.info(f"export will need about {export_need['disk_bytes'] / 1e9:.1f} GB of disk; merging on the CPU "
+                     f"about {export_need['merge_host_bytes_on_cpu'] / 1e9:.1f} GB of host memory")
     style = {"prompt_field": data.prompt_field, "answer_format": data.answer_format,
              "system_prompt": data.system_prompt}
     inputs = training_inputs(

@@ -101,13 +101,150 @@ def inspect_lora_adapter(adapter_dir: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def merge_adapter_to_checkpoint(base_model_path: str, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                                 dtype: str = "bfloat16", revision: str | None = None) -> Path:
-    """Merge a LoRA adapter into its base model and save a standalone 16-bit checkpoint (plus processor).
+def read_checkpoint_config(model_path: str, revision: str | None = None) -> dict[str, Any]:
+    """The ``config.json`` of a local checkpoint folder, or of a hub id (only that small file is fetched)."""
+    local = Path(model_path) / "config.json"
+    if local.exists():
+        return json.loads(local.read_text())
+    from transformers import AutoConfig
 
-    The merge is done in float32 on the CPU (exact), then cast to ``dtype`` for saving (``float32`` keeps it
-    bit-for-bit equivalent to base + adapter; ``bfloat16`` halves the size, as the seeds' ``merged_16bit`` does).
-    The folder is written to a temporary sibling and moved into place.
+    return AutoConfig.from_pretrained(model_path, revision=revision).to_dict()
+
+
+def bnb_quantization(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The bitsandbytes ``quantization_config`` a checkpoint was saved with (Unsloth's ``...-bnb-4bit`` ids), or
+    None for a checkpoint stored in 16/32-bit."""
+    quant = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config")
+    if quant and str(quant.get("quant_method", "bitsandbytes")).startswith("bitsandbytes"):
+        return quant
+    return None
+
+
+def stored_dtype(config: dict[str, Any]) -> str | None:
+    """The dtype a checkpoint's weights were saved in (``dtype`` in transformers 5, ``torch_dtype`` before)."""
+    value = config.get("dtype") or config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype")
+    return str(value).replace("torch.", "") if value else None
+
+
+def count_parameters(config: dict[str, Any]) -> int:
+    """Parameters of the model a config describes, counted on PyTorch's meta device (no memory, no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = {k: v for k, v in config.items() if k != "quantization_config"}
+    model_type = config.pop("model_type")
+    built = AutoConfig.for_model(model_type, **config)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(built)
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _dequantize_bnb_linears(model, dtype) -> int:
+    """Replace every bitsandbytes 4-bit linear layer by a plain ``nn.Linear`` holding its dequantized weight.
+
+    The dequantized values are the ones the 4-bit model multiplies with (bitsandbytes dequantizes to its compute
+    dtype on every forward), so base + adapter computes the same function before and after. Returns the count.
+    """
+    import bitsandbytes as bnb
+    import torch
+
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, bnb.nn.Linear8bitLt):
+            raise ValueError(f"{name} is an 8-bit bitsandbytes layer; only 4-bit bases can be merged into 16-bit")
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).to(dtype)
+        linear = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                 device=weight.device, dtype=dtype)
+        linear.weight.data = weight.reshape(module.out_features, module.in_features)
+        if module.bias is not None:
+            linear.bias.data = module.bias.data.to(dtype)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+        replaced += 1
+    # The model is no longer quantized: without these markers transformers would save it as bitsandbytes again
+    # (and refuse to cast it). The same attributes transformers' own ``remove_quantization_config`` drops.
+    for holder in (model, getattr(model, "config", None), getattr(model.config, "text_config", None)):
+        for attribute in ("hf_quantizer", "quantization_config", "quantization_method"):
+            if holder is not None and attribute in vars(holder):
+                delattr(holder, attribute)
+    model.is_quantized = False
+    # Loading attached bitsandbytes' deserialization as a weight conversion; saving would try to reverse it.
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        model._weight_conversions = [c for c in conversions if not any(
+            "bnb" in type(op).__name__.lower() for op in getattr(c, "operations", []))] or None
+    return replaced
+
+
+def _merge_lora_exactly(peft_model, dtype):
+    """Fold every LoRA layer into its base weight in float32, round once to ``dtype``, and drop the wrappers.
+
+    PEFT's own ``merge_and_unload`` on a 16-bit model rounds the update to 16 bits before adding it, and on a 4-bit
+    base re-quantizes the sum; here ``W + scaling * B @ A`` is formed in float32 and rounded a single time.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    model = peft_model.base_model.model
+    adapter = peft_model.active_adapter if isinstance(peft_model.active_adapter, str) else \
+        peft_model.active_adapter[0]
+    merged = 0
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
+            continue
+        base = module.get_base_layer()
+        if not isinstance(base, torch.nn.Linear):
+            raise ValueError(f"{name}: LoRA on {type(base).__name__} cannot be merged here (only linear layers)")
+        a = module.lora_A[adapter].weight.float()
+        b = module.lora_B[adapter].weight.float()
+        delta = (b @ a) * module.scaling[adapter]
+        if getattr(module, "fan_in_fan_out", False):
+            delta = delta.T
+        weight = (base.weight.data.float() + delta.to(base.weight.device)).to(dtype)
+        linear = torch.nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                                 device=weight.device, dtype=dtype)
+        linear.weight.data = weight
+        if base.bias is not None:
+            linear.bias.data = base.bias.data.to(dtype)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+        merged += 1
+    if merged == 0:
+        raise ValueError("the adapter has no LoRA layer on this model: nothing was merged")
+    return model.to(dtype), merged
+
+
+def merge_peak_bytes(num_parameters: int, dtype: str, prequantized: bool) -> int:
+    """What merging holds at once: the whole model in the dtype it is merged in, plus the still-packed 4-bit
+    weights of a pre-quantized base (about 0.6 byte a parameter) while they are dequantized layer by layer."""
+    width = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+    return int(num_parameters * (width + (0.6 if prequantized else 0.0)))
+
+
+def choose_merge_device(num_parameters: int, dtype: str, prequantized: bool) -> str:
+    """``cuda`` when the merge fits in free GPU memory with a margin (fast, and host memory stays small), else
+    ``cpu``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    free, _ = torch.cuda.mem_get_info()
+    return "cuda" if merge_peak_bytes(num_parameters, dtype, prequantized) * 1.15 < free else "cpu"
+
+
+def merge_adapter_to_checkpoint(base_model_path: str, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                                 dtype: str = "bfloat16", revision: str | None = None,
+                                 device: str | None = None) -> Path:
+    """Merge a LoRA adapter into its base model and save a standalone 16-bit (or float32) checkpoint + processor.
+
+    Works from a base stored in 16/32-bit and from one saved pre-quantized with bitsandbytes 4-bit (Unsloth's
+    ``...-bnb-4bit`` ids): that base is loaded as saved, every 4-bit layer is dequantized to ``dtype``, and the
+    result holds no 4-bit layer and no ``quantization_config``. Each LoRA update is added in float32 and rounded
+    once (:func:`_merge_lora_exactly`). The base is loaded in ``dtype`` (float32 only when it was stored so), not in
+    float32, so an 8B merge needs about 17 GB rather than 33 GB; on a GPU with room for it the merge runs there and
+    host memory stays near one saved shard. Written to a temporary sibling and moved into place.
     """
     import torch
     from peft import PeftModel
@@ -115,12 +252,69 @@ def merge_adapter_to_checkpoint(base_model_path: str, adapter_dir: str | os.Path
 
     from vlmrl_pipeline.core.modeling import load_processor, save_checkpoint
 
-    base = AutoModelForImageTextToText.from_pretrained(base_model_path, revision=revision, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged = merged.to(getattr(torch, dtype))
+    if dtype not in MERGED_DTYPES:
+        raise ValueError(f"merged dtype must be one of {list(MERGED_DTYPES)}, got {dtype!r}")
+    target = getattr(torch, dtype)
+    config = read_checkpoint_config(base_model_path, revision)
+    quant = bnb_quantization(config)
+    if quant is not None and not quant.get("load_in_4bit", quant.get("_load_in_4bit")):
+        raise ValueError(f"{base_model_path} is saved in 8-bit bitsandbytes; merging supports 16/32-bit and 4-bit "
+                         "bases")
+    # A float32-stored base (the demo) is merged in float32 and rounded once at the end; a 16-bit one loses
+    # nothing by being loaded in the target dtype.
+    work = torch.float32 if stored_dtype(config) == "float32" else target
+    device = device or choose_merge_device(count_parameters(config), str(work).replace("torch.", ""),
+                                           quant is not None)
+    kwargs: dict[str, Any] = {"revision": revision, "dtype": work}
+    if quant is not None:
+        kwargs["device_map"] = device  # bitsandbytes places the packed weights as it loads them
+    base = AutoModelForImageTextToText.from_pretrained(base_model_path, **kwargs)
+    if quant is None:
+        base.to(device)
+    else:
+        _dequantize_bnb_linears(base, work)
+    merged, _ = _merge_lora_exactly(PeftModel.from_pretrained(base, str(adapter_dir)), target)
     processor = load_processor(base_model_path, revision=revision)
     return save_checkpoint(merged, processor, out_dir)
 
+
+MERGE_LOGIT_TOLERANCE = 0.1
+"""Largest root-mean-square difference of first-token logits between the merged checkpoint and base + adapter, as
+a share of the logits' spread (their standard deviation), that still counts as the same model. The reference runs
+a 4-bit base in bf16 compute, so even an exact float32 merge differs by that rounding (a few percent on the tiny
+test model); a merge that lost, doubled or mis-scaled the adapter, or dequantized the base wrongly, differs by
+about the adapter's whole effect (several times the spread on the same model)."""
+
+
+def merge_agreement(reference_logits, merged_logits) -> dict[str, Any]:
+    """How closely the merged checkpoint reproduces base + adapter on the same prompts (first generated token)."""
+    reference, merged = reference_logits.float(), merged_logits.float()
+    diff = reference - merged
+    spread = float(reference.std(dim=-1).mean())
+    relative = float(diff.pow(2).mean().sqrt()) / spread if spread > 0 else float("inf")
+    return {
+        "prompts": int(reference.shape[0]),
+        "argmax_agree": int((reference.argmax(-1) == merged.argmax(-1)).sum()),
+        "max_abs_logit_diff": float(diff.abs().max()),
+        "logit_spread": spread,
+        "relative_logit_diff": relative,
+        "tolerance": MERGE_LOGIT_TOLERANCE,
+        "within_tolerance": relative <= MERGE_LOGIT_TOLERANCE,
+    }
+
+
+def checkpoint_has_4bit_layers(folder: str | os.PathLike) -> bool:
+    """True when a saved checkpoint still holds bitsandbytes 4-bit weights (a config marker or packed tensors)."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if bnb_quantization(json.loads((folder / "config.json").read_text())) is not None:
+        return True
+    for shard in folder.glob("*.safetensors"):
+        with safe_open(str(shard), framework="pt") as handle:
+            if any(".quant_state." in key or key.endswith(".absmax") for key in handle.keys()):
+                return True
+    return False
 
 
 def merge_adapter_4bit_unsloth(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -145,6 +339,110 @@ def merge_adapter_4bit_unsloth(adapter_dir: str | os.PathLike, out_dir: str | os
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained_merged(str(tmp), processor, save_method="merged_4bit_forced")
     return Path(out_dir)
+
+
+# --- before training: will the export fit? ---------------------------------------------------------------------
+
+_BYTES_PER_PARAMETER = {"float32": 4.0, "f32": 4.0, "bfloat16": 2.0, "float16": 2.0, "f16": 2.0, "bf16": 2.0,
+                        "q8_0": 34 / 32, "q4_k_m": 0.6}
+"""Stored size per parameter: q8_0 keeps 32 int8 values + one f16 scale per block; q4_k_m averages ~4.8 bits."""
+
+
+def _vision_config(config: dict[str, Any]) -> dict[str, Any]:
+    return config.get("vision_config") or {}
+
+
+def converter_architectures(converter: str | os.PathLike) -> dict[str, set[str]]:
+    """Hugging Face architecture names llama.cpp's converter registers, each with the kinds it writes: ``text``
+    (the language model) and/or ``mmproj`` (vision encoder + projector). Read from the converter's own sources, so
+    the answer is that converter version's."""
+    import re
+
+    root = Path(converter).parent
+    sources = [Path(converter), *sorted((root / "conversion").rglob("*.py"))]
+    # A registration, then any further decorators or comments, then the class and its base.
+    pattern = re.compile(r"@ModelBase\.register\(([^)]*)\)(?:\s*(?:@[^\n]*|#[^\n]*))*\s*class\s+\w+\(([^)]*)\)")
+    found: dict[str, set[str]] = {}
+    for source in sources:
+        if not source.is_file():
+            continue
+        for names, bases in pattern.findall(source.read_text(errors="replace")):
+            kind = "mmproj" if "Mmproj" in bases or "Vision" in bases else "text"
+            for name in re.findall(r"[\"']([A-Za-z0-9_]+)[\"']", names):
+                found.setdefault(name, set()).add(kind)
+    return found
+
+
+def export_requirements(config: dict[str, Any], settings: ExportSettings, num_parameters: int) -> dict[str, Any]:
+    """Disk and host memory the export stages will need for a model of this config, estimated before training.
+
+    Disk: the merged checkpoint, Unsloth's 4-bit one (with ``merged_4bit``), every GGUF type (q4_k_m also needs
+    its f16 source while quantizing) and the vision projector. Host memory: the merge on the CPU
+    (:func:`merge_peak_bytes`); on a GPU with room the merge runs there and needs about one saved shard of host
+    memory instead, so both figures are given.
+    """
+    vision = _vision_config(config)
+    vision_share = 0.0
+    if vision:
+        width = int(vision.get("hidden_size", 0))
+        depth = int(vision.get("depth", vision.get("num_hidden_layers", 0)))
+        inner = int(vision.get("intermediate_size", 4 * width))
+        vision_share = min(0.5, depth * (4 * width * width + 2 * width * inner) / max(num_parameters, 1))
+    vision_parameters = int(num_parameters * vision_share)
+    merged = int(num_parameters * _BYTES_PER_PARAMETER[settings.merged_dtype])
+    gguf = {t: int((num_parameters - vision_parameters) * _BYTES_PER_PARAMETER[t]) for t in settings.gguf_types}
+    if "q4_k_m" in gguf and "f16" not in gguf:
+        gguf["f16 (scratch for q4_k_m)"] = int((num_parameters - vision_parameters) * 2)
+    mmproj = int(vision_parameters * _BYTES_PER_PARAMETER[settings.mmproj_type]) if vision else 0
+    merged_4bit = int(num_parameters * 0.6) if settings.merged_4bit else 0
+    prequantized = bnb_quantization(config) is not None
+    return {
+        "num_parameters": num_parameters,
+        "disk_bytes": merged + merged_4bit + sum(gguf.values()) + mmproj,
+        "merged_bytes": merged,
+        "gguf_bytes": gguf,
+        "mmproj_bytes": mmproj,
+        "merge_host_bytes_on_cpu": merge_peak_bytes(num_parameters, settings.merged_dtype, prequantized),
+        "prequantized_4bit": prequantized,
+    }
+
+
+def export_problems(config: dict[str, Any], settings: ExportSettings, data_dir: str | os.PathLike,
+                    converter: str | os.PathLike | None, num_parameters: int, *, free_disk_bytes: int | None = None,
+                    host_memory_bytes: int | None = None, gpu_free_bytes: int | None = None) -> list[str]:
+    """What would make the export stages fail after training, found before it: an architecture llama.cpp's
+    converter does not know, too little disk for the files, too little host memory for the merge. Each problem
+    names the setting to change. Empty: the export should fit."""
+    import shutil
+
+    from vlmrl_pipeline.core.memory import host_memory_total_bytes
+
+    problems: list[str] = []
+    need = export_requirements(config, settings, num_parameters)
+    architecture = (config.get("architectures") or ["?"])[0]
+    if converter is not None:
+        known = converter_architectures(converter)
+        kinds = known.get(architecture, set())
+        if "text" not in kinds:
+            problems.append(f"llama.cpp's converter ({converter}) has no language-model conversion for "
+                            f"{architecture}: gguf_model would fail; materialize the lineage without gguf_model")
+        if _vision_config(config) and "mmproj" not in kinds:
+            problems.append(f"llama.cpp's converter has no vision-projector (mmproj) conversion for {architecture}")
+    folder = Path(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    free = free_disk_bytes if free_disk_bytes is not None else shutil.disk_usage(folder).free
+    if need["disk_bytes"] * 1.1 > free:
+        problems.append(f"the export writes about {need['disk_bytes'] / 1e9:.1f} GB (merged {settings.merged_dtype} "
+                        f"{need['merged_bytes'] / 1e9:.1f} GB, GGUF {list(settings.gguf_types)}, mmproj) but "
+                        f"{folder} has {free / 1e9:.1f} GB free: free space, or drop gguf_types / merged_4bit")
+    memory = host_memory_bytes if host_memory_bytes is not None else host_memory_total_bytes()
+    merge_bytes = need["merge_host_bytes_on_cpu"]
+    fits_gpu = gpu_free_bytes is not None and merge_bytes * 1.15 < gpu_free_bytes
+    if memory and not fits_gpu and merge_bytes > 0.9 * memory:
+        problems.append(f"merging in {settings.merged_dtype} on the CPU needs about {merge_bytes / 1e9:.1f} GB of "
+                        f"host memory and this machine has {memory / 1e9:.1f} GB: set merged_dtype to bfloat16, or "
+                        "run merged_model on a machine with more memory or a GPU with room for the model")
+    return problems
 
 
 # --- GGUF -------------------------------------------------------------------------------------------------------

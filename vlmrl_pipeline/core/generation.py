@@ -103,7 +103,7 @@ def greedy_token_ids(model, processor, prompt: list[dict], max_new_tokens: int) 
     tokenizer = processor.tokenizer
     text = processor.apply_chat_template(text_only(prompt), add_generation_prompt=True, tokenize=False)
     prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    end = end_of_turn_id(tokenizer)
     device = next(model.parameters()).device
     model.eval()
     with torch.inference_mode():
@@ -114,3 +114,32 @@ def greedy_token_ids(model, processor, prompt: list[dict], max_new_tokens: int) 
     if end in new:
         new = new[: new.index(end)]
     return prompt_ids, new
+
+
+END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>")
+"""How Qwen-VL and Gemma-3 chat templates close a turn."""
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The id that ends an assistant turn in this tokenizer's chat format (else its EOS token)."""
+    vocab = tokenizer.get_vocab()
+    for token in END_OF_TURN_TOKENS:
+        if token in vocab:
+            return vocab[token]
+    return tokenizer.eos_token_id
+
+
+def next_token_logits(model, processor, prompts: Sequence[list[dict]], images: Sequence[Image.Image]):
+    """Float32 logits of the first generated position for each (chat prompt, image), one prompt at a time (no
+    padding, so two models are compared on identical inputs). Returns a CPU tensor ``[len(prompts), vocab]``."""
+    import torch
+
+    device = next(model.parameters()).device
+    rows = []
+    model.eval()
+    for prompt, image in zip(prompts, images, strict=True):
+        text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[text], images=[image.convert("RGB")], return_tensors="pt").to(device)
+        with torch.inference_mode():
+            rows.append(model(**inputs).logits[0, -1].float().cpu())
+    return torch.stack(rows)

@@ -156,6 +156,8 @@ def qwen3vl_8b_profile() -> Profile:
         warm_start=WarmStartSettings(),
         gspo=GSPOSettings(),
         generation=GenerationSettings(max_new_tokens=1024, batch_size=8),
+        # The seed exports the adapter, merged 16-bit and 4-bit checkpoints, and GGUF.
+        export=ExportSettings(merged_4bit=True),
     )
 
 
@@ -166,10 +168,10 @@ def qwen3vl_8b_paper_profile() -> Profile:
 
 
 def _vision_notebook_gspo(**changes) -> GSPOSettings:
-    """GRPOConfig of Unsloth's vision GRPO notebooks (seeds 002/003): wd 0.1, 10% warm-up, clip 3e-4/4e-4,
-    8 generations; ``loss_type`` stays their ``dr_grpo``."""
-    return replace(GSPOSettings(), weight_decay=0.1, warmup_steps=0.1, epsilon=3e-4, epsilon_high=4e-4,
-                   num_generations=8, **changes)
+    """GRPOConfig of Unsloth's vision GRPO notebooks (seeds 002/003): wd 0.1, 10% warm-up, AdamW betas 0.9/0.99
+    (seed 003), clip 3e-4/4e-4, 8 generations; ``loss_type`` stays their ``dr_grpo``."""
+    return replace(GSPOSettings(), weight_decay=0.1, warmup_steps=0.1, adam_beta1=0.9, adam_beta2=0.99,
+                   epsilon=3e-4, epsilon_high=4e-4, num_generations=8, **changes)
 
 
 def qwen25vl_7b_profile() -> Profile:
@@ -232,6 +234,7 @@ def geo3k_profile() -> Profile:
         warm_start=WarmStartSettings(),
         gspo=GSPOSettings(),
         generation=GenerationSettings(max_new_tokens=1024, batch_size=8),
+        export=ExportSettings(merged_4bit=True),
     )
 
 

@@ -20,6 +20,8 @@ from vlmrl_pipeline.core.modeling import vision_token_ids
 DISTRIBUTED_MODES = ("ddp", "fsdp")
 LAUNCH_FIELDS = ("num_processes", "distributed")
 """``GSPOSettings`` fields that shape the launch (``core.launch``), not ``GRPOConfig``."""
+PROJECT_FIELDS = LAUNCH_FIELDS + ("rehearsal_reward_weight",)
+"""``GSPOSettings`` fields the project acts on itself; every other field is a ``GRPOConfig`` option."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class GSPOSettings:
     """Linear warm-up: an int is a step count, a float in [0, 1) a share of all steps (transformers 5 merged
     ``warmup_ratio`` into this field)."""
     weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    """AdamW's second-moment decay: transformers' default 0.999 (seed 000 sets none); Unsloth's vision notebooks
+    (seed 003) use 0.99."""
     optim: str = "adamw_8bit"
     """``adamw_8bit`` needs bitsandbytes and CUDA; on a CPU it falls back to ``adamw_torch`` (logged)."""
     per_device_train_batch_size: int = 8
@@ -80,6 +86,11 @@ class GSPOSettings:
     """Training processes ``accelerate launch`` starts, one per GPU: each holds a replica of the policy (``ddp``)
     or a shard of it (``fsdp``) and generates and trains on its own ``per_device_train_batch_size`` completions,
     so a step covers ``num_processes`` times as many. 0 means one per visible GPU. A CPU-only machine runs 1."""
+    rehearsal_reward_weight: float = 0.0
+    """Weight of :func:`vlmrl_pipeline.core.rehearsal.ascii_share_reward`, added to the recipe's rewards only
+    when above 0. For rehearsals on stand-in checkpoints with random weights, which never earn a task reward: every
+    group's advantages would be 0, the LoRA would stay zero and the ``lora_weights_trained`` check would stop the
+    run. Leave at 0 for real training."""
     distributed: str = "ddp"
     """With more than one process: ``ddp`` (data parallel; every GPU holds the whole model, gradients are
     averaged) or ``fsdp`` (FSDP2; parameters, gradients and optimizer state are sharded across the GPUs, for a
@@ -94,6 +105,11 @@ class GSPOSettings:
             raise ValueError(f"save_steps must be >= 0 (0: no checkpoints), got {self.save_steps}")
         if self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.rehearsal_reward_weight < 0:
+            raise ValueError(f"rehearsal_reward_weight must be >= 0, got {self.rehearsal_reward_weight}")
 
     @property
     def reuses_generations(self) -> bool:
@@ -136,7 +152,7 @@ def build_grpo_config(settings: GSPOSettings, output_dir: str | Path, processor,
     import torch
     from trl import GRPOConfig
 
-    values = {k: v for k, v in asdict(settings).items() if k not in LAUNCH_FIELDS}
+    values = {k: v for k, v in asdict(settings).items() if k not in PROJECT_FIELDS}
     values["optim"] = resolve_optim(settings.optim)
     if settings.save_steps == 0:
         values.pop("save_steps")  # GRPOConfig wants a positive number even when nothing is saved

@@ -104,6 +104,12 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
     style = PromptStyle(job.prompt_style["prompt_field"], job.prompt_style["answer_format"],
                         job.prompt_style.get("system_prompt") or None)
     rewards = reward_set(style.answer_format)
+    if gspo.rehearsal_reward_weight > 0:
+        from vlmrl_pipeline.core.rehearsal import ascii_share_reward
+        from vlmrl_pipeline.core.rewards import RewardSet
+
+        rewards = RewardSet(functions=(*rewards.functions, ascii_share_reward),
+                            weights=(*rewards.weights, gspo.rehearsal_reward_weight))
     rank, local_rank, world_size = process_rank()
     if world_size != job.num_processes:
         raise RuntimeError(f"the job was planned for {job.num_processes} process(es) but {world_size} were launched")
