@@ -448,7 +448,8 @@ def export_problems(config: dict[str, Any], settings: ExportSettings, data_dir: 
 # --- GGUF -------------------------------------------------------------------------------------------------------
 
 # Hugging Face architecture -> the ``general.architecture`` llama.cpp's converter writes for its language model.
-GGUF_ARCHITECTURES = {"Qwen3VLForConditionalGeneration": "qwen3vl", "Qwen2_5_VLForConditionalGeneration": "qwen2vl"}
+GGUF_ARCHITECTURES = {"Qwen3VLForConditionalGeneration": "qwen3vl", "Qwen2_5_VLForConditionalGeneration": "qwen2vl",
+                      "Gemma3ForConditionalGeneration": "gemma3"}
 
 
 def llama_cpp_runtime_available() -> bool:
@@ -559,7 +560,9 @@ def verify_gguf(model: dict[str, Any], mmproj: dict[str, Any] | None, checkpoint
         problems.append("no token_embd.weight")
     if model["embedding_length"] != int(text["hidden_size"]):
         problems.append(f"embedding_length {model['embedding_length']}, hidden_size is {text['hidden_size']}")
-    if not model["tokenizer_pre"]:
+    # A byte-level BPE (``gpt2`` in GGUF) needs its pre-tokenizer recognised; SentencePiece (Gemma's ``llama``)
+    # has none.
+    if model["tokenizer_model"] == "gpt2" and not model["tokenizer_pre"]:
         problems.append("no tokenizer.ggml.pre: llama.cpp did not recognise the tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
