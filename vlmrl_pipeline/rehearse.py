@@ -46,10 +46,12 @@ def _prepare_data(profile, work: Path, mathvista_json: str | None, num_rows: int
 
 def run_stages(profile_name: str, model_dir: str, work: str | os.PathLike, stages: list[str],
                mathvista_json: str | None = None, num_rows: int = 48, redo: tuple[str, ...] = (),
-               log=print, *, lengths=None, export_overrides: dict | None = None) -> dict:
+               log=print, *, lengths=None, export_overrides: dict | None = None,
+               model_overrides: dict | None = None) -> dict:
     """Materialize ``stages`` of ``profile_name``'s lineage on the stand-in at ``model_dir``; returns the
     accumulated results (also written to ``<work>/rehearsal.json``). Raises if a stage or a check fails.
-    ``export_overrides`` replaces export settings (e.g. ``merged_4bit=False`` on a machine without Unsloth)."""
+    ``export_overrides`` / ``model_overrides`` replace export or model settings (e.g. ``merged_4bit=False`` on a
+    machine without Unsloth)."""
     from dataclasses import replace
 
     from dagster import AssetKey, DagsterInstance, materialize
@@ -66,6 +68,8 @@ def run_stages(profile_name: str, model_dir: str, work: str | os.PathLike, stage
     base = get_profile(profile_name)
     if export_overrides:
         base = replace(base, export=replace(base.export, **export_overrides))
+    if model_overrides:
+        base = replace(base, model=replace(base.model, **model_overrides))
     source = _prepare_data(base, work, mathvista_json, num_rows)
     profile = rehearsal_profile(base, model_dir, source, lengths)
     results_file = work / RESULTS

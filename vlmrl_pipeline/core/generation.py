@@ -69,7 +69,9 @@ def generate_completions(
             texts = [
                 processor.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in batch_prompts
             ]
-            inputs = processor(text=texts, images=batch_images, return_tensors="pt", padding=True).to(device)
+            # One image list per prompt: Gemma-3's processor reads a flat list as one prompt's images.
+            inputs = processor(text=texts, images=[[image] for image in batch_images], return_tensors="pt",
+                               padding=True).to(device)
             with torch.inference_mode():
                 generated = model.generate(**inputs, **gen_kwargs)
             new_tokens = generated[:, inputs["input_ids"].shape[1] :]
