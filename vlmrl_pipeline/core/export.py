@@ -250,7 +250,7 @@ def merge_adapter_to_checkpoint(base_model_path: str, adapter_dir: str | os.Path
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from vlmrl_pipeline.core.modeling import load_processor, save_checkpoint
+    from vlmrl_pipeline.core.modeling import load_processor, save_checkpoint, tokenizer_sidecars
 
     if dtype not in MERGED_DTYPES:
         raise ValueError(f"merged dtype must be one of {list(MERGED_DTYPES)}, got {dtype!r}")
@@ -275,7 +275,7 @@ def merge_adapter_to_checkpoint(base_model_path: str, adapter_dir: str | os.Path
         _dequantize_bnb_linears(base, work)
     merged, _ = _merge_lora_exactly(PeftModel.from_pretrained(base, str(adapter_dir)), target)
     processor = load_processor(base_model_path, revision=revision)
-    saved = save_checkpoint(merged, processor, out_dir)
+    saved = save_checkpoint(merged, processor, out_dir, sidecars=tokenizer_sidecars(base_model_path, revision))
     # PEFT's wrappers hold reference cycles: without a collection the merged model (17 GB for 8B) would stay on
     # the GPU while the caller loads the saved checkpoint back to verify it, doubling the step's peak.
     del merged, base
@@ -552,6 +552,8 @@ def verify_gguf(model: dict[str, Any], mmproj: dict[str, Any] | None, checkpoint
     """
     from transformers import AutoTokenizer
 
+    from vlmrl_pipeline.core.modeling import GEMMA3_VISION_SPECIAL_TOKENS
+
     config = json.loads((Path(checkpoint) / "config.json").read_text())
     text = config.get("text_config", config)
     vision = config.get("vision_config", {})
@@ -573,11 +575,25 @@ def verify_gguf(model: dict[str, Any], mmproj: dict[str, Any] | None, checkpoint
     # has none.
     if model["tokenizer_model"] == "gpt2" and not model["tokenizer_pre"]:
         problems.append("no tokenizer.ggml.pre: llama.cpp did not recognise the tokenizer")
+    if (Path(checkpoint) / "tokenizer.model").is_file() and model["tokenizer_model"] == "gpt2":
+        problems.append(f"the checkpoint's tokenizer is SentencePiece (tokenizer.model) but the GGUF holds a BPE "
+                        f"tokenizer ({model['tokenizer_pre']!r}): llama.cpp's converter took the wrong path")
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
-    wrong = [i for i, t in by_id.items() if i >= len(model["tokens"]) or model["tokens"][i] != t]
+
+    def same(stored: str, expected: str) -> bool:
+        # llama.cpp writes SentencePiece's word-boundary mark "\u2581" as a plain space in user-defined tokens.
+        # (A byte-level BPE vocabulary never holds that mark, so the rule cannot hide a real difference there.)
+        # Gemma 3's <image_soft_token> lives in tokenizer.json only; llama.cpp pads that id ("[PAD262144]"): the
+        # text model never sees it, the projector file handles images.
+        return stored == expected or stored.replace(" ", "\u2581") == expected.replace(" ", "\u2581") or (
+            expected in GEMMA3_VISION_SPECIAL_TOKENS and stored.startswith("[PAD"))
+
+    wrong = sorted(i for i, t in by_id.items() if i >= len(model["tokens"]) or not same(model["tokens"][i], t))
     if wrong:
-        problems.append(f"{len(wrong)} tokens differ from the checkpoint's tokenizer (first ids {sorted(wrong)[:5]})")
+        shown = [(i, by_id[i], model["tokens"][i] if i < len(model["tokens"]) else None) for i in wrong[:3]]
+        problems.append(f"{len(wrong)} tokens differ from the checkpoint's tokenizer (first: id, checkpoint, "
+                        f"GGUF: {shown})")
     eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token) if tokenizer.eos_token else None
     if eos is not None and model["eos_token_id"] != eos:
         problems.append(f"eos_token_id {model['eos_token_id']}, the tokenizer's is {eos}")

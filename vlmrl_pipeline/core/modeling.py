@@ -244,11 +244,41 @@ def build_tiny_qwen3vl(
     return save_checkpoint(model, processor, out_dir, extra={"tiny_model_spec": asdict(spec), "seed": seed})
 
 
-def save_checkpoint(model, processor, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Save model + processor atomically (temp folder, then rename) and an optional ``vlmrl_build.json``."""
+TOKENIZER_SIDECARS = ("tokenizer.model",)
+"""Tokenizer files a checkpoint can ship that ``processor.save_pretrained`` does not write back (transformers 5
+saves ``tokenizer.json`` only). llama.cpp's converter reads Gemma's SentencePiece ``tokenizer.model``; without it
+it falls back to the BPE path and guesses another model's pre-tokenizer."""
+
+
+def tokenizer_sidecars(model_name: str, revision: str | None = None) -> dict[str, Path]:
+    """The :data:`TOKENIZER_SIDECARS` a local checkpoint folder or hub id has (from the hub cache for an id)."""
+    found: dict[str, Path] = {}
+    for name in TOKENIZER_SIDECARS:
+        local = Path(model_name) / name
+        if local.is_file():
+            found[name] = local
+        elif not Path(model_name).exists():
+            try:
+                from huggingface_hub import hf_hub_download
+
+                found[name] = Path(hf_hub_download(model_name, name, revision=revision))
+            except Exception:  # the repository has no such file (Qwen's do not), or the hub is out of reach
+                continue
+    return found
+
+
+def save_checkpoint(model, processor, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None,
+                    sidecars: dict[str, Path] | None = None) -> Path:
+    """Save model + processor atomically (temp folder, then rename), the base's tokenizer ``sidecars`` and an
+    optional ``vlmrl_build.json``."""
+    import shutil
+
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        for name, path in (sidecars or {}).items():
+            if not (tmp / name).exists():
+                shutil.copyfile(path, tmp / name)
         if extra is not None:
             (tmp / "vlmrl_build.json").write_text(json.dumps(extra, indent=2, sort_keys=True))
     return Path(out_dir)

@@ -201,8 +201,9 @@ STANDINS: dict[str, StandinSpec] = {
                                 num_key_value_heads=2, max_window_layers=2,
                                 rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0,
                                                  "mrope_section": [2, 3, 3]}),
-            "vision_config": dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                                  fullatt_block_indexes=[1]),
+            # Depth 3: llama.cpp maps the merger's second linear layer (mlp.2) only in a tower of at least 3 blocks.
+            "vision_config": dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                                  fullatt_block_indexes=[2]),
         },
         packaging="bf16", vocabulary="qwen2", added_tokens=QWEN_VL_ADDED_TOKENS,
         chat_template="qwen2_5_vl.jinja", max_shard_size="4GB",
@@ -769,6 +770,13 @@ def build_standin(
         raise RuntimeError(f"built a {type(model).__name__}, expected {spec.architecture}")
     for name, value in spec.generation.items():
         setattr(model.generation_config, name, value)
+    # Save with the hub's tensor names. A model made from a config saves in transformers' own current layout; the
+    # hub files (and llama.cpp's converter) use the older one (Qwen2.5-VL: ``model.layers``/``visual``; Gemma 3:
+    # ``language_model.model``/``vision_tower.vision_model``). Attaching the conversions transformers applies when
+    # loading hub files makes ``save_pretrained`` write them in that layout.
+    from transformers.conversion_mapping import get_model_conversion_mapping
+
+    model._weight_conversions = get_model_conversion_mapping(model)
 
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
