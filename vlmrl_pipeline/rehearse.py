@@ -111,6 +111,15 @@ def run_stages(profile_name: str, model_dir: str, work: str | os.PathLike, stage
     return results
 
 
+def _export_overrides(args) -> dict | None:
+    overrides: dict = {}
+    if args.no_merged_4bit:
+        overrides["merged_4bit"] = False
+    if args.gguf_types:
+        overrides["gguf_types"] = tuple(t for t in args.gguf_types.split(",") if t)
+    return overrides or None
+
+
 def _plain(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
@@ -129,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redo", default="", help="stages to run again even if done")
     parser.add_argument("--no-merged-4bit", action="store_true",
                         help="skip Unsloth's merged 4-bit export (it needs Unsloth and a CUDA GPU)")
+    parser.add_argument("--gguf-types", default=None,
+                        help="comma-separated GGUF types instead of the profile's (fewer files: less time and disk)")
     args = parser.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s]
     unknown = [s for s in stages if s not in STAGES]
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_stages(args.profile, args.model, args.work, stages, args.mathvista_json, args.rows,
                    tuple(s for s in args.redo.split(",") if s),
-                   export_overrides={"merged_4bit": False} if args.no_merged_4bit else None)
+                   export_overrides=_export_overrides(args))
     except RuntimeError as exc:
         print(str(exc), file=sys.stderr)
         return 1

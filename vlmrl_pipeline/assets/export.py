@@ -18,6 +18,7 @@ from vlmrl_pipeline.assets.training import lora_adapter
 from vlmrl_pipeline.core.evaluation import write_json_atomic
 from vlmrl_pipeline.core.export import (
     GGUF_QUANTIZER_TYPES,
+    bnb_quantization,
     checkpoint_has_4bit_layers,
     dir_size_bytes,
     export_gguf,
@@ -103,11 +104,19 @@ def merged_model(
         metadata["sample_generation"] = generate_completions(model, processor, prompts[:1], images[:1], one)[0]
         del model
         _free_gpu(torch)
+        # The reference is the base as stored plus the adapter: a 4-bit hub checkpoint as saved, a 16-bit one in
+        # 16-bit. (A 16-bit base that training and evaluation quantized on the fly, load_in_4bit, is not the
+        # reference: merging into the 16-bit weights is what a merged checkpoint means, as Unsloth's merged_16bit.)
+        base_config = read_checkpoint_config(load_path, ref.get("revision"))
         policy, policy_processor, backend = load_policy(
-            load_path, backend=model_cfg.backend, revision=ref.get("revision"), dtype=model_cfg.dtype,
-            load_in_4bit=model_cfg.load_in_4bit, max_seq_length=model_cfg.max_seq_length, adapter_dir=adapter_dir)
+            load_path, backend="transformers", revision=ref.get("revision"),
+            dtype=stored_dtype(base_config) or "bfloat16", load_in_4bit=False, adapter_dir=adapter_dir)
         check = merge_agreement(next_token_logits(policy, policy_processor, prompts, images), merged_logits)
-        check["reference"] = f"base + adapter through {backend}" + (" (4-bit)" if model_cfg.load_in_4bit else "")
+        check["reference"] = "base as stored + adapter (transformers)" + (
+            ", 4-bit as saved" if bnb_quantization(base_config) else "")
+        if model_cfg.load_in_4bit and not bnb_quantization(base_config):
+            check["note"] = ("evaluation and training quantized this 16-bit base to 4-bit on load; the merged "
+                             "checkpoint carries the 16-bit weights, so its answers can differ from after_records'")
         del policy
         _free_gpu(torch)
         write_json_atomic(tmp / MERGE_CHECK, check)
