@@ -261,3 +261,35 @@ def test_the_checkpoint_key_follows_what_training_depends_on():
                     key(base_model_files=[["model.safetensors", 10, 2]]), key(reward_version="s"),
                     key(code_version="d"), key(base_model_ref={"model_name": "other"})):
         assert changed != same
+
+
+def test_the_base_model_part_of_the_key_follows_content_not_modification_times(tmp_path, monkeypatch):
+    from vlmrl_pipeline.core import checkpoints
+
+    def write(folder, weights: bytes):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(weights)
+        (folder / "sub" / "config.json").write_text("{}")
+        return folder
+
+    first = write(tmp_path / "a" / "checkpoint", b"weights")
+    state = checkpoints.local_files_state(first)
+    time.sleep(0.01)
+    shutil.rmtree(first)
+    rebuilt = write(tmp_path / "a" / "checkpoint", b"weights")  # the demo job rebuilds base_model: new mtimes
+    assert checkpoints.local_files_state(rebuilt) == state
+    shutil.rmtree(rebuilt)
+    changed = write(tmp_path / "a" / "checkpoint", b"WEIGHTS")  # same size, other bytes
+    assert checkpoints.local_files_state(changed) != state
+    assert checkpoints.local_files_state("org/hub-model") is None
+
+    # With a cache, an unchanged file (path, size, mtime) is hashed once, however often the key is computed.
+    hashed = []
+    original = checkpoints._sha256
+    monkeypatch.setattr(checkpoints, "_sha256", lambda f: hashed.append(f.name) or original(f))
+    cache = tmp_path / "cache.json"
+    assert checkpoints.local_files_state(changed, cache) == checkpoints.local_files_state(changed, cache)
+    assert sorted(hashed) == ["config.json", "model.safetensors"]
+    (changed / "model.safetensors").write_bytes(b"retrained")
+    checkpoints.local_files_state(changed, cache)
+    assert sorted(hashed) == ["config.json", "model.safetensors", "model.safetensors"]

@@ -53,6 +53,8 @@ from vlmrl_pipeline.resources import (
 
 TRAINING_CODE_VERSION = "training-2"
 CHECKPOINTS_DIR = "lora_adapter_checkpoints"
+HASH_CACHE = ".cache/base_model_sha256.json"
+"""sha256 of the base model's files by path, size and mtime: the checkpoint key hashes content, once per file."""
 """Beside the asset folders: ``<key>/checkpoint-<step>`` per set of training inputs (see ``core.checkpoints``)."""
 
 
@@ -74,8 +76,16 @@ def lora_adapter(
     Pipes, one process on a CPU or one per GPU (``num_processes``, ``distributed``), with its logs and metrics
     streamed into this run. Checkpoints every ``save_steps`` go to a folder keyed by the training inputs; after a
     killed run, materializing again resumes from the newest one. Saved in PEFT's format
-    (``adapter_model.safetensors`` + ``adapter_config.json``) with the trainer's log history.
+    (``adapter_model.safetensors`` + ``adapter_config.json``) with the trainer's log history. One materialization
+    per data folder at a time: a second one fails at once, naming the first (its checkpoint folder and launch
+    files would be shared).
     """
+    with artifacts.lock("lora_adapter"):
+        return _train(context, artifacts, model_settings, data_settings, training_settings)
+
+
+def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_settings: ModelSettingsResource,
+           data_settings: DataSettingsResource, training_settings: TrainingSettingsResource) -> MaterializeResult:
     model_cfg = model_settings.to_core()
     data = data_settings.to_core()
     gspo = training_settings.to_core()
@@ -85,12 +95,13 @@ def lora_adapter(
     split_rows(read_manifest(manifest_dir), SPLIT_TRAIN)  # no manifest or no training rows: say so now
     gpus = visible_gpu_count()
     processes = resolve_num_processes(gspo.num_processes, gpus)
+    gspo.check_generation_batch(processes)  # num_processes=0 resolves only here
     check_backend_supports(resolve_backend(model_cfg.backend), processes, gspo.distributed)
     style = {"prompt_field": data.prompt_field, "answer_format": data.answer_format,
              "system_prompt": data.system_prompt}
     inputs = training_inputs(
         gspo=asdict(gspo), model=asdict(model_cfg), prompt_style=style, base_model_ref=ref,
-        base_model_files=local_files_state(load_path), manifest_sha256=sha256_file(manifest_dir / MANIFEST_NAME),
+        base_model_files=local_files_state(load_path, cache_file=artifacts.asset_dir(HASH_CACHE)), manifest_sha256=sha256_file(manifest_dir / MANIFEST_NAME),
         reward_version=REWARD_VERSION, num_processes=processes, code_version=TRAINING_CODE_VERSION,
     )
     checkpoints_root = artifacts.asset_dir(CHECKPOINTS_DIR)
