@@ -749,3 +749,26 @@ def test_chat_prompt_system_turn_and_one_placeholder_only():
     assert BOXED_SYSTEM_PROMPT.endswith("Answer: \\boxed{$Answer}.")
     with pytest.raises(DataError, match="2 <image> placeholders"):
         chat_prompt("<image> and <image>")
+
+
+def test_undecodable_text_in_json_sources_costs_its_row_only(tmp_path):
+    # MathVista's GitHub layout: one JSON document; a bad byte used to make the whole file unreadable.
+    (tmp_path / "mv" / "data").mkdir(parents=True)
+    problems = {str(i): {"pid": str(i), "question": f"Q{i}?", "image": f"images/{i}.png", "choices": None,
+                         "unit": None, "precision": None, "answer": "3", "question_type": "free_form",
+                         "answer_type": "integer", "metadata": {}} for i in range(3)}
+    raw = json.dumps(problems).encode().replace(b"Q1?", b"Q\xff1?")
+    (tmp_path / "mv" / "data" / "testmini.json").write_bytes(raw)
+    kept, counts, dropped = filter_rows(load_mathvista(str(tmp_path / "mv"), "testmini"))
+    assert kept["pid"].tolist() == ["0", "2"] and counts["dropped_unreadable"] == 1
+    assert [(d["pid"], d["column"], d["kind"]) for d in dropped] == [("1", "question", "unreadable")]
+    assert "testmini.json" in dropped[0]["reason"]
+    # RLinf's JSON lines: the same, per line
+    (tmp_path / "rl").mkdir()
+    lines = [json.dumps({"id": f"g{i}", "problem": f"<image>x{i}", "images": [], "answer": "1"}).encode()
+             for i in range(3)]
+    lines[2] = lines[2].replace(b"x2", b"x\xfe2")
+    (tmp_path / "rl" / "train.jsonl").write_bytes(b"\n".join(lines))
+    kept, counts, dropped = filter_rows(load_rlinf(str(tmp_path / "rl"), "train"), numeric_only=False)
+    assert kept["pid"].tolist() == ["g0", "g1"]
+    assert [(d["pid"], d["column"], d["kind"]) for d in dropped] == [("g2", "problem", "unreadable")]  # the source file's column

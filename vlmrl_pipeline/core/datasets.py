@@ -248,11 +248,56 @@ def _check_local_source(source: str) -> None:
 
 
 def _read_json(path: Path) -> Any:
+    # surrogateescape: bytes that are not UTF-8 survive as lone surrogates inside their string, so one bad cell
+    # costs its row (a named skip, see _mark_undecodable), not the whole file.
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
             return json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read JSON file {path}: {exc}") from exc
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _undecodable_column(record: Mapping) -> str | None:
+    """The first top-level field of a JSON row whose text holds bytes that were not UTF-8 (lone surrogates from
+    ``surrogateescape``), looking inside lists and objects; None when the row is clean."""
+    def bad(value: Any, depth: int = 0) -> bool:
+        if isinstance(value, str):
+            return _LONE_SURROGATE.search(value) is not None
+        if depth > 8:
+            return False
+        if isinstance(value, Mapping):
+            return any(bad(k, depth + 1) or bad(v, depth + 1) for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return any(bad(v, depth + 1) for v in value)
+        return False
+
+    return next((str(key) for key, value in record.items() if bad(value)), None)
+
+
+def _replace_surrogates(value: Any, depth: int = 0) -> Any:
+    """The value with every undecodable byte shown as U+FFFD: tables (pyarrow strings) cannot hold lone
+    surrogates, and the row is dropped anyway."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if depth > 8:
+        return value
+    if isinstance(value, Mapping):
+        return {_replace_surrogates(k, depth + 1): _replace_surrogates(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_replace_surrogates(v, depth + 1) for v in value]
+    return value
+
+
+def _mark_undecodable(record: Mapping, path: Path) -> Mapping:
+    """``record``, or, when some text in it was not UTF-8, a cleaned copy carrying ``UNREADABLE_COLUMN``."""
+    column = _undecodable_column(record)
+    if column is None:
+        return record
+    return {**_replace_surrogates(record), UNREADABLE_COLUMN: {
+        "column": column, "reason": f"column {column!r} is not valid UTF-8 text in {path.name}"}}
 
 
 # The GitHub layout's hints, by answer type (MathVista's evaluation/build_query.py, shot_type "solution").
@@ -350,6 +395,7 @@ def _load_mathvista_json(path: Path) -> pd.DataFrame:
     for pos, (key, problem) in enumerate(items):
         if not isinstance(problem, Mapping):
             raise DataError(f"{path}: problem {key or pos} is a {type(problem).__name__}, not an object")
+        problem = _mark_undecodable({"pid": key, **problem} if key is not None else problem, path)
         pid = problem.get("pid", key)
         pid = None if _is_missing(pid) else str(pid)  # no pid: a counted, named drop in filter_rows
         image = problem.get("image")
@@ -370,11 +416,15 @@ def _load_mathvista_json(path: Path) -> pd.DataFrame:
             "question_type": problem.get("question_type"),
             "answer_type": problem.get("answer_type"),
             "metadata": problem.get("metadata"),
+            UNREADABLE_COLUMN: problem.get(UNREADABLE_COLUMN),
         }
         query = queries.get(pid)
         row["query"] = query if isinstance(query, str) and query else build_mathvista_query(row)
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*MATHVISTA_COLUMNS, "image"])
+    frame = pd.DataFrame(rows, columns=[*MATHVISTA_COLUMNS, "image", UNREADABLE_COLUMN])
+    if frame[UNREADABLE_COLUMN].isna().all():
+        frame = frame.drop(columns=[UNREADABLE_COLUMN])  # only present when some text was undecodable
+    return frame
 
 
 def load_mathvista(source: str, split: str = "testmini") -> pd.DataFrame:
@@ -491,7 +541,7 @@ def _read_json_records(path: Path) -> pd.DataFrame:
     if path.suffix == ".jsonl":
         records = []
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8", errors="surrogateescape") as fh:  # see _read_json
                 for number, line in enumerate(fh, start=1):
                     if not line.strip():
                         continue
@@ -513,7 +563,7 @@ def _read_json_records(path: Path) -> pd.DataFrame:
     bad = [i for i, r in enumerate(records) if not isinstance(r, Mapping)]
     if bad:
         raise DataError(f"{path}: row {bad[0]} is not a JSON object")
-    return pd.DataFrame(records)
+    return pd.DataFrame([_mark_undecodable(r, path) for r in records])
 
 
 def _load_hub_rlinf(source: str, split: str, image_keys: tuple[str, ...]) -> pd.DataFrame:
