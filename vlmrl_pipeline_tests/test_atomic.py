@@ -134,3 +134,15 @@ def test_a_process_identity_tells_a_live_process_from_a_killed_one():
     assert process_is_gone({**process_identity(), "start_ticks": -1}) is True
     assert process_is_gone({**process_identity(), "host": "another-host"}) is None  # cannot tell from here
     assert process_is_gone("garbage") is None
+
+
+def test_a_kill_between_the_two_renames_of_a_swap_keeps_the_previous_artifact(tmp_path):
+    target = tmp_path / "merged_model"
+    aside = tmp_path / ".merged_model.old.k1ll" / "merged_model"
+    aside.mkdir(parents=True)
+    (aside / "weights").write_text("previous")  # moved aside; the new one never arrived
+    (tmp_path / ".merged_model.n3w").mkdir()
+    with exclusive(target):
+        remove_dead_staging(target)
+    assert (target / "weights").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".merged_model.lock", "merged_model"]

@@ -40,6 +40,13 @@ def test_the_definitions_run_the_lineage_job_on_the_chosen_executor(monkeypatch)
         monkeypatch.delenv(execution.EXECUTOR_ENV_VAR)
         job = importlib.reload(definitions).defs.resolve_job_def("vlmrl_lineage")
     assert job.executor_def is execution.recovering_multiprocess_executor
+    # `dagster asset materialize --select lora_adapter` (the README's resume command) runs the implicit asset
+    # job, which must recover killed runs too
+    from dagster import AssetKey
+
+    repo = definitions.defs.get_repository_def()
+    assert repo.get_implicit_job_def_for_assets([AssetKey("lora_adapter")]).executor_def is \
+        execution.recovering_multiprocess_executor
 
 
 def test_a_missing_k8s_extra_is_named(monkeypatch):

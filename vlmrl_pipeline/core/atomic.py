@@ -140,6 +140,12 @@ def remove_dead_staging(path: str | os.PathLike) -> list[Path]:
     final = Path(path)
     if not final.parent.is_dir():
         return []
+    if not final.exists():
+        # Killed between _replace_dir's two renames: the previous artifact waits in ".<name>.old.*/<name>";
+        # put it back rather than delete it with the rest.
+        for aside in sorted(final.parent.glob(f".{final.name}.old.*/{final.name}")):
+            os.replace(aside, final)
+            break
     removed = []
     for entry in final.parent.iterdir():
         if entry.name.startswith(f".{final.name}.") and entry.is_dir() and not entry.is_symlink():
