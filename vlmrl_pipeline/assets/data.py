@@ -51,7 +51,8 @@ def mathvista_filtered(
     layout (``testmini.json`` + ``images/``), a data set in RLinf's form such as geo3k (``dataset_format=rlinf``,
     read through ``prompt_key``/``answer_key``/``image_keys``), or the synthetic set rendered here (the demo).
     Rows without an answer and repeated pids are always dropped; ``numeric_only`` keeps numeric answers (the
-    seeds' rule) and ``free_form_only`` drops multiple choice. Every drop is counted in the metadata.
+    seeds' rule) and ``free_form_only`` drops multiple choice. Rows without a pid, or with text that is not UTF-8,
+    are dropped too. Every drop is counted in the metadata and named (row, pid, column, why) in ``dropped.json``.
     """
     settings = data_settings.to_core()
     source = settings.source
@@ -188,8 +189,8 @@ def train_eval_disjoint(artifacts: ArtifactStore) -> AssetCheckResult:
 def few_rows_lost(artifacts: ArtifactStore, data_settings: DataSettingsResource) -> AssetCheckResult:
     """Rows lost to bad input stay under ``max_lost_fraction`` of the source, and both splits have rows.
 
-    Rows the filters remove on purpose (non-numeric answers, multiple choice) are not losses; a missing answer,
-    a repeated pid and an unusable image are.
+    Rows the filters remove on purpose (non-numeric answers, multiple choice) are not losses; a missing pid or
+    answer, undecodable text, a repeated pid and an unusable image are.
     """
     counts = json.loads((artifacts.asset_dir("mathvista_filtered") / FILTER_COUNTS_NAME).read_text())
     skipped = json.loads((artifacts.asset_dir("resized_images") / SKIPPED_NAME).read_text())
