@@ -54,6 +54,13 @@ def mathvista_filtered(
     seeds' rule) and ``free_form_only`` drops multiple choice. Rows without a pid, or with text that is not UTF-8,
     are dropped too. Every drop is counted in the metadata and named (row, pid, column, why) in ``dropped.json``.
     """
+    # Held from the start: the synthetic source is rendered into its folder before the staging step.
+    with artifacts.lock("mathvista_filtered"):
+        return _filter_source(context, artifacts, data_settings)
+
+
+def _filter_source(context: AssetExecutionContext, artifacts: ArtifactStore,
+                   data_settings: DataSettingsResource) -> MaterializeResult:
     settings = data_settings.to_core()
     source = settings.source
     if source == SYNTHETIC_SOURCE:
