@@ -293,3 +293,39 @@ def test_the_base_model_part_of_the_key_follows_content_not_modification_times(t
     (changed / "model.safetensors").write_bytes(b"retrained")
     checkpoints.local_files_state(changed, cache)
     assert sorted(hashed) == ["config.json", "model.safetensors", "model.safetensors"]
+
+
+_HOLD_LOCK = """
+import sys, time
+from vlmrl_pipeline.core.atomic import exclusive
+with exclusive(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_training_process_that_outlived_its_step_blocks_a_second_training(upstream, tmp_path):
+    import subprocess
+    import sys
+
+    import vlmrl_pipeline
+    from vlmrl_pipeline.assets.training import TRAINING_LOCK
+
+    data = tmp_path / "data"
+    shutil.copytree(upstream, data)
+    # What an orphaned training process holds (its Dagster step was killed, it was not).
+    orphan = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(data / TRAINING_LOCK)], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ,
+                                              "PYTHONPATH": str(Path(vlmrl_pipeline.__file__).parent.parent)})
+    try:
+        assert orphan.stdout.readline().strip() == "held"
+        result, _ = _train(_profile(), data)
+    finally:
+        orphan.kill()
+        orphan.wait(timeout=10)
+        orphan.stdout.close()
+    assert not result.success
+    message, classes = _failure(result)
+    assert "a training process of an earlier (killed) run is still running" in message
+    assert f"pid {orphan.pid} on" in message and "ArtifactBusyError" in classes
+    assert not list((data / CHECKPOINTS).glob("*/launch/job.json"))  # nothing was launched

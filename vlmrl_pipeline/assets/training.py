@@ -19,6 +19,7 @@ import vlmrl_pipeline
 from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.model import base_model, base_model_path
 from vlmrl_pipeline.assets.provenance import lineage
+from vlmrl_pipeline.core.atomic import ArtifactBusyError, exclusive
 from vlmrl_pipeline.core.checkpoints import (
     latest_checkpoint,
     local_files_state,
@@ -53,6 +54,9 @@ from vlmrl_pipeline.resources import (
 
 TRAINING_CODE_VERSION = "training-2"
 CHECKPOINTS_DIR = "lora_adapter_checkpoints"
+TRAINING_LOCK = "lora_adapter_training"
+"""Its lock file (``.lora_adapter_training.lock``) is held by the training process itself: a process that outlived
+its killed step (the step's own lock died with it) still blocks a second training on the same checkpoints."""
 HASH_CACHE = ".cache/base_model_sha256.json"
 """sha256 of the base model's files by path, size and mtime: the checkpoint key hashes content, once per file."""
 """Beside the asset folders: ``<key>/checkpoint-<step>`` per set of training inputs (see ``core.checkpoints``)."""
@@ -112,6 +116,15 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
                             f"model: {[p.name for p in stale]} (left in {checkpoints_root}; delete them to free space)")
     found = latest_checkpoint(work)
     context.log.info(f"checkpoint folder {work}: " + (f"resuming from {found[0].name}" if found else "starting fresh"))
+    training_lock = artifacts.asset_dir(TRAINING_LOCK)
+    try:
+        with exclusive(training_lock):
+            pass  # free: no training process of an earlier run is still at work on this data folder
+    except ArtifactBusyError as exc:
+        raise ArtifactBusyError(
+            f"a training process of an earlier (killed) run is still running on this data folder, and would write "
+            f"the same checkpoints: stop it (kill its pid) or wait for it to end, then materialize again. {exc}"
+        ) from None
     launch_dir = work / "launch"
     for old_error in (launch_dir / "errors").glob("rank-*.json"):
         old_error.unlink()
@@ -119,7 +132,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
         job_file = TrainingJob(
             base_model_path=load_path, base_model_ref=ref, manifest_dir=str(manifest_dir), adapter_dir=str(tmp),
             work_dir=str(work), checkpoint_key=work.name, model=asdict(model_cfg), prompt_style=style,
-            gspo=asdict(gspo), num_processes=processes,
+            gspo=asdict(gspo), num_processes=processes, training_lock=str(training_lock),
         ).write(launch_dir / "job.json")
         config_file = write_accelerate_config(launch_dir / "accelerate_config.yaml", accelerate_config(
             processes, gspo.distributed, use_cpu=gpus == 0, gpu_ids=visible_gpu_ids(processes)))
