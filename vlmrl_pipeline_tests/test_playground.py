@@ -9,6 +9,7 @@ import socket
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -463,7 +464,8 @@ def test_each_keep_alive_answer_is_one_write(server, monkeypatch):
 def test_a_burst_of_connections_is_queued_not_reset(server):
     assert server.request_queue_size >= 100  # the listen() backlog (the stdlib's default is 5)
     host, port = server.server_address[:2]
-    sockets = [socket.create_connection((host, port), timeout=10) for _ in range(100)]
+    # the issue's case: 50 at once (19 were reset with the stdlib's backlog of 5)
+    sockets = [socket.create_connection((host, port), timeout=10) for _ in range(50)]
     try:
         for sock in sockets:
             sock.sendall(b"GET /api/presets HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -479,3 +481,27 @@ def test_the_largest_hostile_request_is_scored(server):
     completion = "<SOLUTION>" * ((MAX_BODY_BYTES - 200) // len("<SOLUTION>"))
     status, result = _post_json(server, {"completion": completion, "answer": "3"})
     assert status == 200 and result["format_reward"] == 0.0 and result["correctness_reward"] == 0.0
+
+
+def test_connections_beyond_the_cap_get_a_503_at_once_and_free_slots_are_reused():
+    with running_server(max_connections=2) as small:
+        host, port = small.server_address[:2]
+        idle = [socket.create_connection((host, port), timeout=10) for _ in range(2)]  # hold both threads
+        try:
+            refused = b""
+            for _ in range(50):  # the two idle ones are accepted first; then every new one is turned away
+                with socket.create_connection((host, port), timeout=10) as extra:
+                    extra.sendall(b"GET /api/presets HTTP/1.1\r\nHost: x\r\n\r\n")
+                    refused = extra.recv(65536)
+                if refused.startswith(b"HTTP/1.1 503"):
+                    break
+            assert refused.startswith(b"HTTP/1.1 503") and b'"error"' in refused
+        finally:
+            for sock in idle:
+                sock.close()
+        for _ in range(100):  # the closed connections' threads end and give their slots back
+            status, _, _ = _request(small, "GET", "/api/presets")
+            if status == 200:
+                break
+            time.sleep(0.05)
+        assert status == 200

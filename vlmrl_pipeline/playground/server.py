@@ -202,6 +202,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_BUSY_BODY = b'{"error": "the server is busy (too many connections); try again"}'
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+         b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+         + _BUSY_BODY)
+
+
 class PlaygroundServer(ThreadingHTTPServer):
     """The threading HTTP server with the playground's handler, plus its URL and a one-call stop."""
 
@@ -209,10 +215,34 @@ class PlaygroundServer(ThreadingHTTPServer):
     # listen() backlog: the stdlib's 5 resets connections beyond it when a page opens several at once.
     request_queue_size = 128
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, quiet: bool = False) -> None:
+    max_connections = 64
+    """Connections served at once (one thread each); more are answered 503 at once instead of piling up threads."""
+
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, quiet: bool = False,
+                 max_connections: int | None = None) -> None:
         self.quiet = quiet
         self._thread: threading.Thread | None = None
+        self._slots = threading.BoundedSemaphore(max_connections or self.max_connections)
         super().__init__((host, port), PlaygroundHandler)
+
+    def process_request(self, request, client_address) -> None:
+        # Never block here: this runs in the accept loop, and shutdown() waits for that loop.
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     @property
     def url(self) -> str:
@@ -236,18 +266,20 @@ class PlaygroundServer(ThreadingHTTPServer):
         self.server_close()
 
 
-def serve(host: str = DEFAULT_HOST, port: int = 0, *, quiet: bool = True) -> PlaygroundServer:
+def serve(host: str = DEFAULT_HOST, port: int = 0, *, quiet: bool = True,
+          max_connections: int | None = None) -> PlaygroundServer:
     """Start the playground in a background thread and return the running server (``.url``, ``.stop()``).
 
     ``port=0`` picks a free port, which is what tests want.
     """
-    return PlaygroundServer(host, port, quiet=quiet).start()
+    return PlaygroundServer(host, port, quiet=quiet, max_connections=max_connections).start()
 
 
 @contextlib.contextmanager
-def running_server(host: str = DEFAULT_HOST, port: int = 0, *, quiet: bool = True) -> Iterator[PlaygroundServer]:
+def running_server(host: str = DEFAULT_HOST, port: int = 0, *, quiet: bool = True,
+                   max_connections: int | None = None) -> Iterator[PlaygroundServer]:
     """Context manager around :func:`serve`: the server runs inside the ``with`` block and stops after it."""
-    server = serve(host, port, quiet=quiet)
+    server = serve(host, port, quiet=quiet, max_connections=max_connections)
     try:
         yield server
     finally:
