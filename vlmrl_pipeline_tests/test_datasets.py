@@ -771,4 +771,5 @@ def test_undecodable_text_in_json_sources_costs_its_row_only(tmp_path):
     (tmp_path / "rl" / "train.jsonl").write_bytes(b"\n".join(lines))
     kept, counts, dropped = filter_rows(load_rlinf(str(tmp_path / "rl"), "train"), numeric_only=False)
     assert kept["pid"].tolist() == ["g0", "g1"]
-    assert [(d["pid"], d["column"], d["kind"]) for d in dropped] == [("g2", "problem", "unreadable")]  # the source file's column
+    # named by the source file's column
+    assert [(d["pid"], d["column"], d["kind"]) for d in dropped] == [("g2", "problem", "unreadable")]

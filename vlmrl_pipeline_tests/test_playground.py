@@ -5,8 +5,8 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import socket
 import signal
+import socket
 import subprocess
 import sys
 import time

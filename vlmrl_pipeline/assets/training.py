@@ -54,12 +54,12 @@ from vlmrl_pipeline.resources import (
 
 TRAINING_CODE_VERSION = "training-2"
 CHECKPOINTS_DIR = "lora_adapter_checkpoints"
+"""Beside the asset folders: ``<key>/checkpoint-<step>`` per set of training inputs (see ``core.checkpoints``)."""
 TRAINING_LOCK = "lora_adapter_training"
 """Its lock file (``.lora_adapter_training.lock``) is held by the training process itself: a process that outlived
 its killed step (the step's own lock died with it) still blocks a second training on the same checkpoints."""
 HASH_CACHE = ".cache/base_model_sha256.json"
 """sha256 of the base model's files by path, size and mtime: the checkpoint key hashes content, once per file."""
-"""Beside the asset folders: ``<key>/checkpoint-<step>`` per set of training inputs (see ``core.checkpoints``)."""
 
 
 @asset(group_name="training", deps=[base_model, resized_images], kinds={"pytorch", "trl"},
@@ -105,7 +105,8 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
              "system_prompt": data.system_prompt}
     inputs = training_inputs(
         gspo=asdict(gspo), model=asdict(model_cfg), prompt_style=style, base_model_ref=ref,
-        base_model_files=local_files_state(load_path, cache_file=artifacts.asset_dir(HASH_CACHE)), manifest_sha256=sha256_file(manifest_dir / MANIFEST_NAME),
+        base_model_files=local_files_state(load_path, cache_file=artifacts.asset_dir(HASH_CACHE)),
+        manifest_sha256=sha256_file(manifest_dir / MANIFEST_NAME),
         reward_version=REWARD_VERSION, num_processes=processes, code_version=TRAINING_CODE_VERSION,
     )
     checkpoints_root = artifacts.asset_dir(CHECKPOINTS_DIR)

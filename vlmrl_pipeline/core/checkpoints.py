@@ -2,11 +2,11 @@
 
 A run's checkpoints go to ``<checkpoints root>/<key>/checkpoint-<step>``, where ``key`` is a hash of everything the
 training result depends on: the GSPO settings (less the checkpoint cadence and logging), the model settings, the
-prompt style, the base model (its reference and, for a local checkpoint, its files' sizes and sha256), the training manifest's hash,
-the reward version, the process count and the code version. A run only ever looks inside its own key's folder, so
-a checkpoint written under other settings, data or base model is never resumed; such folders are listed so the
-asset can say it ignored them. The folder is outside the asset's staging folder: it survives a killed run, and the
-asset removes it once the adapter is in place.
+prompt style, the base model (its reference and, for a local checkpoint, its files' sizes and sha256), the
+training manifest's hash, the reward version, the process count and the code version. A run only ever looks
+inside its own key's folder, so a checkpoint written under other settings, data or base model is never resumed;
+such folders are listed so the asset can say it ignored them. The folder is outside the asset's staging folder: it
+survives a killed run, and the asset removes it once the adapter is in place.
 """
 
 from __future__ import annotations
