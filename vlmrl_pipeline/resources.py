@@ -5,14 +5,15 @@ step) and converts to it with ``to_core()``; the core never sees Dagster.
 """
 
 import os
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Optional
 
 from dagster import Config, ConfigurableResource
 
-from vlmrl_pipeline.core.atomic import atomic_dir
+from vlmrl_pipeline.core.atomic import atomic_dir, exclusive, remove_dead_staging
 from vlmrl_pipeline.core.export import ExportSettings
 from vlmrl_pipeline.core.generation import GenerationSettings
 from vlmrl_pipeline.core.modeling import LoraSettings, TinyModelSpec
@@ -39,12 +40,24 @@ class ArtifactStore(ConfigurableResource):
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def staging(self, name: str) -> AbstractContextManager[Path]:
+    def lock(self, name: str) -> AbstractContextManager[None]:
+        """Be the only writer of ``asset_dir(name)`` while inside; another live writer makes this fail at once
+        (``core.atomic.exclusive``). ``staging`` takes it too; take it earlier when an asset prepares files
+        outside its staging folder (``lora_adapter``'s checkpoints)."""
+        return exclusive(self.asset_dir(name))
+
+    @contextmanager
+    def staging(self, name: str) -> Iterator[Path]:
         """An empty temp folder beside ``asset_dir(name)``; on success it replaces that folder whole.
 
-        A failed or cancelled materialization leaves the previous artifact untouched and no half-written one.
+        A failed or cancelled materialization leaves the previous artifact untouched and no half-written one. The
+        asset's lock is held throughout, and staging folders left by killed writers of this asset are removed
+        first (with the lock held, none of them can belong to a live writer).
         """
-        return atomic_dir(self.asset_dir(name))
+        with self.lock(name):
+            remove_dead_staging(self.asset_dir(name))
+            with atomic_dir(self.asset_dir(name)) as tmp:
+                yield tmp
 
 
 def _core_kwargs(resource: Config, core_cls) -> dict:

@@ -12,6 +12,7 @@ Launched by hand (no Dagster), it trains the same way and logs to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import traceback
@@ -63,19 +64,29 @@ def main(argv: list[str] | None = None) -> int:
     job = TrainingJob.read(args.job)
     rank, _, _ = process_rank()
     _exit_with_launcher()
-    from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+    hold = contextlib.nullcontext()
+    if rank == 0 and job.training_lock:
+        from vlmrl_pipeline.core.atomic import exclusive
 
+        hold = exclusive(job.training_lock)  # released by the kernel if this process dies
     try:
-        if rank == 0 and PipesEnvVarParamsLoader().is_dagster_pipes_process():
-            with open_dagster_pipes() as pipes:
-                summary = run_training_job(job, log=pipes.log.info, warn=pipes.log.warning)
-                pipes.report_asset_materialization(metadata=summary)
-        else:
-            run_training_job(job, log=_stderr_logger(rank))
+        with hold:
+            _train(job, rank)
     except BaseException as exc:
         _record_error(args.job, rank, exc)
         raise
     return 0
+
+
+def _train(job: TrainingJob, rank: int) -> None:
+    from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+
+    if rank == 0 and PipesEnvVarParamsLoader().is_dagster_pipes_process():
+        with open_dagster_pipes() as pipes:
+            summary = run_training_job(job, log=pipes.log.info, warn=pipes.log.warning)
+            pipes.report_asset_materialization(metadata=summary)
+    else:
+        run_training_job(job, log=_stderr_logger(rank))
 
 
 if __name__ == "__main__":

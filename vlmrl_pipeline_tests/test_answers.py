@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vlmrl_pipeline.core.answers import (
     ANSWER_FORMATS,
@@ -533,3 +538,50 @@ def test_score_completion_unknown_format_raises():
     assert ANSWER_FORMATS == ("tags", "boxed")
     with pytest.raises(ValueError, match="tags, boxed"):
         score_completion(GOOD, "991", answer_format="latex")
+
+
+# --- linear time on any string, with the seed's matches --------------------------------------------------------
+
+_SEED_BLOCK = {  # the seed's definition: non-greedy, DOTALL, non-overlapping findall
+    (REASONING_START, REASONING_END): re.compile(r"<REASONING>(.*?)</REASONING>", re.DOTALL),
+    (SOLUTION_START, SOLUTION_END): re.compile(r"<SOLUTION>(.*?)</SOLUTION>", re.DOTALL),
+}
+
+_TAG_PIECES = st.sampled_from([REASONING_START, REASONING_END, SOLUTION_START, SOLUTION_END, "<SOLUTION", "SOLUTION>",
+                               "</", "<", ">", "x", "9", "\n", " ", "addCriterion"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(pieces=st.lists(_TAG_PIECES, max_size=40))
+def test_block_scan_finds_exactly_what_the_seeds_regex_finds(pieces):
+    from vlmrl_pipeline.core.answers import _blocks
+
+    text = "".join(pieces)
+    for (start, end), pattern in _SEED_BLOCK.items():
+        assert _blocks(text, start, end) == pattern.findall(text)
+    seed_solutions = _SEED_BLOCK[(SOLUTION_START, SOLUTION_END)].findall(text)
+    expected = seed_solutions[-1].replace("\r", "").replace("\n", "").strip() if seed_solutions else None
+    assert extract_solution(text) == expected
+
+
+def _best_of(fn, repeats=5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@pytest.mark.parametrize("unit", [SOLUTION_START, REASONING_START, SOLUTION_START + "x" + REASONING_START])
+def test_rewards_grow_linearly_on_unclosed_openers(unit):
+    from vlmrl_pipeline.core.rewards import correctness_reward, formatting_reward
+
+    def score(n):
+        text = unit * n
+        return lambda: (formatting_reward([text]), correctness_reward([text], answer=["3"]))
+
+    assert formatting_reward([SOLUTION_START * 6553]) == [0.0]  # the 64 KiB case, scored as before
+    small, large = _best_of(score(5_000)), _best_of(score(40_000))
+    # 8x the text: a linear scan takes ~8x as long, the old regex ~64x. 30 leaves room for timer noise.
+    assert large / max(small, 1e-6) < 30, (small, large)

@@ -174,3 +174,89 @@ def test_geo3k_in_rlinf_form_with_custom_keys(tmp_path):
     strict = _run(dataclasses.replace(profile, data=dataclasses.replace(profile.data, numeric_only=True)),
                   tmp_path / "out2")
     assert _metadata(strict, "mathvista_filtered")["rows_kept"] == 8
+
+
+def write_parquet_copy_with_bad_rows(root, rows: int = 30):
+    """The hub's parquet layout with two bad rows: a null pid, and a question that is not UTF-8 text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = pd.DataFrame({
+        "pid": [str(i) for i in range(rows)], "question": [f"Question {i}?" for i in range(rows)],
+        "query": [f"Question {i}?" for i in range(rows)],
+        "decoded_image": [{"bytes": _png(i + 1), "path": f"{i}.png"} for i in range(rows)],
+        "choices": [None] * rows, "unit": [None] * rows, "precision": [None] * rows,
+        "answer": [str(i % 7) for i in range(rows)], "question_type": ["free_form"] * rows,
+        "answer_type": ["integer"] * rows, "metadata": [{"source": "t"}] * rows,
+    })
+    frame.loc[3, "pid"] = None
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    raw = [b"Qu\xe9stion 5?" if i == 5 else f"Question {i}?".encode() for i in range(rows)]
+    table = table.set_column(table.column_names.index("question"), "question",
+                             pa.array(raw, type=pa.binary()).view(pa.string()))  # unvalidated, as a bad writer
+    (root / "data").mkdir(parents=True)
+    pq.write_table(table, root / "data" / "testmini-00000-of-00001.parquet")
+    return root
+
+
+def test_bad_rows_are_counted_named_skips_and_the_stage_goes_on(tmp_path):
+    source = write_parquet_copy_with_bad_rows(tmp_path / "mathvista")
+    result = _run(_profile(str(source), max_lost_fraction=0.1), tmp_path / "out")
+    assert result.success  # before: TypeError in resized_images (null pid), bare UnicodeDecodeError (bad bytes)
+    meta = _metadata(result, "mathvista_filtered")
+    assert (meta["rows_in"], meta["rows_kept"]) == (30, 28)
+    assert (meta["dropped_missing_pid"], meta["dropped_unreadable"]) == (1, 1)
+    named = {(d["row"], d["pid"], d["column"], d["kind"]) for d in meta["dropped"]}
+    assert named == {(3, None, "pid", "missing_pid"), (5, "5", "question", "unreadable")}
+    on_disk = json.loads((tmp_path / "out" / "mathvista_filtered" / "dropped.json").read_text())
+    assert {(d["row"], d["pid"], d["column"], d["kind"]) for d in on_disk} == named
+    assert all("not valid UTF-8" in d["reason"] for d in on_disk if d["kind"] == "unreadable")
+    check = {c.check_name: c for c in result.get_asset_check_evaluations()}["few_rows_lost"]
+    assert check.passed and check.metadata["rows_lost"].value == 2
+    assert (check.metadata["lost_missing_pid"].value, check.metadata["lost_unreadable"].value) == (1, 1)
+    assert _metadata(result, "resized_images")["num_images"] == 28
+
+
+_HOLD_LOCK = """
+import sys, time
+from vlmrl_pipeline.core.atomic import exclusive
+with exclusive(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_materialization_of_an_asset_on_one_folder_fails_at_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import vlmrl_pipeline
+
+    source = write_mathvista_github_copy(tmp_path / "mathvista")
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out / "mathvista_filtered")],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(vlmrl_pipeline.__file__).parent.parent)})
+    try:
+        assert holder.stdout.readline().strip() == "held"  # another materialization is writing the asset
+        start = time.monotonic()
+        result = materialize([mathvista_filtered], resources=resources_for_profile(_profile(str(source)), str(out)),
+                             instance=DagsterInstance.ephemeral(), raise_on_error=False)
+        assert time.monotonic() - start < 60  # at once: no waiting on the other writer (generous bound)
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        holder.stdout.close()
+    assert not result.success
+    [failure] = result.get_step_failure_events()
+    error, text = failure.step_failure_data.error, []
+    while error is not None:
+        text.append(error.message)
+        error = error.cause
+    assert f"mathvista_filtered is being written by another materialization (pid {holder.pid} on" in "\n".join(text)
+    assert not (out / "mathvista_filtered").exists()
+    # the holder was killed: its lock went with it, and the same materialization now succeeds
+    assert _run(_profile(str(source)), out).success

@@ -26,6 +26,7 @@ from vlmrl_pipeline.core.datasets import (
     chat_prompt,
     count_skips,
     filter_mathvista,
+    filter_rows,
     is_numeric_answer,
     load_image,
     load_mathvista,
@@ -98,8 +99,9 @@ def test_filter_counts_every_drop_and_the_counts_add_up():
     )
     kept, counts = filter_mathvista(table, numeric_only=True, free_form_only=False)
     assert kept["pid"].tolist() == ["a", "d", "e", "i"] and kept.index.tolist() == [0, 1, 2, 3]
-    assert counts == {"rows_in": 10, "rows_kept": 4, "dropped_missing_answer": 4, "dropped_duplicate_pid": 1,
-                      "dropped_non_numeric": 1, "dropped_multi_choice": 0}
+    assert counts == {"rows_in": 10, "rows_kept": 4, "dropped_unreadable": 0, "dropped_missing_pid": 0,
+                      "dropped_missing_answer": 4, "dropped_duplicate_pid": 1, "dropped_non_numeric": 1,
+                      "dropped_multi_choice": 0}
     kept, counts = filter_mathvista(table, numeric_only=True, free_form_only=True)
     assert kept["pid"].tolist() == ["a", "e"] and counts["dropped_multi_choice"] == 2
     kept, counts = filter_mathvista(table, numeric_only=False)
@@ -129,6 +131,45 @@ def test_free_form_only_drops_multi_choice(synthetic):
     assert (free["question_type"] == "free_form").all()
     assert counts["dropped_multi_choice"] == int((numeric["question_type"] == "multi_choice").sum()) > 0
     assert len(free) == len(numeric) - counts["dropped_multi_choice"]
+
+
+def test_every_dropped_row_is_named_with_its_column_and_why():
+    table = _table(["3", "", "4", "5", "x"], pids=["a", "b", None, "a", "c"])
+    table.loc[4, "pid"] = "  "  # blank: as unusable as null
+    kept, counts, dropped = filter_rows(table, numeric_only=True)
+    assert kept["pid"].tolist() == ["a"]
+    assert counts["dropped_missing_pid"] == 2 and counts["dropped_missing_answer"] == 1
+    assert counts["dropped_duplicate_pid"] == 1
+    assert [(d["row"], d["pid"], d["column"], d["kind"]) for d in dropped] == [
+        (2, None, "pid", "missing_pid"), (4, "  ", "pid", "missing_pid"), (1, "b", "answer", "missing_answer"),
+        (3, "a", "pid", "duplicate_pid")]
+    assert all(d["reason"] for d in dropped)
+    assert counts["rows_kept"] + sum(v for k, v in counts.items() if k.startswith("dropped_")) == counts["rows_in"]
+
+
+def _parquet_with_bad_utf8(path, bad_rows: set[int], n: int = 4):
+    """MathVista's columns, with ``question`` holding bytes that are not UTF-8 in ``bad_rows`` (as a writer that
+    never validated its text can leave them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(_table([str(i) for i in range(n)]), preserve_index=False)
+    raw = [b"caf\xe9 ?" if i in bad_rows else f"q{i}".encode() for i in range(n)]
+    question = pa.array(raw, type=pa.binary()).view(pa.string())  # view: no validation, as such a writer did
+    table = table.set_column(table.column_names.index("question"), "question", question)
+    pq.write_table(table, path)
+
+
+def test_undecodable_text_is_a_named_skip_not_a_bare_error(tmp_path):
+    (tmp_path / "data").mkdir()
+    _parquet_with_bad_utf8(tmp_path / "data" / "testmini.parquet", bad_rows={1, 3})
+    loaded = load_mathvista(str(tmp_path), "testmini")
+    kept, counts, dropped = filter_rows(loaded)
+    assert kept["pid"].tolist() == ["0", "2"] and kept.loc[1, "question"] == "q2"
+    assert counts["dropped_unreadable"] == 2 and "_unreadable" not in kept.columns
+    assert [(d["pid"], d["column"], d["kind"]) for d in dropped] == [("1", "question", "unreadable"),
+                                                                     ("3", "question", "unreadable")]
+    assert "not valid UTF-8" in dropped[0]["reason"] and "testmini.parquet" in dropped[0]["reason"]
 
 
 def test_filter_without_an_answer_column_is_a_data_error():
@@ -524,9 +565,9 @@ def test_filter_keeps_exactly_the_expected_pids(tmp_path, numeric_only, free_for
     kept, counts = filter_mathvista(loaded, numeric_only=numeric_only, free_form_only=free_form_only)
     assert kept["pid"].tolist() == expected
     assert kept.loc[0, "answer"] == "3"  # the first ff_int_a, not its repeat
-    assert counts == {"rows_in": 12, "rows_kept": len(expected), "dropped_missing_answer": 2,
-                      "dropped_duplicate_pid": 1, "dropped_non_numeric": dropped_non_numeric,
-                      "dropped_multi_choice": dropped_multi_choice}
+    assert counts == {"rows_in": 12, "rows_kept": len(expected), "dropped_unreadable": 0, "dropped_missing_pid": 0,
+                      "dropped_missing_answer": 2, "dropped_duplicate_pid": 1,
+                      "dropped_non_numeric": dropped_non_numeric, "dropped_multi_choice": dropped_multi_choice}
 
 
 # --------------------------------------------------------------------------- RLinf format
@@ -708,3 +749,27 @@ def test_chat_prompt_system_turn_and_one_placeholder_only():
     assert BOXED_SYSTEM_PROMPT.endswith("Answer: \\boxed{$Answer}.")
     with pytest.raises(DataError, match="2 <image> placeholders"):
         chat_prompt("<image> and <image>")
+
+
+def test_undecodable_text_in_json_sources_costs_its_row_only(tmp_path):
+    # MathVista's GitHub layout: one JSON document; a bad byte used to make the whole file unreadable.
+    (tmp_path / "mv" / "data").mkdir(parents=True)
+    problems = {str(i): {"pid": str(i), "question": f"Q{i}?", "image": f"images/{i}.png", "choices": None,
+                         "unit": None, "precision": None, "answer": "3", "question_type": "free_form",
+                         "answer_type": "integer", "metadata": {}} for i in range(3)}
+    raw = json.dumps(problems).encode().replace(b"Q1?", b"Q\xff1?")
+    (tmp_path / "mv" / "data" / "testmini.json").write_bytes(raw)
+    kept, counts, dropped = filter_rows(load_mathvista(str(tmp_path / "mv"), "testmini"))
+    assert kept["pid"].tolist() == ["0", "2"] and counts["dropped_unreadable"] == 1
+    assert [(d["pid"], d["column"], d["kind"]) for d in dropped] == [("1", "question", "unreadable")]
+    assert "testmini.json" in dropped[0]["reason"]
+    # RLinf's JSON lines: the same, per line
+    (tmp_path / "rl").mkdir()
+    lines = [json.dumps({"id": f"g{i}", "problem": f"<image>x{i}", "images": [], "answer": "1"}).encode()
+             for i in range(3)]
+    lines[2] = lines[2].replace(b"x2", b"x\xfe2")
+    (tmp_path / "rl" / "train.jsonl").write_bytes(b"\n".join(lines))
+    kept, counts, dropped = filter_rows(load_rlinf(str(tmp_path / "rl"), "train"), numeric_only=False)
+    assert kept["pid"].tolist() == ["g0", "g1"]
+    # named by the source file's column
+    assert [(d["pid"], d["column"], d["kind"]) for d in dropped] == [("g2", "problem", "unreadable")]

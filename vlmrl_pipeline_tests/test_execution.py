@@ -14,7 +14,12 @@ def test_multiprocess_is_the_default_and_k8s_is_one_setting_away(monkeypatch):
     from dagster_k8s import k8s_job_executor
 
     monkeypatch.delenv(execution.EXECUTOR_ENV_VAR, raising=False)
-    assert execution.executor_for_environment() is multiprocess_executor
+    local = execution.executor_for_environment()
+    assert local is execution.recovering_multiprocess_executor
+    # Dagster's multiprocess executor underneath: same name and the same run config (max_concurrent, retries, ...)
+    assert local.name == multiprocess_executor.name == "multiprocess"
+    assert local.config_schema.as_field().config_type.key == multiprocess_executor.config_schema.as_field(
+    ).config_type.key
     monkeypatch.setenv(execution.EXECUTOR_ENV_VAR, "k8s")
     assert execution.executor_for_environment() is k8s_job_executor
     monkeypatch.setenv(execution.EXECUTOR_ENV_VAR, "ray")
@@ -34,7 +39,14 @@ def test_the_definitions_run_the_lineage_job_on_the_chosen_executor(monkeypatch)
     finally:
         monkeypatch.delenv(execution.EXECUTOR_ENV_VAR)
         job = importlib.reload(definitions).defs.resolve_job_def("vlmrl_lineage")
-    assert job.executor_def is multiprocess_executor
+    assert job.executor_def is execution.recovering_multiprocess_executor
+    # `dagster asset materialize --select lora_adapter` (the README's resume command) runs the implicit asset
+    # job, which must recover killed runs too
+    from dagster import AssetKey
+
+    repo = definitions.defs.get_repository_def()
+    assert repo.get_implicit_job_def_for_assets([AssetKey("lora_adapter")]).executor_def is \
+        execution.recovering_multiprocess_executor
 
 
 def test_a_missing_k8s_extra_is_named(monkeypatch):

@@ -217,3 +217,46 @@ def test_a_slot_left_by_a_finished_run_is_freed_by_the_monitoring_daemon(instanc
     assert run.run_id not in {slot.run_id for slot in claimed}
     # the GPU step that was waiting gets the freed slot
     assert storage.claim_concurrency_slot(GPU_POOL, "another-run", "baseline_records").is_claimed
+
+
+# ----------------------------------------------------------------------- runs whose process was killed
+
+
+def test_a_run_whose_process_is_gone_is_failed_with_the_reason_and_its_slot_freed(instance):
+    import json
+    import subprocess
+    import sys
+
+    from vlmrl_pipeline.core.processes import process_identity
+    from vlmrl_pipeline.execution import RUN_WORKER_TAG, fail_runs_of_dead_workers
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    dead_worker = process_identity(child.pid)
+    child.kill()
+    child.wait(timeout=10)
+    storage = instance.event_log_storage
+    storage.initialize_concurrency_limit_to_default(GPU_POOL)
+
+    def started(worker: dict | None) -> DagsterRun:
+        tags = {RUN_WORKER_TAG: json.dumps(worker)} if worker else {}
+        run = instance.add_run(DagsterRun(job_name="vlmrl_lineage", status=DagsterRunStatus.STARTED, tags=tags))
+        return run
+
+    killed = started(dead_worker)  # SIGKILLed during lora_adapter: STARTED forever, holding the GPU
+    assert storage.claim_concurrency_slot(GPU_POOL, killed.run_id, "lora_adapter").is_claimed
+    alive = started(process_identity())  # this process: still running
+    elsewhere = started({**dead_worker, "host": "another-node"})  # cannot be checked from here
+    untagged = started(None)  # started by another executor
+    assert not storage.claim_concurrency_slot(GPU_POOL, "next-run", "lora_adapter").is_claimed
+
+    messages = []
+    assert fail_runs_of_dead_workers(instance, "next-run", log=messages.append) == [killed.run_id]
+    assert instance.get_run_by_id(killed.run_id).status == DagsterRunStatus.FAILURE
+    for run in (alive, elsewhere, untagged):
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED
+    [failure] = [e for e in instance.all_logs(killed.run_id)
+                 if e.dagster_event and e.dagster_event.event_type == DagsterEventType.RUN_FAILURE]
+    assert f"run worker process {child.pid} " in failure.message and "is gone" in failure.message
+    assert messages == [f"{failure.message}; freed 1 concurrency slot(s) (pools: ['{GPU_POOL}'])"]
+    assert storage.claim_concurrency_slot(GPU_POOL, "next-run", "lora_adapter").is_claimed  # nothing waits
+    assert fail_runs_of_dead_workers(instance, "next-run", log=messages.append) == []  # once only

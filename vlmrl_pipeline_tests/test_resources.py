@@ -50,4 +50,6 @@ def test_artifact_staging_replaces_whole_or_not_at_all(tmp_path):
             (tmp / "a.txt").write_text("half-written")
             raise RuntimeError("crash mid-write")
     assert (store.asset_dir("thing") / "a.txt").read_text() == "one"
-    assert [p.name for p in tmp_path.iterdir()] == ["thing"]
+    # no staging folder left; the lock file stays (released, empty) for the next writer
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".thing.lock", "thing"]
+    assert (tmp_path / ".thing.lock").read_text() == ""

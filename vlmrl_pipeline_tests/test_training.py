@@ -164,6 +164,35 @@ def test_bad_launch_and_checkpoint_settings_are_refused(bad, match):
         GSPOSettings(**bad)
 
 
+@pytest.mark.parametrize("bad, match", [
+    (dict(num_generations=1), r"num_generations must be >= 2, got 1"),
+    (dict(per_device_train_batch_size=6, gradient_accumulation_steps=1, num_generations=4),
+     r"6 x 1 x 1 = 6 is not divisible by num_generations=4"),
+    (dict(per_device_train_batch_size=3, num_generations=4, num_processes=2, gradient_accumulation_steps=1),
+     r"3 x 2 x 1 = 6 is not divisible"),
+    (dict(per_device_train_batch_size=0), "per_device_train_batch_size must be >= 1"),
+    (dict(max_completion_length=0), "max_completion_length must be >= 1"),
+    (dict(learning_rate=0.0), "learning_rate must be a positive number"),
+    (dict(learning_rate=float("nan")), "learning_rate must be a positive number"),
+    (dict(max_steps=0), "max_steps must be positive, or -1"),
+    (dict(temperature=0.0), "temperature must be > 0"),
+    (dict(importance_sampling_level="sentence"), "importance_sampling_level must be"),
+    (dict(steps_per_generation=0), "steps_per_generation must be >= 1"),
+])
+def test_gspo_settings_that_cannot_train_are_refused_when_made(bad, match):
+    # Made at the start of a run (execution.settings_problems), not minutes in, inside TRL.
+    with pytest.raises(ValueError, match=match):
+        GSPOSettings(**bad)
+
+
+def test_a_generation_batch_is_checked_with_the_resolved_process_count():
+    settings = GSPOSettings(per_device_train_batch_size=2, num_generations=4, gradient_accumulation_steps=1,
+                            num_processes=0)  # 0 = one per GPU: known only on the training machine
+    settings.check_generation_batch(2)  # 2 x 2 x 1 = 4
+    with pytest.raises(ValueError, match="2 x 3 x 1 = 6 is not divisible by num_generations=4"):
+        settings.check_generation_batch(3)
+
+
 def test_checkpoint_settings_reach_the_trainer(tiny_checkpoint, tmp_path):
     _, processor, _ = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
     config = build_grpo_config(_small(save_steps=7, save_total_limit=3), tmp_path, processor, (1.0,))

@@ -261,3 +261,71 @@ def test_the_checkpoint_key_follows_what_training_depends_on():
                     key(base_model_files=[["model.safetensors", 10, 2]]), key(reward_version="s"),
                     key(code_version="d"), key(base_model_ref={"model_name": "other"})):
         assert changed != same
+
+
+def test_the_base_model_part_of_the_key_follows_content_not_modification_times(tmp_path, monkeypatch):
+    from vlmrl_pipeline.core import checkpoints
+
+    def write(folder, weights: bytes):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(weights)
+        (folder / "sub" / "config.json").write_text("{}")
+        return folder
+
+    first = write(tmp_path / "a" / "checkpoint", b"weights")
+    state = checkpoints.local_files_state(first)
+    time.sleep(0.01)
+    shutil.rmtree(first)
+    rebuilt = write(tmp_path / "a" / "checkpoint", b"weights")  # the demo job rebuilds base_model: new mtimes
+    assert checkpoints.local_files_state(rebuilt) == state
+    shutil.rmtree(rebuilt)
+    changed = write(tmp_path / "a" / "checkpoint", b"WEIGHTS")  # same size, other bytes
+    assert checkpoints.local_files_state(changed) != state
+    assert checkpoints.local_files_state("org/hub-model") is None
+
+    # With a cache, an unchanged file (path, size, mtime) is hashed once, however often the key is computed.
+    hashed = []
+    original = checkpoints._sha256
+    monkeypatch.setattr(checkpoints, "_sha256", lambda f: hashed.append(f.name) or original(f))
+    cache = tmp_path / "cache.json"
+    assert checkpoints.local_files_state(changed, cache) == checkpoints.local_files_state(changed, cache)
+    assert sorted(hashed) == ["config.json", "model.safetensors"]
+    (changed / "model.safetensors").write_bytes(b"retrained")
+    checkpoints.local_files_state(changed, cache)
+    assert sorted(hashed) == ["config.json", "model.safetensors", "model.safetensors"]
+
+
+_HOLD_LOCK = """
+import sys, time
+from vlmrl_pipeline.core.atomic import exclusive
+with exclusive(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_training_process_that_outlived_its_step_blocks_a_second_training(upstream, tmp_path):
+    import subprocess
+    import sys
+
+    import vlmrl_pipeline
+    from vlmrl_pipeline.assets.training import TRAINING_LOCK
+
+    data = tmp_path / "data"
+    shutil.copytree(upstream, data)
+    # What an orphaned training process holds (its Dagster step was killed, it was not).
+    orphan = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(data / TRAINING_LOCK)], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ,
+                                              "PYTHONPATH": str(Path(vlmrl_pipeline.__file__).parent.parent)})
+    try:
+        assert orphan.stdout.readline().strip() == "held"
+        result, _ = _train(_profile(), data)
+    finally:
+        orphan.kill()
+        orphan.wait(timeout=10)
+        orphan.stdout.close()
+    assert not result.success
+    message, classes = _failure(result)
+    assert "a training process of an earlier (killed) run is still running" in message
+    assert f"pid {orphan.pid} on" in message and "ArtifactBusyError" in classes
+    assert not list((data / CHECKPOINTS).glob("*/launch/job.json"))  # nothing was launched

@@ -15,7 +15,7 @@ from dagster import (
 from vlmrl_pipeline.core.datasets import (
     MATHVISTA_COLUMNS,
     count_skips,
-    filter_mathvista,
+    filter_rows,
     load_mathvista,
     load_rlinf,
     prepare_images,
@@ -32,6 +32,12 @@ from vlmrl_pipeline.resources import ArtifactStore, DataSettingsResource
 FILTERED_NAME = "filtered.parquet"
 FILTER_COUNTS_NAME = "filter_counts.json"
 SKIPPED_NAME = "skipped.json"
+DROPPED_NAME = "dropped.json"
+"""Beside the filter's counts: one entry per dropped row, ``{"row", "pid", "column", "kind", "reason"}``."""
+LOST_KINDS = ("unreadable", "missing_pid", "missing_answer", "duplicate_pid")
+"""Drops caused by bad input (``few_rows_lost`` counts them), as opposed to the filters' deliberate choices."""
+MAX_LISTED = 200
+"""Entries listed in metadata (the JSON files hold all of them)."""
 PREVIEW_COLUMNS = ["pid", "question", "answer", "question_type", "answer_type"]
 
 
@@ -45,8 +51,16 @@ def mathvista_filtered(
     layout (``testmini.json`` + ``images/``), a data set in RLinf's form such as geo3k (``dataset_format=rlinf``,
     read through ``prompt_key``/``answer_key``/``image_keys``), or the synthetic set rendered here (the demo).
     Rows without an answer and repeated pids are always dropped; ``numeric_only`` keeps numeric answers (the
-    seeds' rule) and ``free_form_only`` drops multiple choice. Every drop is counted in the metadata.
+    seeds' rule) and ``free_form_only`` drops multiple choice. Rows without a pid, or with text that is not UTF-8,
+    are dropped too. Every drop is counted in the metadata and named (row, pid, column, why) in ``dropped.json``.
     """
+    # Held from the start: the synthetic source is rendered into its folder before the staging step.
+    with artifacts.lock("mathvista_filtered"):
+        return _filter_source(context, artifacts, data_settings)
+
+
+def _filter_source(context: AssetExecutionContext, artifacts: ArtifactStore,
+                   data_settings: DataSettingsResource) -> MaterializeResult:
     settings = data_settings.to_core()
     source = settings.source
     if source == SYNTHETIC_SOURCE:
@@ -62,14 +76,20 @@ def mathvista_filtered(
         raw = load_mathvista(source, settings.split)
     else:
         raise ValueError(f"dataset_format must be 'mathvista' or 'rlinf', got {settings.dataset_format!r}")
-    kept, counts = filter_mathvista(raw, numeric_only=settings.numeric_only, free_form_only=settings.free_form_only)
+    kept, counts, dropped = filter_rows(raw, numeric_only=settings.numeric_only,
+                                        free_form_only=settings.free_form_only)
     if kept.empty:
-        raise ValueError(f"no rows left after filtering {settings.source!r} ({counts})")
+        raise ValueError(f"no rows left after filtering {settings.source!r} ({counts}); first drops: {dropped[:5]}")
     with artifacts.staging("mathvista_filtered") as tmp:
         kept.to_parquet(tmp / FILTERED_NAME, index=False)
         write_json_atomic(tmp / FILTER_COUNTS_NAME, counts)
+        write_json_atomic(tmp / DROPPED_NAME, dropped)
         digest = sha256_file(tmp / FILTERED_NAME)
     context.log.info(f"kept {counts['rows_kept']} of {counts['rows_in']} rows from {settings.source}: {counts}")
+    for item in dropped:
+        if item["kind"] in LOST_KINDS:  # bad input, not a filter choice: say which row and why
+            context.log.warning(f"dropped row {item['row']} (pid {item['pid']}, column {item['column']!r}, "
+                                f"{item['kind']}): {item['reason']}")
     return MaterializeResult(
         metadata={
             "path": MetadataValue.path(str(artifacts.asset_dir("mathvista_filtered") / FILTERED_NAME)),
@@ -79,6 +99,8 @@ def mathvista_filtered(
             "numeric_only": settings.numeric_only,
             "free_form_only": settings.free_form_only,
             **{k: int(v) for k, v in counts.items()},
+            # every drop named (row, pid, column, why); all of them are in dropped.json
+            "dropped": MetadataValue.json(dropped[:MAX_LISTED]),
             "num_multi_choice_kept": int((kept["question_type"] == "multi_choice").sum()),
             "dataset_sha256": digest,
             "preview": MetadataValue.md(kept[PREVIEW_COLUMNS].head(10).to_markdown(index=False)),
@@ -140,7 +162,7 @@ def resized_images(
             "num_eval": len(held_out),
             "num_skipped": len(skipped),
             **{f"skipped_{kind}": n for kind, n in count_skips(skipped).items() if kind != "total"},
-            "skipped": MetadataValue.json(skipped[:50]),
+            "skipped": MetadataValue.json(skipped[:MAX_LISTED]),
             "dropped_train_duplicates_of_eval_images": int(dropped_duplicates),
             "eval_pids": MetadataValue.json(sorted(held_out["pid"].astype(str).tolist())),
         }
@@ -174,13 +196,13 @@ def train_eval_disjoint(artifacts: ArtifactStore) -> AssetCheckResult:
 def few_rows_lost(artifacts: ArtifactStore, data_settings: DataSettingsResource) -> AssetCheckResult:
     """Rows lost to bad input stay under ``max_lost_fraction`` of the source, and both splits have rows.
 
-    Rows the filters remove on purpose (non-numeric answers, multiple choice) are not losses; a missing answer,
-    a repeated pid and an unusable image are.
+    Rows the filters remove on purpose (non-numeric answers, multiple choice) are not losses; a missing pid or
+    answer, undecodable text, a repeated pid and an unusable image are.
     """
     counts = json.loads((artifacts.asset_dir("mathvista_filtered") / FILTER_COUNTS_NAME).read_text())
     skipped = json.loads((artifacts.asset_dir("resized_images") / SKIPPED_NAME).read_text())
     train, held_out = _load_manifest_splits(artifacts)
-    lost = counts["dropped_missing_answer"] + counts["dropped_duplicate_pid"] + len(skipped)
+    lost = sum(counts.get(f"dropped_{kind}", 0) for kind in LOST_KINDS) + len(skipped)
     fraction = lost / counts["rows_in"] if counts["rows_in"] else 1.0
     limit = data_settings.max_lost_fraction
     return AssetCheckResult(
@@ -190,10 +212,17 @@ def few_rows_lost(artifacts: ArtifactStore, data_settings: DataSettingsResource)
             "rows_lost": lost,
             "lost_fraction": round(fraction, 4),
             "max_lost_fraction": limit,
-            "lost_missing_answer": counts["dropped_missing_answer"],
-            "lost_duplicate_pid": counts["dropped_duplicate_pid"],
-            **{f"lost_{kind}": n for kind, n in count_skips(skipped).items() if kind != "total"},
+            **_lost_by_kind(counts, skipped),
             "num_train": len(train),
             "num_eval": len(held_out),
         },
     )
+
+
+def _lost_by_kind(counts: dict, skipped: list[dict]) -> dict[str, int]:
+    """``lost_<kind>``: the filter's bad-input drops plus the image stage's skips (a duplicate pid can be either)."""
+    lost = {f"lost_{kind}": int(counts.get(f"dropped_{kind}", 0)) for kind in LOST_KINDS}
+    for kind, n in count_skips(skipped).items():
+        if kind != "total":
+            lost[f"lost_{kind}"] = lost.get(f"lost_{kind}", 0) + n
+    return lost

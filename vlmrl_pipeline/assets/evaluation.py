@@ -137,7 +137,9 @@ def baseline_completions(
     records can be re-scored after a reward change without generating again. Prompts that would overflow the
     model's context are dropped and listed.
     """
-    return _generate("baseline_completions", context, artifacts, model_settings, data_settings, eval_settings, None)
+    with artifacts.lock("baseline_completions"):  # a second writer fails now, not after generating
+        return _generate("baseline_completions", context, artifacts, model_settings, data_settings, eval_settings,
+                         None)
 
 
 @asset(group_name="evaluation", deps=[lora_adapter, base_model, resized_images, mathvista_filtered],
@@ -151,8 +153,9 @@ def after_completions(
     eval_settings: EvalSettingsResource,
 ) -> MaterializeResult:
     """The same completions as ``baseline_completions``, from the base policy plus the trained LoRA adapter."""
-    return _generate("after_completions", context, artifacts, model_settings, data_settings, eval_settings,
-                     artifacts.asset_dir("lora_adapter"))
+    with artifacts.lock("after_completions"):  # a second writer fails now, not after generating
+        return _generate("after_completions", context, artifacts, model_settings, data_settings, eval_settings,
+                         artifacts.asset_dir("lora_adapter"))
 
 
 @asset(group_name="evaluation", deps=[baseline_completions, resized_images], kinds={"pandas"},

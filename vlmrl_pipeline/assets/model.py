@@ -5,7 +5,7 @@ import time
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from vlmrl_pipeline.assets.data import resized_images
-from vlmrl_pipeline.core.lineage import write_model_ref
+from vlmrl_pipeline.core.lineage import check_model_available, write_model_ref
 from vlmrl_pipeline.core.samples import SPLIT_TRAIN, read_manifest, split_rows
 from vlmrl_pipeline.core.warmstart import build_demo_base_model
 from vlmrl_pipeline.execution import CPU_TAGS
@@ -31,6 +31,9 @@ def base_model(
     """
     settings = model_settings.to_core()
     metadata: dict = {"model_name": settings.model_name, "revision": settings.revision or "unpinned"}
+    if not settings.is_demo:
+        # Before anything is written: a name that cannot be loaded fails here and the previous artifact stays.
+        metadata.update(check_model_available(settings.model_name, settings.revision))
     with artifacts.staging("base_model") as tmp:
         if settings.is_demo:
             train_rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_TRAIN)

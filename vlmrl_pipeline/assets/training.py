@@ -20,6 +20,7 @@ from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.model import base_model, base_model_path
 from vlmrl_pipeline.assets.preflight import export_preflight
 from vlmrl_pipeline.assets.provenance import lineage
+from vlmrl_pipeline.core.atomic import ArtifactBusyError, exclusive
 from vlmrl_pipeline.core.checkpoints import (
     latest_checkpoint,
     local_files_state,
@@ -56,6 +57,11 @@ from vlmrl_pipeline.resources import (
 TRAINING_CODE_VERSION = "training-2"
 CHECKPOINTS_DIR = "lora_adapter_checkpoints"
 """Beside the asset folders: ``<key>/checkpoint-<step>`` per set of training inputs (see ``core.checkpoints``)."""
+TRAINING_LOCK = "lora_adapter_training"
+"""Its lock file (``.lora_adapter_training.lock``) is held by the training process itself: a process that outlived
+its killed step (the step's own lock died with it) still blocks a second training on the same checkpoints."""
+HASH_CACHE = ".cache/base_model_sha256.json"
+"""sha256 of the base model's files by path, size and mtime: the checkpoint key hashes content, once per file."""
 
 
 @asset(group_name="training", deps=[base_model, resized_images], kinds={"pytorch", "trl"},
@@ -77,8 +83,16 @@ def lora_adapter(
     Pipes, one process on a CPU or one per GPU (``num_processes``, ``distributed``), with its logs and metrics
     streamed into this run. Checkpoints every ``save_steps`` go to a folder keyed by the training inputs; after a
     killed run, materializing again resumes from the newest one. Saved in PEFT's format
-    (``adapter_model.safetensors`` + ``adapter_config.json``) with the trainer's log history.
+    (``adapter_model.safetensors`` + ``adapter_config.json``) with the trainer's log history. One materialization
+    per data folder at a time: a second one fails at once, naming the first (its checkpoint folder and launch
+    files would be shared).
     """
+    with artifacts.lock("lora_adapter"):
+        return _train(context, artifacts, model_settings, data_settings, training_settings)
+
+
+def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_settings: ModelSettingsResource,
+           data_settings: DataSettingsResource, training_settings: TrainingSettingsResource) -> MaterializeResult:
     model_cfg = model_settings.to_core()
     data = data_settings.to_core()
     gspo = training_settings.to_core()
@@ -88,6 +102,7 @@ def lora_adapter(
     split_rows(read_manifest(manifest_dir), SPLIT_TRAIN)  # no manifest or no training rows: say so now
     gpus = visible_gpu_count()
     processes = resolve_num_processes(gspo.num_processes, gpus)
+    gspo.check_generation_batch(processes)  # num_processes=0 resolves only here
     check_backend_supports(resolve_backend(model_cfg.backend), processes, gspo.distributed)
     # What can only fail after training (the export's disk, memory, converter support) is checked now.
     export_need = export_preflight(artifacts, export_settings, load_path, ref.get("revision"))
@@ -97,7 +112,8 @@ def lora_adapter(
              "system_prompt": data.system_prompt}
     inputs = training_inputs(
         gspo=asdict(gspo), model=asdict(model_cfg), prompt_style=style, base_model_ref=ref,
-        base_model_files=local_files_state(load_path), manifest_sha256=sha256_file(manifest_dir / MANIFEST_NAME),
+        base_model_files=local_files_state(load_path, cache_file=artifacts.asset_dir(HASH_CACHE)),
+        manifest_sha256=sha256_file(manifest_dir / MANIFEST_NAME),
         reward_version=REWARD_VERSION, num_processes=processes, code_version=TRAINING_CODE_VERSION,
     )
     checkpoints_root = artifacts.asset_dir(CHECKPOINTS_DIR)
@@ -108,6 +124,15 @@ def lora_adapter(
                             f"model: {[p.name for p in stale]} (left in {checkpoints_root}; delete them to free space)")
     found = latest_checkpoint(work)
     context.log.info(f"checkpoint folder {work}: " + (f"resuming from {found[0].name}" if found else "starting fresh"))
+    training_lock = artifacts.asset_dir(TRAINING_LOCK)
+    try:
+        with exclusive(training_lock):
+            pass  # free: no training process of an earlier run is still at work on this data folder
+    except ArtifactBusyError as exc:
+        raise ArtifactBusyError(
+            f"a training process of an earlier (killed) run is still running on this data folder, and would write "
+            f"the same checkpoints: stop it (kill its pid) or wait for it to end, then materialize again. {exc}"
+        ) from None
     launch_dir = work / "launch"
     for old_error in (launch_dir / "errors").glob("rank-*.json"):
         old_error.unlink()
@@ -115,7 +140,7 @@ def lora_adapter(
         job_file = TrainingJob(
             base_model_path=load_path, base_model_ref=ref, manifest_dir=str(manifest_dir), adapter_dir=str(tmp),
             work_dir=str(work), checkpoint_key=work.name, model=asdict(model_cfg), prompt_style=style,
-            gspo=asdict(gspo), num_processes=processes,
+            gspo=asdict(gspo), num_processes=processes, training_lock=str(training_lock),
         ).write(launch_dir / "job.json")
         config_file = write_accelerate_config(launch_dir / "accelerate_config.yaml", accelerate_config(
             processes, gspo.distributed, use_cpu=gpus == 0, gpu_ids=visible_gpu_ids(processes)))

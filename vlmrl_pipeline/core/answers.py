@@ -24,9 +24,27 @@ REASONING_END = "</REASONING>"
 SOLUTION_START = "<SOLUTION>"
 SOLUTION_END = "</SOLUTION>"
 
-# Non-greedy + DOTALL exactly as in the seed, so block counts match its rewards.
-_REASONING_RE = re.compile(re.escape(REASONING_START) + r"(.*?)" + re.escape(REASONING_END), re.DOTALL)
-_SOLUTION_RE = re.compile(re.escape(SOLUTION_START) + r"(.*?)" + re.escape(SOLUTION_END), re.DOTALL)
+
+
+def _blocks(text: str, start: str, end: str) -> list[str]:
+    """The contents of ``start(.*?)end`` blocks, exactly as the seed's non-greedy DOTALL regex finds them.
+
+    ``re.findall`` with that pattern is quadratic on many unclosed openers (``"<SOLUTION>" * 6553`` rescans the
+    rest of the text from every opener); this is one left-to-right pass with ``str.find``. Same matches: the
+    leftmost opener that has a closer after it starts the next block and the first closer after it ends it; once
+    an opener has no closer after it, no later opener has one either, so the search stops.
+    """
+    found, pos = [], 0
+    while True:
+        opened = text.find(start, pos)
+        if opened < 0:
+            return found
+        content = opened + len(start)
+        closed = text.find(end, content)
+        if closed < 0:
+            return found
+        found.append(text[content:closed])
+        pos = closed + len(end)
 
 # Plain decimal / scientific notation only. float() alone would also accept
 # "nan", "inf", "1_000" and non-ASCII digits, none of which is a numeric answer.
@@ -134,12 +152,12 @@ def _as_text(text: Any) -> str:
 
 def count_reasoning_blocks(text: Any) -> int:
     """Number of non-overlapping ``<REASONING>...</REASONING>`` blocks in ``text``."""
-    return len(_REASONING_RE.findall(_as_text(text)))
+    return len(_blocks(_as_text(text), REASONING_START, REASONING_END))
 
 
 def count_solution_blocks(text: Any) -> int:
     """Number of non-overlapping ``<SOLUTION>...</SOLUTION>`` blocks in ``text``."""
-    return len(_SOLUTION_RE.findall(_as_text(text)))
+    return len(_blocks(_as_text(text), SOLUTION_START, SOLUTION_END))
 
 
 def addcriterion_share(text: Any) -> float:
@@ -170,7 +188,7 @@ def extract_solution(text: Any) -> str | None:
     ``"<SOLUTION>\\n991\\n</SOLUTION>"`` yields ``"991"``. An empty block yields ``""``.
     Non-string input goes through :func:`completion_text` first.
     """
-    matches = _SOLUTION_RE.findall(_as_text(text))
+    matches = _blocks(_as_text(text), SOLUTION_START, SOLUTION_END)
     if not matches:
         return None
     return matches[-1].replace("\r", "").replace("\n", "").strip()

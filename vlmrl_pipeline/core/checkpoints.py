@@ -2,11 +2,11 @@
 
 A run's checkpoints go to ``<checkpoints root>/<key>/checkpoint-<step>``, where ``key`` is a hash of everything the
 training result depends on: the GSPO settings (less the checkpoint cadence and logging), the model settings, the
-prompt style, the base model (its reference and, for a local checkpoint, its files), the training manifest's hash,
-the reward version, the process count and the code version. A run only ever looks inside its own key's folder, so
-a checkpoint written under other settings, data or base model is never resumed; such folders are listed so the
-asset can say it ignored them. The folder is outside the asset's staging folder: it survives a killed run, and the
-asset removes it once the adapter is in place.
+prompt style, the base model (its reference and, for a local checkpoint, its files' sizes and sha256), the
+training manifest's hash, the reward version, the process count and the code version. A run only ever looks
+inside its own key's folder, so a checkpoint written under other settings, data or base model is never resumed;
+such folders are listed so the asset can say it ignored them. The folder is outside the asset's staging folder: it
+survives a killed run, and the asset removes it once the adapter is in place.
 """
 
 from __future__ import annotations
@@ -28,20 +28,48 @@ PROGRESS_FILE = "progress.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def local_files_state(path: str | os.PathLike) -> list[list[Any]] | None:
-    """``[relative path, size, mtime_ns]`` of every file under a local model folder; None for a hub id.
+def local_files_state(path: str | os.PathLike, cache_file: str | os.PathLike | None = None) -> list[list[Any]] | None:
+    """``[relative path, size, sha256]`` of every file under a local model folder; None for a hub id.
 
-    Stat only, no hashing, so a multi-GB checkpoint costs one ``stat`` per file. A rebuilt or replaced base model
-    gets new mtimes, hence a new key: at worst an identical rebuild is not resumed.
+    The key follows content, not modification times: a base model rebuilt with identical bytes (the demo job
+    rebuilds it on every run) keeps its checkpoints resumable. Hashing a multi-GB checkpoint takes a while, so
+    with ``cache_file`` a file's hash is reused while its path, size and mtime are unchanged (as make and rsync
+    decide what changed).
     """
     root = Path(path)
     if not root.is_dir():
         return None
-    entries = []
+    cache: dict[str, list[Any]] = {}
+    if cache_file is not None:
+        try:
+            cache = json.loads(Path(cache_file).read_text())
+        except (OSError, json.JSONDecodeError):
+            cache = {}
+        if not isinstance(cache, dict):
+            cache = {}
+    entries, updated = [], {}
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         stat = file.stat()
-        entries.append([file.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns])
+        cache_id = str(file.resolve())
+        known = cache.get(cache_id)
+        if isinstance(known, list) and len(known) == 3 and known[:2] == [stat.st_size, stat.st_mtime_ns]:
+            digest = known[2]
+        else:
+            digest = _sha256(file)
+        updated[cache_id] = [stat.st_size, stat.st_mtime_ns, digest]
+        entries.append([file.relative_to(root).as_posix(), stat.st_size, digest])
+    if cache_file is not None and updated != {k: cache.get(k) for k in updated}:
+        with atomic_file(cache_file) as tmp:
+            tmp.write_text(json.dumps({**cache, **updated}, sort_keys=True))
     return entries
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def training_inputs(*, gspo: dict[str, Any], model: dict[str, Any], prompt_style: dict[str, Any],

@@ -51,6 +51,7 @@ __all__ = [
     "build_prompt_text",
     "chat_prompt",
     "count_skips",
+    "filter_rows",
     "filter_mathvista",
     "is_numeric_answer",
     "load_image",
@@ -167,6 +168,11 @@ def _normalise_frame(df: pd.DataFrame, where: str) -> pd.DataFrame:
     return df
 
 
+UNREADABLE_COLUMN = "_unreadable"
+"""Set by the parquet reader on rows with a cell it could not decode (text that is not UTF-8): ``{"column",
+"reason"}``; ``filter_rows`` drops such rows as counted, named skips. Never in the filtered output."""
+
+
 def _read_parquet_records(path: Path) -> pd.DataFrame:
     # pyarrow -> Python objects keeps lists as lists and structs as dicts
     # (pandas' own conversion would turn lists into numpy arrays).
@@ -174,7 +180,34 @@ def _read_parquet_records(path: Path) -> pd.DataFrame:
         table = pq.read_table(path)
     except Exception as exc:  # any arrow/IO decoding failure is a bad file
         raise DataError(f"cannot read parquet file {path}: {exc}") from exc
-    return pd.DataFrame(table.to_pylist(), columns=table.column_names)
+    try:
+        return pd.DataFrame(table.to_pylist(), columns=table.column_names)
+    except UnicodeDecodeError:
+        pass  # some text cell is not UTF-8: decode cell by cell, and mark only the rows that fail
+    columns: dict[str, list] = {}
+    unreadable: list[dict | None] = [None] * table.num_rows
+    for name in table.column_names:
+        column = table.column(name)
+        try:
+            columns[name] = column.to_pylist()
+            continue
+        except UnicodeDecodeError:
+            pass
+        values = []
+        for row in range(table.num_rows):
+            try:
+                values.append(column[row].as_py())
+            except UnicodeDecodeError as exc:
+                values.append(None)
+                why = f"column {name!r} is not valid UTF-8 text ({exc.reason} at byte {exc.start}) in {path.name}"
+                if unreadable[row] is None:
+                    unreadable[row] = {"column": name, "reason": why}
+                else:  # several bad cells in one row: name the first column, give every reason
+                    unreadable[row]["reason"] += f"; {why}"
+        columns[name] = values
+    df = pd.DataFrame(columns, columns=table.column_names)
+    df[UNREADABLE_COLUMN] = pd.Series(unreadable, dtype=object)
+    return df
 
 
 def _load_hub_dataset(source: str, split: str) -> pd.DataFrame:
@@ -215,11 +248,56 @@ def _check_local_source(source: str) -> None:
 
 
 def _read_json(path: Path) -> Any:
+    # surrogateescape: bytes that are not UTF-8 survive as lone surrogates inside their string, so one bad cell
+    # costs its row (a named skip, see _mark_undecodable), not the whole file.
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
             return json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read JSON file {path}: {exc}") from exc
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _undecodable_column(record: Mapping) -> str | None:
+    """The first top-level field of a JSON row whose text holds bytes that were not UTF-8 (lone surrogates from
+    ``surrogateescape``), looking inside lists and objects; None when the row is clean."""
+    def bad(value: Any, depth: int = 0) -> bool:
+        if isinstance(value, str):
+            return _LONE_SURROGATE.search(value) is not None
+        if depth > 8:
+            return False
+        if isinstance(value, Mapping):
+            return any(bad(k, depth + 1) or bad(v, depth + 1) for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return any(bad(v, depth + 1) for v in value)
+        return False
+
+    return next((str(key) for key, value in record.items() if bad(value)), None)
+
+
+def _replace_surrogates(value: Any, depth: int = 0) -> Any:
+    """The value with every undecodable byte shown as U+FFFD: tables (pyarrow strings) cannot hold lone
+    surrogates, and the row is dropped anyway."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if depth > 8:
+        return value
+    if isinstance(value, Mapping):
+        return {_replace_surrogates(k, depth + 1): _replace_surrogates(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_replace_surrogates(v, depth + 1) for v in value]
+    return value
+
+
+def _mark_undecodable(record: Mapping, path: Path) -> Mapping:
+    """``record``, or, when some text in it was not UTF-8, a cleaned copy carrying ``UNREADABLE_COLUMN``."""
+    column = _undecodable_column(record)
+    if column is None:
+        return record
+    return {**_replace_surrogates(record), UNREADABLE_COLUMN: {
+        "column": column, "reason": f"column {column!r} is not valid UTF-8 text in {path.name}"}}
 
 
 # The GitHub layout's hints, by answer type (MathVista's evaluation/build_query.py, shot_type "solution").
@@ -317,10 +395,9 @@ def _load_mathvista_json(path: Path) -> pd.DataFrame:
     for pos, (key, problem) in enumerate(items):
         if not isinstance(problem, Mapping):
             raise DataError(f"{path}: problem {key or pos} is a {type(problem).__name__}, not an object")
+        problem = _mark_undecodable({"pid": key, **problem} if key is not None else problem, path)
         pid = problem.get("pid", key)
-        if _is_missing(pid):
-            raise DataError(f"{path}: problem at position {pos} has no pid")
-        pid = str(pid)
+        pid = None if _is_missing(pid) else str(pid)  # no pid: a counted, named drop in filter_rows
         image = problem.get("image")
         decoded = None
         if isinstance(image, str) and image:
@@ -339,11 +416,15 @@ def _load_mathvista_json(path: Path) -> pd.DataFrame:
             "question_type": problem.get("question_type"),
             "answer_type": problem.get("answer_type"),
             "metadata": problem.get("metadata"),
+            UNREADABLE_COLUMN: problem.get(UNREADABLE_COLUMN),
         }
         query = queries.get(pid)
         row["query"] = query if isinstance(query, str) and query else build_mathvista_query(row)
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*MATHVISTA_COLUMNS, "image"])
+    frame = pd.DataFrame(rows, columns=[*MATHVISTA_COLUMNS, "image", UNREADABLE_COLUMN])
+    if frame[UNREADABLE_COLUMN].isna().all():
+        frame = frame.drop(columns=[UNREADABLE_COLUMN])  # only present when some text was undecodable
+    return frame
 
 
 def load_mathvista(source: str, split: str = "testmini") -> pd.DataFrame:
@@ -460,7 +541,7 @@ def _read_json_records(path: Path) -> pd.DataFrame:
     if path.suffix == ".jsonl":
         records = []
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8", errors="surrogateescape") as fh:  # see _read_json
                 for number, line in enumerate(fh, start=1):
                     if not line.strip():
                         continue
@@ -482,7 +563,7 @@ def _read_json_records(path: Path) -> pd.DataFrame:
     bad = [i for i, r in enumerate(records) if not isinstance(r, Mapping)]
     if bad:
         raise DataError(f"{path}: row {bad[0]} is not a JSON object")
-    return pd.DataFrame(records)
+    return pd.DataFrame([_mark_undecodable(r, path) for r in records])
 
 
 def _load_hub_rlinf(source: str, split: str, image_keys: tuple[str, ...]) -> pd.DataFrame:
@@ -625,8 +706,12 @@ def load_rlinf(
             "question_type": "free_form",
             "answer_type": _answer_type(answer),
             "metadata": {"format": "rlinf", "raw_answer": raw, "num_images": len(images)},
+            UNREADABLE_COLUMN: record.get(UNREADABLE_COLUMN),  # an undecodable cell: dropped, named, by the filter
         })
-    return _normalise_frame(pd.DataFrame(rows, columns=list(MATHVISTA_COLUMNS)), where)
+    frame = pd.DataFrame(rows, columns=[*MATHVISTA_COLUMNS, UNREADABLE_COLUMN])
+    if frame[UNREADABLE_COLUMN].isna().all():
+        frame = frame.drop(columns=[UNREADABLE_COLUMN])  # only present when some cell was undecodable
+    return _normalise_frame(frame, where)
 
 
 # --------------------------------------------------------------------------- filtering
@@ -649,13 +734,27 @@ def _answer_missing(answer: Any) -> bool:
 def filter_mathvista(
     df: pd.DataFrame, numeric_only: bool = True, free_form_only: bool = False
 ) -> tuple[pd.DataFrame, dict]:
-    """Keep the rows fit for numeric-reward training; return (kept rows, counts).
+    """:func:`filter_rows` without the list of named drops: (kept rows, counts)."""
+    kept, counts, _ = filter_rows(df, numeric_only, free_form_only)
+    return kept, counts
 
-    Steps, in order, each counted on the rows left by the previous one: drop rows with
-    a missing/blank answer; drop repeated pids (the first is kept); if ``numeric_only``,
-    drop answers ``is_numeric_answer`` rejects; if ``free_form_only``, drop
-    ``multi_choice`` rows. Counts: rows_in, rows_kept, dropped_missing_answer,
-    dropped_duplicate_pid, dropped_non_numeric, dropped_multi_choice (they add up).
+
+def _pid_label(pid: Any) -> str | None:
+    return None if _is_missing(pid) else str(pid)
+
+
+def filter_rows(
+    df: pd.DataFrame, numeric_only: bool = True, free_form_only: bool = False
+) -> tuple[pd.DataFrame, dict, list[dict]]:
+    """Keep the rows fit for numeric-reward training; return (kept rows, counts, dropped rows).
+
+    Steps, in order, each counted on the rows left by the previous one: drop rows with a cell that could not be
+    decoded (``UNREADABLE_COLUMN``); drop rows without a pid (null or blank: every later stage keys samples by
+    it); drop rows with a missing/blank answer; drop repeated pids (the first is kept); if ``numeric_only``,
+    drop answers ``is_numeric_answer`` rejects; if ``free_form_only``, drop ``multi_choice`` rows. Counts:
+    rows_in, rows_kept, dropped_unreadable, dropped_missing_pid, dropped_missing_answer, dropped_duplicate_pid,
+    dropped_non_numeric, dropped_multi_choice (they add up). Each dropped row is named in the list:
+    ``{"row", "pid", "column", "kind", "reason"}`` (``row``: its position in the source table).
     """
     needed = ["pid", "answer"] + (["question_type"] if free_form_only else [])
     missing = [c for c in needed if c not in df.columns]
@@ -664,27 +763,45 @@ def filter_mathvista(
     counts = {
         "rows_in": len(df),
         "rows_kept": 0,
+        "dropped_unreadable": 0,
+        "dropped_missing_pid": 0,
         "dropped_missing_answer": 0,
         "dropped_duplicate_pid": 0,
         "dropped_non_numeric": 0,
         "dropped_multi_choice": 0,
     }
+    dropped: list[dict] = []
     out = df.reset_index(drop=True)
+    if UNREADABLE_COLUMN not in out.columns:
+        out[UNREADABLE_COLUMN] = None
 
-    def _drop(mask: pd.Series, key: str) -> None:
+    def _drop(mask: pd.Series, key: str, column, why) -> None:
         nonlocal out
+        mask = mask.astype(bool)
         counts[key] = int(mask.sum())
+        for row, record in out[mask].iterrows():
+            dropped.append({"row": int(row), "pid": _pid_label(record.get("pid")),
+                            "column": column(record) if callable(column) else column,
+                            "kind": key.removeprefix("dropped_"), "reason": why(record)})
         out = out[~mask]
 
-    _drop(out["answer"].map(_answer_missing).astype(bool), "dropped_missing_answer")
-    _drop(out["pid"].astype(str).duplicated(keep="first"), "dropped_duplicate_pid")
+    _drop(out[UNREADABLE_COLUMN].map(lambda v: isinstance(v, Mapping)), "dropped_unreadable",
+          lambda r: r[UNREADABLE_COLUMN]["column"], lambda r: r[UNREADABLE_COLUMN]["reason"])
+    _drop(out["pid"].map(lambda p: _is_missing(p) or not str(p).strip()), "dropped_missing_pid", "pid",
+          lambda r: "no pid (null or blank): samples are keyed by pid")
+    _drop(out["answer"].map(_answer_missing), "dropped_missing_answer", "answer",
+          lambda r: f"no answer ({r['answer']!r})")
+    _drop(out["pid"].astype(str).duplicated(keep="first"), "dropped_duplicate_pid", "pid",
+          lambda r: f"pid {r['pid']!r} already taken by an earlier row")
     if numeric_only:
-        _drop(~out["answer"].map(is_numeric_answer).astype(bool), "dropped_non_numeric")
+        _drop(~out["answer"].map(is_numeric_answer).astype(bool), "dropped_non_numeric", "answer",
+              lambda r: f"answer {str(r['answer'])[:80]!r} is not a number (numeric_only)")
     if free_form_only:
-        _drop((out["question_type"] == "multi_choice").astype(bool), "dropped_multi_choice")
-    out = out.reset_index(drop=True)
+        _drop(out["question_type"] == "multi_choice", "dropped_multi_choice", "question_type",
+              lambda r: "multiple choice (free_form_only)")
+    out = out.drop(columns=[UNREADABLE_COLUMN]).reset_index(drop=True)
     counts["rows_kept"] = len(out)
-    return out, counts
+    return out, counts, dropped
 
 
 # --------------------------------------------------------------------------- images
@@ -801,7 +918,7 @@ def prepare_images(df: pd.DataFrame, out_dir: str | os.PathLike, size: int) -> t
     Returns (rows whose image was written, skipped) where the frame gains
     ``image_path`` (absolute path str) and ``image_sha256`` (sha256 of the resized
     image's raw RGB bytes, for de-duplication across splits) and loses
-    ``decoded_image``; ``skipped`` lists {"pid", "reason", "kind"} for rows whose image
+    ``decoded_image``; ``skipped`` lists {"pid", "column", "reason", "kind"} for rows whose image
     is missing/corrupt/too large or not exactly one image, whose pid is not a safe file
     name, or whose pid repeats (``kind`` is one of SKIP_KINDS; count_skips tallies
     them). Each PNG is written to a temporary name and then renamed into place.
@@ -819,16 +936,18 @@ def prepare_images(df: pd.DataFrame, out_dir: str | os.PathLike, size: int) -> t
     for pos, (pid, value) in enumerate(zip(df["pid"], df["decoded_image"])):
         pid = str(pid)
         if not _SAFE_PID.fullmatch(pid):
-            skipped.append({"pid": pid, "reason": f"pid {pid!r} is not a safe file name", "kind": "unsafe_pid"})
+            skipped.append({"pid": pid, "column": "pid", "reason": f"pid {pid!r} is not a safe file name",
+                            "kind": "unsafe_pid"})
             continue
         if pid in seen:
-            skipped.append({"pid": pid, "reason": f"duplicate pid {pid!r}", "kind": "duplicate_pid"})
+            skipped.append({"pid": pid, "column": "pid", "reason": f"duplicate pid {pid!r}", "kind": "duplicate_pid"})
             continue
         try:
             img = resize_image(load_image(value), size)
         except DataError as exc:
             # unclassified image errors are unusable data all the same
-            skipped.append({"pid": pid, "reason": str(exc), "kind": exc.kind or "corrupt_image"})
+            skipped.append({"pid": pid, "column": "decoded_image", "reason": str(exc),
+                            "kind": exc.kind or "corrupt_image"})
             continue
         seen.add(pid)
         final = out / f"{pid}.png"

@@ -22,6 +22,32 @@ def write_model_ref(folder: str | os.PathLike, *, model_name: str, revision: str
     )
 
 
+def check_model_available(model_name: str, revision: str | None = None) -> dict[str, Any]:
+    """Fail now, naming the setting, when ``model_name`` (a local checkpoint folder or a hub id) cannot be loaded.
+
+    Reads only the model's ``config.json`` (through ``transformers``, so the hub cache and ``HF_HUB_OFFLINE``
+    apply), not its weights: ``base_model`` calls this before it replaces the previous reference, so a typo
+    fails that step at once instead of two GPU steps later. Returns ``{"model_type": ...}``.
+    """
+    where = f"model_name={model_name!r}" + (f" (revision {revision!r})" if revision else "")
+    path = Path(os.path.expanduser(model_name))
+    if path.exists() or path.is_absolute() or model_name.startswith((".", "~")):
+        if not path.is_dir():
+            raise ValueError(f"{where}: no checkpoint folder at {path} (a local path must be a folder holding "
+                             "config.json and the weights; a hub id looks like 'org/name')")
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{where}: {path} has no config.json, so it is not a transformers checkpoint folder")
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_name, revision=revision)
+    except Exception as exc:  # noqa: BLE001 - hub, validation, parsing: all mean "this cannot be loaded"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"{where} cannot be loaded: {type(exc).__name__}: {first[:300]} (check the name, the "
+                         "revision and, for a hub id, network access or the local hub cache)") from exc
+    return {"model_type": str(getattr(config, "model_type", None) or "unknown")}
+
+
 def read_model_ref(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / MODEL_REF_NAME
     if not path.exists():

@@ -110,6 +110,42 @@ class GSPOSettings:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.rehearsal_reward_weight < 0:
             raise ValueError(f"rehearsal_reward_weight must be >= 0, got {self.rehearsal_reward_weight}")
+        # Refused here, when the settings are made (the run's start), instead of inside TRL minutes into the run.
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length",
+                     "num_iterations", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations must be >= 2, got {self.num_generations}: GSPO/GRPO compares each "
+                             "completion with the others of its prompt's group, so a group of one has no advantage "
+                             "to learn from")
+        if self.steps_per_generation is not None and self.steps_per_generation < 1:
+            raise ValueError(f"steps_per_generation must be >= 1 (or null), got {self.steps_per_generation}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be positive, or -1 to run num_train_epochs, got {self.max_steps}")
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            raise ValueError(f"num_train_epochs must be > 0 when max_steps is -1, got {self.num_train_epochs}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 (rollouts are sampled), got {self.temperature}")
+        if self.importance_sampling_level not in ("sequence", "token"):
+            raise ValueError("importance_sampling_level must be 'sequence' (GSPO) or 'token' (GRPO), got "
+                             f"{self.importance_sampling_level!r}")
+        if self.num_processes:  # 0 (one per GPU) is resolved on the training machine, which checks again then
+            self.check_generation_batch(self.num_processes)
+
+    def check_generation_batch(self, processes: int) -> None:
+        """TRL samples ``per_device_train_batch_size x processes x steps_per_generation`` completions per
+        generation, in whole groups of ``num_generations``: refuse a batch that does not split into groups."""
+        steps = self.steps_per_generation or self.gradient_accumulation_steps
+        batch = self.per_device_train_batch_size * processes * steps
+        if batch % self.num_generations:
+            raise ValueError(
+                f"the generation batch per_device_train_batch_size x processes x steps_per_generation = "
+                f"{self.per_device_train_batch_size} x {processes} x {steps} = {batch} is not divisible by "
+                f"num_generations={self.num_generations}: make per_device_train_batch_size a multiple of "
+                f"num_generations (or change num_generations)")
 
     @property
     def reuses_generations(self) -> bool:

@@ -42,6 +42,9 @@ class TrainingJob:
     """``asdict(GSPOSettings)``."""
     num_processes: int
     """Processes of the launch (``gspo["num_processes"]`` resolved on the launching machine)."""
+    training_lock: str = ""
+    """A path whose lock (``core.atomic.exclusive``) rank 0 holds while it trains, so a training process that
+    outlived its killed Dagster step is seen by the next launch; empty for none."""
 
     def write(self, path: str | os.PathLike) -> Path:
         from vlmrl_pipeline.core.atomic import atomic_file

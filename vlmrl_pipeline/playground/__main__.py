@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
 from vlmrl_pipeline.playground.server import DEFAULT_HOST, DEFAULT_PORT, PlaygroundServer
 
@@ -16,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
     args = parser.parse_args(argv)
     server = PlaygroundServer(args.host, args.port, quiet=args.quiet)
+    # Stop on SIGTERM even when the parent started us with it ignored (an inherited SIG_IGN would otherwise
+    # leave a server that `kill`, a supervisor or a test's terminate() cannot stop).
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     print(f"Reward playground on {server.url}/ (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
@@ -24,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

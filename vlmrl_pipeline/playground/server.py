@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -60,6 +61,11 @@ class PlaygroundHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 30  # seconds a client may stall mid-request before its connection is dropped
 
+    def setup(self) -> None:
+        super().setup()
+        # Every answer is one complete write (see _send), so nothing is gained by delaying small packets.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def version_string(self) -> str:
         """The Server header: the name only, not the Python version."""
         return self.server_version
@@ -76,9 +82,13 @@ class PlaygroundHandler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        # Headers and body in one write: two small writes on a kept-alive connection meet Nagle's algorithm and
+        # the client's delayed ACK, a ~40 ms stall per request.
+        if self.request_version != "HTTP/0.9":  # 0.9 has no headers (the stdlib keeps no buffer for it)
+            self._headers_buffer.append(b"\r\n")
+        head = b"".join(getattr(self, "_headers_buffer", []))
+        self._headers_buffer = []
+        self.wfile.write(head if self.command == "HEAD" else head + body)
 
     def _send_json(self, status: int, payload: Any, extra: dict[str, str] | None = None) -> None:
         body = json.dumps(payload, allow_nan=False).encode("ascii")  # ensure_ascii: lone surrogates survive
@@ -192,15 +202,47 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_BUSY_BODY = b'{"error": "the server is busy (too many connections); try again"}'
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+         b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+         + _BUSY_BODY)
+
+
 class PlaygroundServer(ThreadingHTTPServer):
     """The threading HTTP server with the playground's handler, plus its URL and a one-call stop."""
 
     daemon_threads = True  # a stalled client must not keep the process alive at exit
+    # listen() backlog: the stdlib's 5 resets connections beyond it when a page opens several at once.
+    request_queue_size = 128
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, quiet: bool = False) -> None:
+    max_connections = 64
+    """Connections served at once (one thread each); more are answered 503 at once instead of piling up threads."""
+
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, quiet: bool = False,
+                 max_connections: int | None = None) -> None:
         self.quiet = quiet
         self._thread: threading.Thread | None = None
+        self._slots = threading.BoundedSemaphore(max_connections or self.max_connections)
         super().__init__((host, port), PlaygroundHandler)
+
+    def process_request(self, request, client_address) -> None:
+        # Never block here: this runs in the accept loop, and shutdown() waits for that loop.
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     @property
     def url(self) -> str:
@@ -224,18 +266,20 @@ class PlaygroundServer(ThreadingHTTPServer):
         self.server_close()
 
 
-def serve(host: str = DEFAULT_HOST, port: int = 0, *, quiet: bool = True) -> PlaygroundServer:
+def serve(host: str = DEFAULT_HOST, port: int = 0, *, quiet: bool = True,
+          max_connections: int | None = None) -> PlaygroundServer:
     """Start the playground in a background thread and return the running server (``.url``, ``.stop()``).
 
     ``port=0`` picks a free port, which is what tests want.
     """
-    return PlaygroundServer(host, port, quiet=quiet).start()
+    return PlaygroundServer(host, port, quiet=quiet, max_connections=max_connections).start()
 
 
 @contextlib.contextmanager
-def running_server(host: str = DEFAULT_HOST, port: int = 0, *, quiet: bool = True) -> Iterator[PlaygroundServer]:
+def running_server(host: str = DEFAULT_HOST, port: int = 0, *, quiet: bool = True,
+                   max_connections: int | None = None) -> Iterator[PlaygroundServer]:
     """Context manager around :func:`serve`: the server runs inside the ``with`` block and stops after it."""
-    server = serve(host, port, quiet=quiet)
+    server = serve(host, port, quiet=quiet, max_connections=max_connections)
     try:
         yield server
     finally:
