@@ -39,7 +39,8 @@ def table(path: Path) -> str:
     if gguf:
         files = [f"{key[:-len('_size_bytes')]} {value / 1e9:.1f} GB" for key, value in gguf.items()
                  if key.endswith("_size_bytes") and isinstance(value, (int, float))]
-        notes.append(f"GGUF ({gguf.get('architecture')}, pre-tokenizer {gguf.get('tokenizer_pre')}): " + ", ".join(files))
+        notes.append(f"GGUF ({gguf.get('architecture')}, pre-tokenizer {gguf.get('tokenizer_pre')}): "
+                     + ", ".join(files))
     return "\n".join(lines + [""] + [f"- {note}" for note in notes])
 
 

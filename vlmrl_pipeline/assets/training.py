@@ -49,8 +49,8 @@ from vlmrl_pipeline.execution import GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import (
     ArtifactStore,
     DataSettingsResource,
-    ModelSettingsResource,
     ExportSettingsResource,
+    ModelSettingsResource,
     TrainingSettingsResource,
 )
 
@@ -88,11 +88,12 @@ def lora_adapter(
     files would be shared).
     """
     with artifacts.lock("lora_adapter"):
-        return _train(context, artifacts, model_settings, data_settings, training_settings)
+        return _train(context, artifacts, model_settings, data_settings, training_settings, export_settings)
 
 
 def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_settings: ModelSettingsResource,
-           data_settings: DataSettingsResource, training_settings: TrainingSettingsResource) -> MaterializeResult:
+           data_settings: DataSettingsResource, training_settings: TrainingSettingsResource,
+           export_settings: ExportSettingsResource) -> MaterializeResult:
     model_cfg = model_settings.to_core()
     data = data_settings.to_core()
     gspo = training_settings.to_core()

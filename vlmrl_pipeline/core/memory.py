@@ -54,8 +54,9 @@ def peak_memory(interval_s: float = 0.1) -> Iterator[dict[str, float]]:
 
     Yields a dict that is filled when the block ends: ``host_peak_gb``, ``host_start_gb`` and, with CUDA,
     ``gpu_peak_allocated_gb`` / ``gpu_peak_reserved_gb`` (this process's tensors, torch's counters) and
-    ``gpu_peak_used_gb`` (the whole device, sampled: it includes child processes such as the training launch). Where ``/proc`` is missing (not Linux) the host figure
-    falls back to ``ru_maxrss`` of this process and its waited-for children.
+    ``gpu_peak_used_gb`` (the whole device, sampled: it includes child processes such as the training launch).
+    Where ``/proc`` is missing (not Linux) the host figure falls back to ``ru_maxrss`` of this process and its
+    waited-for children.
     """
     result: dict[str, float] = {}
     have_proc = Path("/proc/self/statm").exists()
