@@ -109,23 +109,18 @@ def peak_memory(interval_s: float = 0.1) -> Iterator[dict[str, float]]:
             result["gpu_peak_used_gb"] = round(max(gpu_used[0], device_used()) / GB, 3)
 
 
+def _meminfo_bytes(key: str) -> int:
+    """One ``/proc/meminfo`` figure in bytes, or 0 where it cannot be read (not Linux)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def host_memory_total_bytes() -> int:
     """Physical memory of this machine (``MemTotal``), or 0 where it cannot be read."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
+    return _meminfo_bytes("MemTotal")
 
-
-def host_memory_available_bytes() -> int:
-    """Memory available to a new allocation now (``MemAvailable``), or 0 where it cannot be read."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
