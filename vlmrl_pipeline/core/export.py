@@ -139,6 +139,22 @@ def count_parameters(config: dict[str, Any]) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
+def _put_linear(model, name: str, weight, bias, dtype) -> None:
+    """Replace the module at ``name`` by a plain ``nn.Linear`` holding ``weight`` (and ``bias``) in ``dtype``.
+
+    The layer is made on the meta device, so no second weight-sized buffer is allocated and initialised only to be
+    thrown away."""
+    import torch
+
+    out_features, in_features = weight.shape
+    linear = torch.nn.Linear(in_features, out_features, bias=bias is not None, device="meta", dtype=dtype)
+    linear.weight = torch.nn.Parameter(weight.to(dtype), requires_grad=False)
+    if bias is not None:
+        linear.bias = torch.nn.Parameter(bias.data.to(dtype=dtype, device=weight.device), requires_grad=False)
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+
+
 def _dequantize_bnb_linears(model, dtype) -> int:
     """Replace every bitsandbytes 4-bit linear layer by a plain ``nn.Linear`` holding its dequantized weight.
 
@@ -146,7 +162,6 @@ def _dequantize_bnb_linears(model, dtype) -> int:
     dtype on every forward), so base + adapter computes the same function before and after. Returns the count.
     """
     import bitsandbytes as bnb
-    import torch
 
     replaced = 0
     for name, module in list(model.named_modules()):
@@ -155,13 +170,7 @@ def _dequantize_bnb_linears(model, dtype) -> int:
         if not isinstance(module, bnb.nn.Linear4bit):
             continue
         weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).to(dtype)
-        linear = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                                 device=weight.device, dtype=dtype)
-        linear.weight.data = weight.reshape(module.out_features, module.in_features)
-        if module.bias is not None:
-            linear.bias.data = module.bias.data.to(dtype)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+        _put_linear(model, name, weight.reshape(module.out_features, module.in_features), module.bias, dtype)
         replaced += 1
     # The model is no longer quantized: without these markers transformers would save it as bitsandbytes again
     # (and refuse to cast it). The same attributes transformers' own ``remove_quantization_config`` drops.
@@ -203,13 +212,7 @@ def _merge_lora_exactly(peft_model, dtype):
         if getattr(module, "fan_in_fan_out", False):
             delta = delta.T
         weight = (base.weight.data.float() + delta.to(base.weight.device)).to(dtype)
-        linear = torch.nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                                 device=weight.device, dtype=dtype)
-        linear.weight.data = weight
-        if base.bias is not None:
-            linear.bias.data = base.bias.data.to(dtype)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+        _put_linear(model, name, weight, base.bias, dtype)
         merged += 1
     if merged == 0:
         raise ValueError("the adapter has no LoRA layer on this model: nothing was merged")
