@@ -136,6 +136,7 @@ class ModelSettingsResource(ConfigurableResource):
     dtype: str
     fast_inference: bool
     gpu_memory_utilization: float
+    vllm_standby: bool
     lora: LoraConfig
     tiny_model: TinyModelConfig
     warm_start: WarmStartConfig
@@ -145,7 +146,7 @@ class ModelSettingsResource(ConfigurableResource):
             model_name=self.model_name, revision=self.revision, backend=self.backend,
             load_in_4bit=self.load_in_4bit, max_seq_length=self.max_seq_length, dtype=self.dtype,
             fast_inference=self.fast_inference, gpu_memory_utilization=self.gpu_memory_utilization,
-            lora=LoraSettings(**_core_kwargs(self.lora, LoraSettings)),
+            vllm_standby=self.vllm_standby, lora=LoraSettings(**_core_kwargs(self.lora, LoraSettings)),
             tiny_model=TinyModelSpec(**_core_kwargs(self.tiny_model, TinyModelSpec)),
         )
 
@@ -188,6 +189,16 @@ class TrainingSettingsResource(ConfigurableResource):
     save_total_limit: int
     num_processes: int
     rehearsal_reward_weight: float
+    use_vllm: bool
+    vllm_mode: str
+    vllm_gpu_memory_utilization: float
+    vllm_enable_sleep_mode: bool
+    vllm_importance_sampling_correction: bool
+    vllm_importance_sampling_mode: str
+    vllm_importance_sampling_clip_max: Optional[float] = None
+    vllm_importance_sampling_clip_min: Optional[float] = None
+    reward_max_val: float
+    reward_min_val: float
     distributed: str
 
     def to_core(self) -> GSPOSettings:
@@ -203,6 +214,9 @@ class EvalSettingsResource(ConfigurableResource):
     temperature: float
     top_p: float
     seed: int
+    engine: str
+    vllm_gpu_memory_utilization: float
+    vllm_enforce_eager: bool
 
     def to_core(self) -> GenerationSettings:
         return GenerationSettings(**_core_kwargs(self, GenerationSettings))
@@ -233,7 +247,8 @@ def resources_for_profile(profile: Profile, data_dir: str | None = None) -> dict
             model_name=model.model_name, revision=model.revision, backend=model.backend,
             load_in_4bit=model.load_in_4bit, max_seq_length=model.max_seq_length, dtype=model.dtype,
             fast_inference=model.fast_inference, gpu_memory_utilization=model.gpu_memory_utilization,
-            lora=LoraConfig(**asdict(model.lora)), tiny_model=TinyModelConfig(**asdict(model.tiny_model)),
+            vllm_standby=model.vllm_standby, lora=LoraConfig(**asdict(model.lora)),
+            tiny_model=TinyModelConfig(**asdict(model.tiny_model)),
             warm_start=WarmStartConfig(**asdict(profile.warm_start)),
         ),
         "training_settings": TrainingSettingsResource(**asdict(profile.gspo)),

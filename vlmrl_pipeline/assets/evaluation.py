@@ -5,6 +5,7 @@ stored completions (CPU, seconds; their code version is the rewards' source hash
 a reward marks only the records and the report unsynced, and "Materialize unsynced" re-scores.
 """
 
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,13 +26,14 @@ from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS, lineage
 from vlmrl_pipeline.assets.training import lora_adapter
 from vlmrl_pipeline.core.evaluation import (
     generate_for_rows,
+    generate_for_rows_vllm,
     load_completions,
     save_completions,
     save_records,
     score_stored_completions,
     summarize_records,
 )
-from vlmrl_pipeline.core.modeling import load_policy
+from vlmrl_pipeline.core.modeling import load_policy, load_processor, vllm_dtype
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, filter_context_overflow, read_manifest, split_rows
 from vlmrl_pipeline.execution import CPU_TAGS, GPU_POOL, GPU_TAGS, gpu_op_tags
@@ -56,10 +58,13 @@ def _generate(
     settings = eval_settings.to_core()
     load_path, ref = base_model_path(artifacts)
     rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL)
-    model, processor, backend = load_policy(
-        load_path, backend=model_cfg.backend, revision=ref.get("revision"), dtype=model_cfg.dtype,
-        load_in_4bit=model_cfg.load_in_4bit, max_seq_length=model_cfg.max_seq_length, adapter_dir=adapter_dir,
-    )
+    if settings.engine == "vllm":
+        model, processor, backend = None, load_processor(load_path, revision=ref.get("revision")), "vllm"
+    else:
+        model, processor, backend = load_policy(
+            load_path, backend=model_cfg.backend, revision=ref.get("revision"), dtype=model_cfg.dtype,
+            load_in_4bit=model_cfg.load_in_4bit, max_seq_length=model_cfg.max_seq_length, adapter_dir=adapter_dir,
+        )
     # Same base processor and settings before and after, so both evaluations drop the same rows.
     rows, overflow = filter_context_overflow(rows, processor, data.prompt_style, model_cfg.max_seq_length,
                                              settings.max_new_tokens)
@@ -68,10 +73,21 @@ def _generate(
                             f"the {item['budget']}-token budget (max_seq_length - max_new_tokens)")
     if rows.empty:
         raise ValueError(f"every evaluation prompt overflows max_seq_length={model_cfg.max_seq_length}")
-    completions, seconds = generate_for_rows(
-        model, processor, rows, settings, data.prompt_style,
-        progress=lambda done, total: context.log.info(f"{name}: generated {done}/{total}"),
-    )
+    progress = lambda done, total: context.log.info(f"{name}: generated {done}/{total}")  # noqa: E731
+    engine_info: dict = {"engine": settings.engine}
+    if settings.engine == "vllm":
+        scratch = artifacts.asset_dir(name).parent / f".{name}.vllm-scratch"
+        completions, seconds, engine_info = generate_for_rows_vllm(
+            load_path, processor, rows, settings, data.prompt_style, model_cfg.max_seq_length,
+            adapter_dir=adapter_dir, scratch_dir=scratch, dtype=vllm_dtype(model_cfg.dtype),
+            revision=ref.get("revision"), progress=progress,
+        )
+        shutil.rmtree(scratch, ignore_errors=True)
+        context.log.info(f"{name}: vLLM served the {engine_info['served']} ({engine_info['dtype']}); "
+                         f"{engine_info['new_tokens']} new tokens in {engine_info['decode_seconds']} s")
+    else:
+        completions, seconds = generate_for_rows(model, processor, rows, settings, data.prompt_style,
+                                                 progress=progress)
     # Generation does not depend on the rewards: their version belongs to the records.
     provenance = lineage(artifacts, adapter_dir, with_rewards=False)
     info = {
@@ -80,6 +96,7 @@ def _generate(
         "system_prompt": data.system_prompt,
         "generation": asdict(settings),
         "backend": backend,
+        "engine": engine_info,
         "generation_seconds": seconds,
         "eval_pids": [str(p) for p in rows["pid"]],
         "dropped_context_overflow": overflow,
@@ -94,6 +111,7 @@ def _generate(
             "generation_seconds": round(seconds, 2),
             "samples_per_second": round(len(completions) / seconds, 2) if seconds > 0 else 0.0,
             "backend": backend,
+            "engine": settings.engine,
             **provenance,
         }
     )

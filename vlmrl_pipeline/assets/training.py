@@ -44,7 +44,10 @@ from vlmrl_pipeline.core.modeling import resolve_backend
 from vlmrl_pipeline.core.plots import png_markdown, training_curves_png
 from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_set
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_TRAIN, read_manifest, split_rows
+from vlmrl_pipeline.core.settings_check import vllm_conflicts
+from vlmrl_pipeline.core.training import rollout_summary
 from vlmrl_pipeline.core.training_job import TRAINING_LOG, TrainingJob, TrainingProcessError, describe_failure
+from vlmrl_pipeline.core.vllm_engine import vllm_problems
 from vlmrl_pipeline.execution import GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import (
     ArtifactStore,
@@ -104,7 +107,13 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     gpus = visible_gpu_count()
     processes = resolve_num_processes(gspo.num_processes, gpus)
     gspo.check_generation_batch(processes)  # num_processes=0 resolves only here
-    check_backend_supports(resolve_backend(model_cfg.backend), processes, gspo.distributed)
+    backend = resolve_backend(model_cfg.backend)
+    check_backend_supports(backend, processes, gspo.distributed)
+    vllm_refusals = vllm_conflicts(model_cfg, gspo, backend)
+    if gspo.use_vllm:
+        vllm_refusals += vllm_problems("training_settings.use_vllm=True")
+    if vllm_refusals:
+        raise ValueError("; ".join(vllm_refusals))
     # What can only fail after training (the export's disk, memory, converter support) is checked now.
     export_need = export_preflight(artifacts, export_settings, load_path, ref.get("revision"))
     context.log.info(f"export will need about {export_need['disk_bytes'] / 1e9:.1f} GB of disk; merging on the CPU "
@@ -161,6 +170,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
         stats = inspect_lora_adapter(tmp)
     remove_work_dir(work)  # the adapter is in place; its checkpoints are no longer needed
     logged = [float(h["reward"]) for h in log["log_history"] if "reward" in h]
+    rollout = rollout_summary(log["log_history"])
     return MaterializeResult(
         metadata={
             "path": MetadataValue.path(str(artifacts.asset_dir("lora_adapter"))),
@@ -171,6 +181,8 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             "adapter_sha256": stats["sha256"],
             "lora_b_nonzero": f"{stats['num_lora_b_nonzero']}/{stats['num_lora_b']}",
             "lora_all_finite": stats["all_finite"],
+            "rollout_engine": "vllm" if gspo.use_vllm else "model.generate",
+            **({"rollout_and_entropy": MetadataValue.json(rollout)} if rollout else {}),
             "training_curves": MetadataValue.md(png_markdown(curves, "GSPO training curves")),
         }
     )

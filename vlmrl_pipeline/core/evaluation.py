@@ -266,6 +266,28 @@ def generate_for_rows(model, processor, rows: pd.DataFrame, settings, style: Pro
     return completions, time.perf_counter() - start
 
 
+def generate_for_rows_vllm(model_path: str, processor, rows: pd.DataFrame, settings, style: PromptStyle | None,
+                           max_model_len: int, *, adapter_dir: str | os.PathLike | None, scratch_dir: str | os.PathLike,
+                           dtype: str = "bfloat16", revision: str | None = None,
+                           progress=None) -> tuple[list[str], float, dict[str, Any]]:
+    """:func:`generate_for_rows` through vLLM (``settings.engine == "vllm"``, in a child process): the same prompts
+    and images, greedy. Returns ``(completions, seconds, engine info)``; seconds include preparing the 16-bit copy
+    and starting vLLM. ``processor`` is unused (the child loads its own) but kept for the same call shape."""
+    import time
+
+    from vlmrl_pipeline.core.vllm_engine import generate_in_subprocess
+
+    style = style or PromptStyle()
+    start = time.perf_counter()
+    completions, info = generate_in_subprocess(
+        model_path, chat_prompts(rows, style), rows["image_path"].astype(str).tolist(), settings, max_model_len,
+        adapter_dir=adapter_dir, scratch_dir=scratch_dir, dtype=dtype, revision=revision,
+    )
+    if progress is not None:
+        progress(len(completions), len(rows))
+    return completions, time.perf_counter() - start, info
+
+
 def evaluate_policy(model, processor, rows: pd.DataFrame, settings, style: PromptStyle | None = None, progress=None):
     """Generate a completion for every row (batched) and score it. Returns ``(records, seconds)``.
 

@@ -237,7 +237,7 @@ def choose_merge_device(num_parameters: int, dtype: str, prequantized: bool) -> 
     return "cuda" if merge_peak_bytes(num_parameters, dtype, prequantized) * 1.15 < free else "cpu"
 
 
-def merge_adapter_to_checkpoint(base_model_path: str, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike,
+def merge_adapter_to_checkpoint(base_model_path: str, adapter_dir: str | os.PathLike | None, out_dir: str | os.PathLike,
                                  dtype: str = "bfloat16", revision: str | None = None,
                                  device: str | None = None) -> Path:
     """Merge a LoRA adapter into its base model and save a standalone 16-bit (or float32) checkpoint + processor.
@@ -247,7 +247,9 @@ def merge_adapter_to_checkpoint(base_model_path: str, adapter_dir: str | os.Path
     result holds no 4-bit layer and no ``quantization_config``. Each LoRA update is added in float32 and rounded
     once (:func:`_merge_lora_exactly`). The base is loaded in ``dtype`` (float32 only when it was stored so), not in
     float32, so an 8B merge needs about 17 GB rather than 33 GB; on a GPU with room for it the merge runs there and
-    host memory stays near one saved shard. Written to a temporary sibling and moved into place.
+    host memory stays near one saved shard. Written to a temporary sibling and moved into place. Without an
+    adapter it writes the base alone in ``dtype`` (a 4-bit base dequantized), e.g. for an engine that serves
+    16-bit weights.
     """
     import torch
     from peft import PeftModel
@@ -276,7 +278,10 @@ def merge_adapter_to_checkpoint(base_model_path: str, adapter_dir: str | os.Path
         base.to(device)
     else:
         _dequantize_bnb_linears(base, work)
-    merged, _ = _merge_lora_exactly(PeftModel.from_pretrained(base, str(adapter_dir)), target)
+    if adapter_dir is None:
+        merged = base.to(target)
+    else:
+        merged, _ = _merge_lora_exactly(PeftModel.from_pretrained(base, str(adapter_dir)), target)
     processor = load_processor(base_model_path, revision=revision)
     saved = save_checkpoint(merged, processor, out_dir, sidecars=tokenizer_sidecars(base_model_path, revision))
     # PEFT's wrappers hold reference cycles: without a collection the merged model (17 GB for 8B) would stay on

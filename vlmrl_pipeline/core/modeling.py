@@ -309,6 +309,16 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def vllm_dtype(dtype: str) -> str:
+    """The dtype vLLM serves a model in for ``model_settings.dtype``: 16-bit (bf16 unless float16 was chosen; a
+    float32 demo model is served in bf16, as on any GPU path).
+
+    >>> vllm_dtype("auto"), vllm_dtype("float16"), vllm_dtype("float32")
+    ('bfloat16', 'float16', 'bfloat16')
+    """
+    return "float16" if dtype == "float16" else "bfloat16"
+
+
 def require_fast_inference(backend_used: str) -> None:
     """Refuse ``fast_inference`` where it cannot run, with what to do instead (a silent fallback would hide it)."""
     if backend_used != "unsloth":
@@ -345,6 +355,7 @@ def load_model(
     device: str | None = None,
     fast_inference: bool = False,
     gpu_memory_utilization: float = 0.8,
+    vllm_standby: bool = True,
 ):
     """Load a vision-language model and its processor for generation or training.
 
@@ -357,6 +368,8 @@ def load_model(
     used = resolve_backend(backend)
     if fast_inference:
         require_fast_inference(used)
+        if vllm_standby:  # read when Unsloth is imported, which happens just below in a training process
+            os.environ.setdefault("UNSLOTH_VLLM_STANDBY", "1")
     if used == "unsloth":
         from unsloth import FastVisionModel  # imported lazily: it patches transformers on import
 

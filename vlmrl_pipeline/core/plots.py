@@ -20,26 +20,59 @@ def _png(fig) -> bytes:
 
 
 def training_curves_png(log_history: Sequence[dict]) -> bytes:
-    """Reward (with its format/correctness parts) and mean completion length per logged GSPO step."""
-    steps = [h["step"] for h in log_history if "reward" in h]
-    fig, (ax_r, ax_l) = plt.subplots(1, 2, figsize=(9, 3.2))
+    """Reward (with its format/correctness parts) and mean completion length per logged GSPO step; with them, when
+    logged, the policy's mean token entropy and the rollout/train mismatch (vLLM rollouts: per-token logprob
+    difference between vLLM and the trainer, and the correction's importance ratio)."""
+    logged = [h for h in log_history if "reward" in h]
+    steps = [h["step"] for h in logged]
+
+    def series(key: str) -> tuple[list, list]:
+        pairs = [(h["step"], h[key]) for h in logged if h.get(key) is not None]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    has_entropy = bool(series("entropy")[1])
+    has_mismatch = bool(series("sampling/sampling_logp_difference/mean")[1])
+    extra = int(has_entropy) + int(has_mismatch)
+    fig, axes = plt.subplots(1, 2 + extra, figsize=(4.5 * (2 + extra), 3.2))
+    ax_r, ax_l = axes[0], axes[1]
     for key, label in (
         ("reward", "total (weighted)"),
         ("rewards/formatting_reward/mean", "format"),
         ("rewards/correctness_reward/mean", "correctness"),
         ("rewards/boxed_reward/mean", "boxed answer"),
     ):
-        values = [h[key] for h in log_history if "reward" in h and key in h]
+        xs, values = series(key)
         if values:
-            ax_r.plot(steps[: len(values)], values, label=label)
+            ax_r.plot(xs, values, label=label)
     ax_r.set_xlabel("step")
     ax_r.set_title("reward")
     ax_r.legend(fontsize=8)
-    lengths = [h.get("completions/mean_length") for h in log_history if "reward" in h]
-    if any(v is not None for v in lengths):
-        ax_l.plot(steps, lengths, color="tab:purple")
+    xs, lengths = series("completions/mean_length")
+    if lengths:
+        ax_l.plot(xs, lengths, color="tab:purple")
     ax_l.set_xlabel("step")
     ax_l.set_title("mean completion length (tokens)")
+    position = 2
+    if has_entropy:
+        ax = axes[position]
+        ax.plot(*series("entropy"), color="tab:green")
+        ax.set_xlabel("step")
+        ax.set_title("mean token entropy (nats)")
+        position += 1
+    if has_mismatch:
+        ax = axes[position]
+        for key, label in (("sampling/sampling_logp_difference/mean", "|logp diff| mean"),
+                           ("sampling/sampling_logp_difference/max", "|logp diff| max")):
+            ax.plot(*series(key), label=label)
+        ax.set_xlabel("step")
+        ax.set_title("rollout vs train (vLLM)")
+        twin = ax.twinx()
+        twin.plot(*series("sampling/importance_sampling_ratio/mean"), color="tab:red", linestyle="--",
+                  label="IS ratio mean")
+        twin.set_ylabel("importance ratio")
+        ax.legend(fontsize=8, loc="upper left")
+        twin.legend(fontsize=8, loc="upper right")
+    del steps
     return _png(fig)
 
 

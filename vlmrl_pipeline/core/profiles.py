@@ -86,11 +86,15 @@ class ModelSettings:
     dtype: str = "auto"
     """``auto``: bf16 on a GPU that supports it, float32 on a CPU. Gemma-3 needs ``bfloat16`` (fp16 overflows)."""
     fast_inference: bool = False
-    """GSPO rollouts through vLLM, via Unsloth's ``fast_inference=True`` (weights shared with training). Needs the
-    Unsloth backend and an installed vLLM (loading says so plainly when either is missing); vision layers must
-    stay frozen, since vLLM cannot carry LoRA on them. Evaluation always generates with ``model.generate``."""
+    """Unsloth backend: load with a vLLM engine (Unsloth's ``fast_inference=True``, weights shared with training) so
+    GSPO rollouts run through vLLM; goes with ``training_settings.use_vllm=True``. Needs an installed vLLM
+    (refused before loading otherwise); vision layers must stay frozen, since vLLM cannot carry LoRA on them. The
+    transformers backend gets vLLM rollouts from ``use_vllm`` alone, evaluation from ``eval_settings.engine``."""
     gpu_memory_utilization: float = 0.8
     """With ``fast_inference``: the share of GPU memory vLLM may take (lower it on out-of-memory errors)."""
+    vllm_standby: bool = True
+    """With ``fast_inference``: set ``UNSLOTH_VLLM_STANDBY=1`` before Unsloth loads (the seeds' setting: vLLM's
+    memory is shared with training instead of held apart, so ``gpu_memory_utilization`` can stay high)."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     tiny_model: TinyModelSpec = field(default_factory=TinyModelSpec)
     """Shape of the demo model (only used with the demo model name)."""
@@ -222,7 +226,10 @@ def demo_gpu_profile() -> Profile:
 def geo3k_profile() -> Profile:
     """RLinf's geo3k recipe on the seed's model: geometry problems in RLinf's form, ``\\boxed{}`` answers, +1/0 reward.
 
-    geo3k answers are often expressions (``2\\sqrt{3}``), so nothing is filtered out for being non-numeric.
+    geo3k answers are often expressions (``2\\sqrt{3}``), so nothing is filtered out for being non-numeric. RLinf
+    corrects the rollout/train mismatch with truncated importance sampling capped at 2 (its
+    ``importance_sampling_fix`` / ``importance_sampling_clip``): TRL's per-token truncation with C_max 2, which acts
+    on vLLM rollouts (``use_vllm``; with the Unsloth backend also ``fast_inference``).
     """
     return Profile(
         name="geo3k",
@@ -232,7 +239,8 @@ def geo3k_profile() -> Profile:
         ),
         model=ModelSettings(),
         warm_start=WarmStartSettings(),
-        gspo=GSPOSettings(),
+        gspo=GSPOSettings(vllm_importance_sampling_mode="token_truncate", vllm_importance_sampling_clip_max=2.0,
+                          reward_max_val=1.0, reward_min_val=0.0),
         generation=GenerationSettings(max_new_tokens=1024, batch_size=8),
         export=ExportSettings(merged_4bit=True),
     )

@@ -209,6 +209,25 @@ def boxed_reward(completions: Any, answer: Any = None, **kwargs: Any) -> list[fl
     return [_boxed_score(c, g) for c, g in zip(items, _golds_for(items, answer))]
 
 
+def boxed_reward_valued(reward_max_val: float = 1.0, reward_min_val: float = 0.0) -> Callable[..., list[float]]:
+    r""":func:`boxed_reward` paying ``reward_max_val`` for a correct box and ``reward_min_val`` otherwise (RLinf's
+    configurable reward values). The returned function keeps the name ``boxed_reward`` for TRL's logs.
+
+    >>> boxed_reward_valued(5.0, -1.0)(["so \\boxed{4}", "\\boxed{5}"], answer=["4", "4"])
+    [5.0, -1.0]
+    """
+    if (reward_max_val, reward_min_val) == (1.0, 0.0):
+        return boxed_reward
+
+    def valued(completions: Any, answer: Any = None, **kwargs: Any) -> list[float]:
+        return [reward_min_val + (reward_max_val - reward_min_val) * score
+                for score in boxed_reward(completions, answer=answer)]
+
+    valued.__name__ = valued.__qualname__ = "boxed_reward"
+    valued.__doc__ = boxed_reward.__doc__
+    return valued
+
+
 @dataclasses.dataclass(frozen=True)
 class RewardSet:
     """Reward functions and their weights, in the order TRL's ``GRPOConfig`` expects them."""

@@ -29,6 +29,7 @@ def settings_conflicts(data: Any = None, model: Any = None, gspo: Any = None, ge
             problems.append(f"data_settings.image_size must be >= 1, got {data.image_size}")
         if not 0.0 <= data.max_lost_fraction <= 1.0:
             problems.append(f"data_settings.max_lost_fraction must be in [0, 1], got {data.max_lost_fraction}")
+    problems += vllm_conflicts(model, gspo)
     limit = getattr(model, "max_seq_length", None)
     if limit is not None and limit < 1:
         problems.append(f"model_settings.max_seq_length must be >= 1, got {limit}")
@@ -40,4 +41,28 @@ def settings_conflicts(data: Any = None, model: Any = None, gspo: Any = None, ge
         if new_tokens is not None and new_tokens >= limit:
             problems.append(f"eval_settings.max_new_tokens={new_tokens} leaves no room for the prompt in "
                             f"model_settings.max_seq_length={limit}")
+    return problems
+
+
+def vllm_conflicts(model: Any = None, gspo: Any = None, backend: str | None = None) -> list[str]:
+    """vLLM rollout settings that cannot work together. ``backend`` is the resolved one where known (``auto``
+    becomes Unsloth or transformers only on the training machine, which checks again with it)."""
+    if model is None or gspo is None:
+        return []
+    backend = backend or model.backend
+    problems = []
+    if model.fast_inference and not gspo.use_vllm:
+        problems.append("model_settings.fast_inference=True loads a vLLM engine that only rollouts with "
+                        "training_settings.use_vllm=True use: set both, or neither")
+    if gspo.use_vllm and backend == "unsloth" and not model.fast_inference:
+        problems.append("training_settings.use_vllm=True with the Unsloth backend needs "
+                        "model_settings.fast_inference=True (Unsloth starts the vLLM engine when it loads the model)")
+    if gspo.use_vllm and backend == "transformers" and model.load_in_4bit:
+        problems.append("training_settings.use_vllm=True on the transformers backend needs "
+                        "model_settings.load_in_4bit=False: TRL's colocated vLLM would re-load the policy in 4-bit "
+                        "and receive bitsandbytes' packed weights at every sync; use backend='unsloth' with "
+                        "fast_inference=True for 4-bit training with vLLM rollouts")
+    if gspo.use_vllm and gspo.vllm_enable_sleep_mode and backend == "unsloth":
+        problems.append("training_settings.vllm_enable_sleep_mode is TRL's colocated engine's; with the Unsloth "
+                        "backend use model_settings.vllm_standby instead")
     return problems

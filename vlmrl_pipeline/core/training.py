@@ -18,9 +18,23 @@ from typing import Any
 from vlmrl_pipeline.core.modeling import vision_token_ids
 
 DISTRIBUTED_MODES = ("ddp", "fsdp")
+VLLM_MODES = ("colocate",)
+"""How TRL runs vLLM for rollouts. ``server`` (a separate ``trl vllm-serve`` process on other GPUs) is not offered:
+nothing in the lineage starts or owns such a server."""
+IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+ROLLOUT_METRICS = (
+    "sampling/sampling_logp_difference/mean",
+    "sampling/sampling_logp_difference/max",
+    "sampling/importance_sampling_ratio/min",
+    "sampling/importance_sampling_ratio/mean",
+    "sampling/importance_sampling_ratio/max",
+    "entropy",
+)
+"""What TRL logs each step about the rollout/train mismatch (with vLLM rollouts and the correction on) and the
+policy's mean token entropy (always): the training curves plot them and the adapter's metadata reports them."""
 LAUNCH_FIELDS = ("num_processes", "distributed")
 """``GSPOSettings`` fields that shape the launch (``core.launch``), not ``GRPOConfig``."""
-PROJECT_FIELDS = LAUNCH_FIELDS + ("rehearsal_reward_weight",)
+PROJECT_FIELDS = LAUNCH_FIELDS + ("rehearsal_reward_weight", "reward_max_val", "reward_min_val")
 """``GSPOSettings`` fields the project acts on itself; every other field is a ``GRPOConfig`` option."""
 
 
@@ -91,6 +105,35 @@ class GSPOSettings:
     when above 0. For rehearsals on stand-in checkpoints with random weights, which never earn a task reward: every
     group's advantages would be 0, the LoRA would stay zero and the ``lora_weights_trained`` check would stop the
     run. Leave at 0 for real training."""
+    use_vllm: bool = False
+    """Generate the rollouts with vLLM instead of ``model.generate`` (several times faster; TRL's
+    ``use_vllm``). The transformers backend runs TRL's colocated engine (same GPU, weights synced after every
+    update); the Unsloth backend needs ``model_settings.fast_inference=True`` (Unsloth's engine, sharing the
+    weights). Needs the ``vllm`` extra."""
+    vllm_mode: str = "colocate"
+    """``colocate``: vLLM runs inside the training process on the same GPU (the only mode offered here)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Transformers backend with ``use_vllm``: the share of GPU memory the colocated vLLM engine takes for its
+    weights and KV cache (the rest is training's). The Unsloth backend uses ``model_settings.gpu_memory_utilization``
+    instead."""
+    vllm_enable_sleep_mode: bool = False
+    """Transformers backend with ``use_vllm``: vLLM frees its weights and KV cache while the optimizer steps and
+    reloads them for the next generation (less memory, some seconds per step)."""
+    vllm_importance_sampling_correction: bool = True
+    """With ``use_vllm``: weight each update by pi_train / pi_vLLM of the sampled tokens, since the two engines'
+    numerics differ (the rollout/train mismatch, seed 004's TIS). Also what makes TRL log the mismatch metrics."""
+    vllm_importance_sampling_mode: str = "sequence_mask"
+    """How the correction treats ratios outside [clip_min, clip_max]: ``token_truncate`` clips each token's ratio
+    (RLinf's TIS), ``sequence_truncate`` clips the sequence's, ``*_mask`` drops the token / sequence instead
+    (TRL's default ``sequence_mask``)."""
+    vllm_importance_sampling_clip_max: float | None = 3.0
+    """Upper bound C_max of the mismatch ratio (RLinf's ``importance_sampling_clip``: 2)."""
+    vllm_importance_sampling_clip_min: float | None = None
+    """Lower bound C_min of the mismatch ratio (none by default)."""
+    reward_max_val: float = 1.0
+    """``boxed`` answers only: the reward of a correct answer (RLinf's ``reward_max_val``)."""
+    reward_min_val: float = 0.0
+    """``boxed`` answers only: the reward of a wrong or missing answer (RLinf's ``reward_min_val``)."""
     distributed: str = "ddp"
     """With more than one process: ``ddp`` (data parallel; every GPU holds the whole model, gradients are
     averaged) or ``fsdp`` (FSDP2; parameters, gradients and optimizer state are sharded across the GPUs, for a
@@ -108,6 +151,23 @@ class GSPOSettings:
         for name in ("adam_beta1", "adam_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.vllm_mode not in VLLM_MODES:
+            raise ValueError(f"vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}: 'server' needs a "
+                             "separate vLLM server process, which this pipeline does not start")
+        if not 0.0 < self.vllm_gpu_memory_utilization < 1.0:
+            raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}"
+                             ": training needs the rest of the GPU")
+        if self.vllm_importance_sampling_mode not in IMPORTANCE_SAMPLING_MODES:
+            raise ValueError(f"vllm_importance_sampling_mode must be one of {IMPORTANCE_SAMPLING_MODES}, got "
+                             f"{self.vllm_importance_sampling_mode!r}")
+        cmin, cmax = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
+        if cmax is not None and not cmax > 0:
+            raise ValueError(f"vllm_importance_sampling_clip_max must be > 0 (or null), got {cmax}")
+        if cmin is not None and (cmin < 0 or (cmax is not None and cmin >= cmax)):
+            raise ValueError(f"vllm_importance_sampling_clip_min must be >= 0 and below clip_max={cmax}, got {cmin}")
+        if not self.reward_max_val > self.reward_min_val:
+            raise ValueError(f"reward_max_val ({self.reward_max_val}) must be above reward_min_val "
+                             f"({self.reward_min_val}): a correct answer must earn more than a wrong one")
         if self.rehearsal_reward_weight < 0:
             raise ValueError(f"rehearsal_reward_weight must be >= 0, got {self.rehearsal_reward_weight}")
         # Refused here, when the settings are made (the run's start), instead of inside TRL minutes into the run.
@@ -183,8 +243,31 @@ def resolve_optim(optim: str) -> str:
     return "adamw_torch"
 
 
-def build_grpo_config(settings: GSPOSettings, output_dir: str | Path, processor, reward_weights: Sequence[float]):
-    """A ``trl.GRPOConfig`` from ``settings``, with the vision special tokens suppressed in every rollout."""
+SUPPRESSED_LOGIT_BIAS = -100.0
+"""vLLM's strongest logit bias (its API clamps to [-100, 100]): what suppressing a token means there."""
+
+
+def suppressed_token_kwargs(processor, engine: str) -> dict[str, Any]:
+    """Generation arguments that keep the vision special tokens out of sampled text, for ``engine``.
+
+    ``model.generate`` takes ``suppress_tokens``; vLLM's ``SamplingParams`` has no such field (TRL passes
+    ``generation_kwargs`` straight into it) and takes a logit bias instead.
+    """
+    ids = vision_token_ids(processor)
+    if not ids:
+        return {}
+    if engine == "vllm":
+        return {"logit_bias": {int(i): SUPPRESSED_LOGIT_BIAS for i in ids}}
+    return {"suppress_tokens": list(ids)}
+
+
+def build_grpo_config(settings: GSPOSettings, output_dir: str | Path, processor, reward_weights: Sequence[float],
+                      max_seq_length: int | None = None):
+    """A ``trl.GRPOConfig`` from ``settings``, with the vision special tokens suppressed in every rollout.
+
+    ``max_seq_length`` (the model's) bounds vLLM's context with ``use_vllm``; vLLM would otherwise size its KV
+    cache for the checkpoint's whole context (262,144 tokens for Qwen3-VL) and refuse to start.
+    """
     import torch
     from trl import GRPOConfig
 
@@ -192,6 +275,8 @@ def build_grpo_config(settings: GSPOSettings, output_dir: str | Path, processor,
     values["optim"] = resolve_optim(settings.optim)
     if settings.save_steps == 0:
         values.pop("save_steps")  # GRPOConfig wants a positive number even when nothing is saved
+    if settings.use_vllm and max_seq_length is not None:
+        values["vllm_max_model_length"] = int(max_seq_length)
     on_gpu = torch.cuda.is_available()
     return GRPOConfig(
         output_dir=str(output_dir),
@@ -199,7 +284,7 @@ def build_grpo_config(settings: GSPOSettings, output_dir: str | Path, processor,
         save_strategy="steps" if settings.save_steps > 0 else "no",
         reward_weights=list(reward_weights),
         # TRL suppresses only <|image_pad|>; a sampled vision start/end or video pad breaks the next forward too.
-        generation_kwargs={"suppress_tokens": vision_token_ids(processor)},
+        generation_kwargs=suppressed_token_kwargs(processor, "vllm" if settings.use_vllm else "transformers"),
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
         report_to="none",
@@ -210,6 +295,25 @@ def build_grpo_config(settings: GSPOSettings, output_dir: str | Path, processor,
         # trainer below stops on the first one, so the logs must not paper over it either.
         logging_nan_inf_filter=False,
     )
+
+
+def rollout_summary(log_history: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """First/last/mean of each :data:`ROLLOUT_METRICS` series that was logged, keyed like
+    ``logp_difference_mean/mean`` (empty when none was: no vLLM rollouts and no entropy logged).
+
+    >>> rollout_summary([{"step": 1, "entropy": 2.0}, {"step": 2, "entropy": 1.0}])
+    {'entropy/first': 2.0, 'entropy/last': 1.0, 'entropy/mean': 1.5}
+    """
+    summary: dict[str, float] = {}
+    for key in ROLLOUT_METRICS:
+        values = [float(h[key]) for h in log_history if h.get(key) is not None and math.isfinite(float(h[key]))]
+        if not values:
+            continue
+        name = key.replace("sampling/sampling_", "").replace("sampling/", "").replace("/", "_")
+        summary[f"{name}/first"] = round(values[0], 6)
+        summary[f"{name}/last"] = round(values[-1], 6)
+        summary[f"{name}/mean"] = round(sum(values) / len(values), 6)
+    return summary
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -383,6 +487,7 @@ def train_gspo(
     progress_file: str | Path | None = None,
     callbacks: Sequence = (),
     save_adapter_to: str | Path | None = None,
+    max_seq_length: int | None = None,
 ):
     """Run GSPO on ``train_dataset`` (columns ``prompt``, ``image``, ``answer``, ...) and return the trained model.
 
@@ -397,7 +502,7 @@ def train_gspo(
 
     if len(train_dataset) == 0:
         raise ValueError("GSPO needs at least one training row")
-    config = build_grpo_config(settings, output_dir, processor, reward_weights)
+    config = build_grpo_config(settings, output_dir, processor, reward_weights, max_seq_length=max_seq_length)
     is_main = config.process_index == 0
     log = log if is_main else None
     if log is not None and config.optim != settings.optim:

@@ -107,6 +107,11 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
     style = PromptStyle(job.prompt_style["prompt_field"], job.prompt_style["answer_format"],
                         job.prompt_style.get("system_prompt") or None)
     rewards = reward_set(style.answer_format)
+    if style.answer_format == "boxed":
+        from vlmrl_pipeline.core.rewards import RewardSet, boxed_reward_valued
+
+        rewards = RewardSet(functions=(boxed_reward_valued(gspo.reward_max_val, gspo.reward_min_val),),
+                            weights=rewards.weights)
     if gspo.rehearsal_reward_weight > 0:
         from vlmrl_pipeline.core.rehearsal import ascii_share_reward
         from vlmrl_pipeline.core.rewards import RewardSet
@@ -130,6 +135,7 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
             dtype=model_cfg["dtype"], load_in_4bit=model_cfg["load_in_4bit"],
             max_seq_length=model_cfg["max_seq_length"], fast_inference=model_cfg["fast_inference"],
             gpu_memory_utilization=model_cfg["gpu_memory_utilization"], device=device,
+            vllm_standby=model_cfg.get("vllm_standby", True),
         )
         lora = LoraSettings(**model_cfg["lora"])
         # Unsloth wraps LoRA itself; on the transformers path TRL applies PEFT's config.
@@ -162,6 +168,7 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
             rewards.weights, peft_config=peft_config, log=log,
             resume_from_checkpoint=resume[0] if resume is not None else None,
             progress_file=Path(job.work_dir) / PROGRESS_FILE, callbacks=[tracker], save_adapter_to=job.adapter_dir,
+            max_seq_length=model_cfg["max_seq_length"],
         )
     summary = {
         "backend": backend,
