@@ -113,3 +113,22 @@ def test_merged_model_asset_merges_a_prequantized_base(prequantized, tiny_checkp
     assert event.metadata["merge_relative_logit_diff"].value <= MERGE_LOGIT_TOLERANCE
     assert event.metadata["peak_host_peak_gb"].value > 0
     assert not checkpoint_has_4bit_layers(tmp_path / "data" / "merged_model" / "checkpoint")
+
+
+def test_vllm_serving_copy_of_a_4bit_base_is_16bit_and_computes_the_4bit_base(prequantized, tmp_path):
+    """vLLM serves 16-bit weights: a 4-bit base without an adapter is dequantized into a temporary copy that holds
+    no 4-bit layer and computes what the 4-bit base computes (bitsandbytes dequantizes before every matmul)."""
+    from transformers import AutoModelForImageTextToText
+
+    from vlmrl_pipeline.core.vllm_engine import needs_serving_copy, serving_checkpoint
+
+    assert needs_serving_copy(prequantized, None)
+    served = serving_checkpoint(prequantized, None, tmp_path, dtype="bfloat16")
+    assert served != prequantized and not checkpoint_has_4bit_layers(served)
+    assert bnb_quantization(json.loads((tmp_path / "vllm-checkpoint" / "config.json").read_text())) is None
+    processor = load_processor(prequantized)
+    copy = AutoModelForImageTextToText.from_pretrained(served, dtype=torch.bfloat16)
+    base = AutoModelForImageTextToText.from_pretrained(prequantized)
+    check = merge_agreement(next_token_logits(base, processor, PROMPTS, IMAGES),
+                            next_token_logits(copy, processor, PROMPTS, IMAGES))
+    assert check["within_tolerance"] and check["relative_logit_diff"] < 0.05, check
