@@ -462,16 +462,6 @@ def _cell_box(c: _Canvas, row: int, col: int, rng: random.Random, margin: int = 
     return [(c.p(x0), c.p(y0)), (c.p(x0 + 32 - 2 * m), c.p(y0 + 32 - 2 * m))]
 
 
-def _quadrant(rng: random.Random, variant: str, size: int):
-    answer = rng.randint(1, 4)
-    spec = _readable_spec("Where is the dot? Answer 1 for top left, 2 for top right, 3 for bottom left, "
-                          "4 for bottom right.", answer, "dot position")
-    row, col = 2 * ((answer - 1) // 2) + rng.randint(0, 1), 2 * ((answer - 1) % 2) + rng.randint(0, 1)
-    c = _Canvas(size)
-    c.draw.ellipse(_cell_box(c, row, col, rng, 3), fill=_COLOURS["red"], outline=_BLACK)
-    return spec, c.image
-
-
 def _colour_code(rng: random.Random, variant: str, size: int):
     answer = rng.randint(1, 4)
     spec = _readable_spec("The colour of the square stands for a number: red 1, blue 2, green 3, orange 4. "
@@ -506,14 +496,14 @@ def _bar_height(rng: random.Random, variant: str, size: int):
 
 
 _READABLE_FAMILIES: dict[str, Callable] = {
-    "dot_position": _quadrant,
     "colour_code": _colour_code,
     "counting_squares": _count_squares,
     "bar_height": _bar_height,
 }
 TASK_SETS = ("mathvista", "readable")
 """``mathvista``: MathVista-like problems (bar charts, counting, geometry, number lines), mostly beyond a tiny
-model; ``readable``: four families a tiny model can learn to read in minutes, all answered with 1-4."""
+model; ``readable``: three families a tiny model can learn to read in minutes (colour code, counting squares, bar
+height), all answered with 1-4."""
 
 
 _FAMILIES: dict[str, Callable] = {
