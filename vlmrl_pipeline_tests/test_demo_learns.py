@@ -28,10 +28,10 @@ def reduced_demo():
     )
 
 
-REDUCED_ROWS = 700
-REDUCED_EVAL = 100
-REDUCED_WARM_START_STEPS = 400
-REDUCED_GSPO_STEPS = 60
+REDUCED_ROWS = 560
+REDUCED_EVAL = 60
+REDUCED_WARM_START_STEPS = 500
+REDUCED_GSPO_STEPS = 50
 
 
 def test_gspo_lifts_held_out_accuracy_on_a_reduced_demo(tmp_path):

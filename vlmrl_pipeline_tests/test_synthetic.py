@@ -181,7 +181,7 @@ def test_write_uses_the_hub_parquet_layout(tmp_path):
 def test_the_readable_task_set_asks_small_integers_about_distinct_images():
     frame = generate_synthetic_mathvista(120, seed=0, image_size=128, tasks="readable")
     contexts = {m["context"] for m in frame["metadata"]}
-    assert contexts == {"colour code", "counting squares", "bar height"}
+    assert contexts == {"colour code", "grey level"}
     assert set(frame["answer"]) == {"1", "2", "3", "4"}
     assert set(frame["question_type"]) == {"free_form"} and set(frame["answer_type"]) == {"integer"}
     # the jitter keeps images apart, so the split's duplicate-image rule has little to drop

@@ -66,7 +66,7 @@ class DataSettings:
     """Rows rendered when ``source == "synthetic"``."""
     synthetic_tasks: str = "mathvista"
     """The synthetic task set (``core.synthetic.TASK_SETS``): ``mathvista`` (MathVista-like problems) or
-    ``readable`` (three families a tiny model can learn to read in minutes: the demo's)."""
+    ``readable`` (two families a tiny model can learn to read in a minute: the demo's)."""
 
     @property
     def prompt_style(self) -> PromptStyle:
@@ -137,8 +137,8 @@ DEMO_RIGHT_ANSWER_RATE = 0.4
 def demo_profile() -> Profile:
     """Everything offline on two CPU cores in a few minutes: synthetic data, a tiny Qwen3-VL, real GSPO.
 
-    The task set is one a tiny model can learn to read in a minute (``readable``: colour code, counting squares,
-    bar height, answers 1-4). The warm start teaches the reading with a habit: DEMO_RIGHT_ANSWER_RATE of its targets
+    The task set is one a tiny model can learn to read in a minute (``readable``: colour code and grey level,
+    answers 1-4). The warm start teaches the reading with a habit: DEMO_RIGHT_ANSWER_RATE of its targets
     carry the gold answer, the rest one more than it, so greedy decoding mostly answers one too high while sampled
     rollouts are often right: the groups' rewards differ and GSPO's correctness reward has something to teach.
     Learning rates that suit an 8B model (5e-6) barely move a 1 M-parameter one, so the demo has its own; the
