@@ -1,7 +1,7 @@
 """GSPO improves the demo's answers, not only their format: a reduced demo trained in the default test run.
 
-The reduced demo keeps the demo's task set, tokenizer, warm start habit and GSPO settings, with fewer rows, steps
-and held-out samples, so it trains in about three minutes on two cores. It asserts what the README claims of the
+The reduced demo keeps the demo's data, tokenizer, warm start and GSPO settings, with 50 GSPO steps instead of 80
+and without Dagster or the export, so it trains in about three minutes on two cores. It asserts what the README claims of the
 full demo: held-out accuracy rises with a paired bootstrap interval above 0, and format compliance and the answer
 rate do not fall.
 """
@@ -28,9 +28,11 @@ def reduced_demo():
     )
 
 
-REDUCED_ROWS = 560
-REDUCED_EVAL = 60
-REDUCED_WARM_START_STEPS = 500
+# The demo's data and warm start (fewer rows or steps left the misreading habit half-formed: 52% -> 57% on 60
+# held-out rows with 560 rows and 500 steps, measured), 50 GSPO steps instead of 80, no Dagster, no export.
+REDUCED_ROWS = 1000
+REDUCED_EVAL = 100
+REDUCED_WARM_START_STEPS = 600
 REDUCED_GSPO_STEPS = 50
 
 
