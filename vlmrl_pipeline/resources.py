@@ -84,6 +84,7 @@ class DataSettingsResource(ConfigurableResource):
     system_prompt: str
     max_lost_fraction: float
     synthetic_rows: int
+    synthetic_tasks: str
 
     def to_core(self) -> DataSettings:
         kwargs = _core_kwargs(self, DataSettings)
@@ -123,6 +124,8 @@ class WarmStartConfig(Config):
     formatted_rate_high: float
     formatted_rate_low: float
     seed: int
+    right_answer_rate: float
+    reasoning: str
 
 
 class ModelSettingsResource(ConfigurableResource):

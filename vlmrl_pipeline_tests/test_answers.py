@@ -263,14 +263,18 @@ def test_format_ok(text, expected):
     ],
 )
 def test_score_completion(completion, gold, expected):
-    assert score_completion(completion, gold) == expected
+    record = score_completion(completion, gold)
+    # ``answered`` is checked in its own tests; here a pred is an answer exactly when it is non-empty text
+    assert record.pop("answered") == bool(record["pred"] and record["pred"].strip())
+    assert record == expected
 
 
 def test_score_completion_never_raises_on_junk():
     record = score_completion({"role": "assistant", "content": [{"nested": {"deep": [None]}}]}, object())
-    assert set(record) == {"pred", "correct", "correct_numeric", "correct_mathvista", "format_ok"}
+    assert set(record) == {"pred", "correct", "correct_numeric", "correct_mathvista", "format_ok", "answered"}
     assert record == {
         "pred": None, "correct": False, "correct_numeric": False, "correct_mathvista": False, "format_ok": False,
+        "answered": False,
     }
 
 
@@ -494,6 +498,7 @@ def test_seed_example_strict_numeric_mathvista():
     )
     assert record == {
         "pred": "991.0", "correct": False, "correct_numeric": True, "correct_mathvista": True, "format_ok": True,
+        "answered": True,
     }
 
 
@@ -525,7 +530,9 @@ def test_score_completion_multiple_choice_letter():
     ],
 )
 def test_score_completion_boxed(completion, gold, kwargs, expected):
-    assert score_completion(completion, gold, answer_format="boxed", **kwargs) == expected
+    record = score_completion(completion, gold, answer_format="boxed", **kwargs)
+    assert record.pop("answered") == bool(record["pred"])
+    assert record == expected
 
 
 def test_score_completion_tags_ignores_boxes():

@@ -188,7 +188,7 @@ def test_definitions_with_job_schedule_and_sensor_load_and_feed_the_sensor_its_r
     sensor_def = repo.get_sensor_def("source_data_sensor")
     bound = {k: v for k, v in repo.get_top_level_resources().items() if k in sensor_def.required_resource_keys}
     result = sensor_def.evaluate_tick(build_sensor_context(cursor=None, resources=bound, repository_def=repo))
-    synthetic = {k: getattr(profile.data, k) for k in ("synthetic_rows", "seed", "image_size")}
+    synthetic = {k: getattr(profile.data, k) for k in ("synthetic_rows", "seed", "image_size", "synthetic_tasks")}
     assert result.cursor == source_fingerprint("synthetic", profile.data.split, synthetic_settings=synthetic)
 
     # Dagster 1.13's validate_loadable does not check a sensor's resources (a missing one fails only at tick

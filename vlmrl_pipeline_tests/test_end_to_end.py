@@ -104,12 +104,19 @@ def test_whole_lineage_on_the_tiny_profile(tmp_path):
 
 
 @pytest.mark.heavy
-def test_demo_profile_raises_format_compliance(tmp_path):
-    """The README's main job, in-process: GSPO must lift format compliance on the held-out set."""
+def test_demo_profile_lifts_held_out_accuracy(tmp_path):
+    """The README's main job, in-process: GSPO lifts accuracy on the 100 held-out samples by at least 10 points
+    under the strict metric and MathVista's, each with its paired interval above 0 and McNemar p < 0.01, without
+    losing format compliance or answers, and without a collapse."""
     result, _ = _materialize(demo_profile(), tmp_path / "data")
     report = _metadata(result, "eval_diff_report")
-    assert 0.0 < report["baseline_format_compliance"] < 1.0  # the warm start lands between the extremes
-    assert report["after_format_compliance"] > report["baseline_format_compliance"]
+    for key in ("accuracy", "accuracy_mathvista"):
+        assert report[f"after_{key}"] - report[f"baseline_{key}"] >= 0.10, key
+        assert report[f"{key}_ci_low"] > 0 and report[f"{key}_p_value"] < 0.01, key
+    assert report["after_format_compliance"] >= report["baseline_format_compliance"]
+    assert report["after_answer_rate"] >= report["baseline_answer_rate"]
+    saved = json.loads((tmp_path / "data" / "eval_diff_report" / "report.json").read_text())
+    assert saved["collapse"]["after"] == []
 
 
 def test_whole_lineage_on_geo3k_in_rlinf_form_with_the_boxed_reward(tmp_path):

@@ -139,7 +139,8 @@ def test_diff_gives_each_metric_a_paired_interval_and_an_exact_mcnemar_p():
     assert c["difference"] == pytest.approx(0.01)
     assert c["ci_low"] <= 0.0 <= c["ci_high"]  # one point on 100 samples is noise
     assert c["p_value"] == 1.0 and (c["gained"], c["lost"]) == (1, 0)
-    assert set(diff["comparison"]) == {"accuracy", "accuracy_numeric", "accuracy_mathvista", "format_compliance"}
+    assert set(diff["comparison"]) == {"accuracy", "accuracy_numeric", "accuracy_mathvista", "format_compliance",
+                                       "answer_rate"}
     md = report_markdown(diff)
     assert "95% interval" in md and "McNemar" in md and "+1.0 pts" in md
 
@@ -150,3 +151,45 @@ def test_a_large_paired_change_has_an_interval_away_from_zero_and_a_small_p():
     assert c["difference"] == pytest.approx(0.30)
     assert 0.0 < c["ci_low"] < 0.30 < c["ci_high"]
     assert c["p_value"] < 1e-6
+
+
+def test_an_empty_solution_block_is_compliant_but_not_an_answer():
+    rows = pd.DataFrame({"pid": ["1", "2", "3", "4"], "question": "q", "answer": ["4", "5", "C", "6"],
+                         "question_type": ["free_form", "free_form", "multi_choice", "free_form"],
+                         "answer_type": ["integer", "integer", "text", "integer"],
+                         "choices": [None, None, ["1", "2", "C"], None]})
+    completions = [GOOD.format(""), GOOD.format("five"), GOOD.format("B"), "The answer is 6."]
+    records = score_records(rows, completions)
+    assert records["format_ok"].tolist() == [True, True, True, False]
+    # empty; a word where a number is asked; an option letter; no block at all
+    assert records["answered"].tolist() == [False, False, True, False]
+    assert summarize_records(records)["answer_rate"] == 0.25
+
+
+def test_collapse_is_flagged_for_empty_answers_and_for_one_answer_everywhere():
+    rows = pd.DataFrame({"pid": [str(i) for i in range(10)], "question": "q", "answer": [str(i) for i in range(10)],
+                         "answer_type": "integer"})
+    healthy = score_records(rows, [GOOD.format(str(i)) for i in range(10)])
+    empty = score_records(rows, [GOOD.format("")] * 7 + [GOOD.format("1")] * 3)
+    constant = score_records(rows, [GOOD.format("6")] * 8 + [GOOD.format("1")] * 2)
+    assert summarize_records(healthy)["collapse"] == []
+    [flag] = summarize_records(empty)["collapse"]
+    assert flag.startswith("empty answers: 7 of 10")
+    [flag] = summarize_records(constant)["collapse"]
+    assert flag.startswith("one answer for most samples: '6' for 8 of 10")
+    diff = diff_records(healthy, constant, n_resamples=200)
+    assert diff["collapse"] == {"baseline": [], "after": [flag]}
+    assert "COLLAPSE" in report_markdown(diff)
+    # when the gold answers themselves are mostly one value, answering it is no collapse
+    same = rows.assign(answer="6")
+    assert summarize_records(score_records(same, [GOOD.format("6")] * 10))["collapse"] == []
+
+
+def test_the_report_gives_accuracy_per_task_family():
+    rows = pd.DataFrame({"pid": ["1", "2", "3"], "question": "q", "answer": ["1", "2", "3"],
+                         "metadata": [{"context": "bar chart"}, {"context": "bar chart"}, {"context": "number line"}]})
+    before = score_records(rows, [GOOD.format("1"), GOOD.format("0"), GOOD.format("0")])
+    after = score_records(rows, [GOOD.format("1"), GOOD.format("2"), GOOD.format("0")])
+    table = diff_records(before, after, n_resamples=200)["per_family"]
+    assert table["bar chart"]["n"] == 2 and table["bar chart"]["baseline_accuracy"] == 0.5
+    assert table["bar chart"]["after_accuracy"] == 1.0 and table["number line"]["after_accuracy"] == 0.0

@@ -93,13 +93,17 @@ def merged_f32(tiny_checkpoint, tmp_path_factory):
     return merge_adapter_to_checkpoint(tiny_checkpoint, adapter, folder / "merged", dtype="float32")
 
 
-def test_demo_tokenizer_is_llama_cpps_gpt2_and_tokenizes_like_llama_cpp(tiny_checkpoint):
-    from transformers import AutoTokenizer
+def test_gpt2_tokenizer_option_is_llama_cpps_gpt2_and_tokenizes_like_llama_cpp():
+    import dataclasses
+
+    from vlmrl_pipeline.core.modeling import build_tiny_processor
+    from vlmrl_pipeline_tests.conftest import tiny_profile
 
     tools = llama_cpp_tools()
     cases = vocab_test_cases(tools.vocab("gpt-2"))
     assert len(cases) > 30  # llama.cpp's own test strings: emoji, CJK, whitespace runs, apostrophes
-    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    spec = dataclasses.replace(tiny_profile().model.tiny_model, tokenizer="gpt-2")
+    tokenizer = build_tiny_processor(["unused"], spec).tokenizer
     for text, expected in cases:
         assert tokenizer(text, add_special_tokens=False)["input_ids"] == expected, repr(text)
     # the chat and vision tokens are whole tokens after GPT-2's 50 257
@@ -197,3 +201,42 @@ def test_q4_k_m_is_written_by_llama_cpps_quantizer(merged_f32, tmp_path):
     assert q4.model_info["size_bytes"] < f16.model_info["size_bytes"]
     assert q4.model_info["file_type"] == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
     assert not list(tmp_path.glob(".model-f16-for-quantize.gguf"))
+
+
+def test_the_trained_demo_tokenizer_is_registered_as_gpt2_and_llama_cpp_tokenizes_like_transformers(
+        tiny_checkpoint, tmp_path):
+    """The demo's small BPE is unknown to llama.cpp by its probe hash; registered as gpt-2 (its pre-tokenizer is
+    GPT-2's), llama.cpp must then split text exactly as transformers does, or the GGUF would answer differently."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from vlmrl_pipeline.core.llama_cpp import (
+        LlamaCppTools,
+        register_checkpoint_tokenizer,
+        tokenizer_probe_hash,
+        uses_gpt2_pre_tokenizer,
+    )
+
+    tools = LlamaCppTools(tmp_path / "tools")  # a copy: the registration edits the converter
+    shutil.copytree(llama_cpp_tools().root, tools.root)
+    assert uses_gpt2_pre_tokenizer(tiny_checkpoint)
+    chkhsh = tokenizer_probe_hash(tiny_checkpoint, tools)
+    # None: an earlier export that used this tools cache registered the same tokenizer already
+    assert register_checkpoint_tokenizer(tiny_checkpoint, tools) in (chkhsh, None)
+    assert f'"{chkhsh}"' in (tools.root / "conversion" / "base.py").read_text()
+    assert register_checkpoint_tokenizer(tiny_checkpoint, tools) is None  # once is enough
+    [export] = export_gguf(tiny_checkpoint, tmp_path / "gguf", ["f16"], tools.converter)
+    assert export.model_info["tokenizer_model"] == "gpt2" and export.model_info["tokenizer_pre"] == "gpt-2"
+    if not llama_cpp_runtime_available():
+        pytest.skip("llama.cpp runtime not installed (the test extra compiles it)")
+    import llama_cpp
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    llm = llama_cpp.Llama(str(export.model_file), vocab_only=True, verbose=False)
+    texts = [text for text, _ in vocab_test_cases(tools.vocab("gpt-2"))]
+    texts += ["Hint: Please answer the question requiring an integer answer.\nQuestion: How many squares are there?",
+              "<REASONING>I read the figure to answer.</REASONING>\n<SOLUTION>3</SOLUTION>"]
+    for text in texts:
+        expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == expected, repr(text)

@@ -84,7 +84,7 @@ def test_flipped_rows_are_marked_for_the_filter():
     assert "Showing 5 of 5 samples" in page
     # the filter's options are the metrics' record columns, which is what data-changed holds
     assert set(re.findall(r'<option value="(\w+)"', page)) == {"any", "correct", "correct_numeric",
-                                                                "correct_mathvista", "format_ok"}
+                                                                "correct_mathvista", "format_ok", "answered"}
 
 
 def test_headline_shows_intervals_and_p_values():

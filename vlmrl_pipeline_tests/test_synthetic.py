@@ -176,3 +176,16 @@ def test_write_uses_the_hub_parquet_layout(tmp_path):
     # rewriting replaces the file in place
     write_synthetic_mathvista(tmp_path, num_rows=3, seed=2, image_size=64, split="test")
     assert pq.read_table(path).num_rows == 3
+
+
+def test_the_readable_task_set_asks_small_integers_about_distinct_images():
+    frame = generate_synthetic_mathvista(120, seed=0, image_size=128, tasks="readable")
+    contexts = {m["context"] for m in frame["metadata"]}
+    assert contexts == {"colour code", "grey level"}
+    assert set(frame["answer"]) == {"1", "2", "3", "4"}
+    assert set(frame["question_type"]) == {"free_form"} and set(frame["answer_type"]) == {"integer"}
+    # the jitter keeps images apart, so the split's duplicate-image rule has little to drop
+    assert len(set(_image_bytes(frame))) >= 115
+    pd.testing.assert_frame_equal(frame, generate_synthetic_mathvista(120, seed=0, image_size=128, tasks="readable"))
+    with pytest.raises(ValueError, match="tasks must be one of"):
+        generate_synthetic_mathvista(5, tasks="imagenet")

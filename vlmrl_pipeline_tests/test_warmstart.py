@@ -48,3 +48,18 @@ def test_warm_start_lowers_the_loss(tiny_checkpoint):
                                    targets, WarmStartSettings(steps=30, batch_size=4, learning_rate=6e-3))
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_the_misreading_habit_changes_the_answer_of_a_share_of_targets_only():
+    from vlmrl_pipeline.core.warmstart import misread
+
+    assert (misread("3"), misread(" 12 "), misread("1.5"), misread("C")) == ("4", "13", "1.5", "C")
+    answers = [str(1 + i % 4) for i in range(len(QUESTIONS))]
+    honest = warm_start_targets(QUESTIONS, answers, WarmStartSettings(right_answer_rate=1.0))
+    habit = warm_start_targets(QUESTIONS, answers, WarmStartSettings(right_answer_rate=0.4))
+    changed = [h != t for h, t in zip(habit, honest)]
+    assert 0.4 < sum(changed) / len(changed) < 0.8  # about 60% misread
+    for answer, h, t, c in zip(answers, habit, honest, changed):
+        assert format_ok(h) == format_ok(t)  # the tagged/plain choice does not depend on the habit
+        if c:
+            assert h == t.replace(answer, str(int(answer) + 1))

@@ -67,7 +67,8 @@ def _filter_source(context: AssetExecutionContext, artifacts: ArtifactStore,
         # Rendered into the hub's folder layout, then read back through the same loader a local copy uses.
         folder = artifacts.asset_dir("synthetic_mathvista")
         write_synthetic_mathvista(folder, num_rows=settings.synthetic_rows, seed=settings.seed,
-                                  image_size=settings.image_size, split=settings.split)
+                                  image_size=settings.image_size, split=settings.split,
+                                  tasks=settings.synthetic_tasks)
         source = str(folder)
     if settings.dataset_format == "rlinf":
         raw = load_rlinf(source, settings.split, prompt_key=settings.prompt_key, answer_key=settings.answer_key,

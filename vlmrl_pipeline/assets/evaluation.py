@@ -40,7 +40,7 @@ from vlmrl_pipeline.execution import CPU_TAGS, GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import ArtifactStore, DataSettingsResource, EvalSettingsResource, ModelSettingsResource
 
 GENERATION_CODE_VERSION = "generation-1"
-PREVIEW_COLUMNS = ["pid", "answer", "pred", "correct", "correct_numeric", "correct_mathvista", "format_ok",
+PREVIEW_COLUMNS = ["pid", "answer", "pred", "correct", "correct_numeric", "correct_mathvista", "format_ok", "answered",
                    "total_reward"]
 
 
@@ -131,7 +131,11 @@ def _score(name: str, completions_asset: str, artifacts: ArtifactStore,
     return MaterializeResult(
         metadata={
             "path": MetadataValue.path(str(artifacts.asset_dir(name) / f"{name}.json")),
-            **{k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in summary.items()},
+            **{k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in summary.items()
+               if k not in ("top_answer", "collapse")},
+            "top_answer": str(summary["top_answer"]),
+            # Text, so the UI shows it: "none", or why these answers look like a collapsed policy.
+            "collapse": "; ".join(summary["collapse"]) or "none",
             **{k: info[k] for k in LINEAGE_KEYS if k in info},
             "reward_version": REWARD_VERSION,
             "answer_format": data.answer_format,

@@ -515,6 +515,32 @@ def boxed_format_ok(text: Any) -> bool:
     return count_boxed(text) == 1 and extract_boxed(text) is not None and not is_addcriterion_spam(text)
 
 
+def answer_given(pred: Any, choices: Any = None, question_type: Any = None, answer_type: Any = None) -> bool:
+    """True when ``pred`` (an extracted answer) is a non-empty answer of the question's kind.
+
+    A number for integer and float questions; a number, an option letter or one of the options' texts for a
+    multiple-choice question; any non-empty text for a free-form word question. An empty ``<SOLUTION>`` block
+    counts as a well-formed completion (:func:`format_ok`) but not as an answer: this is what tells a policy that
+    learned the tags from one that learned the task.
+    """
+    if not isinstance(pred, str) or not pred.strip():
+        return False
+    text = pred.strip()
+    if question_type == "multi_choice":
+        letter = _OPTION_LETTER_TEXT.fullmatch(text)
+        if letter and choice_for_letter(letter.group(1), choices) is not None:
+            return True
+        if text in [c.strip() for c in choice_list(choices)]:
+            return True
+        return parse_number(text) is not None
+    if answer_type in ("integer", "float"):
+        return parse_number(text) is not None
+    return True
+
+
+_OPTION_LETTER_TEXT = re.compile(r"\(?([A-Z])\)?")
+
+
 def extract_answer(text: Any, answer_format: str = "tags") -> str | None:
     """The model's answer in ``answer_format``: the last ``<SOLUTION>`` block (``"tags"``) or
     the last ``\\boxed{}`` (``"boxed"``); None when there is none. Raises ValueError for an
@@ -537,11 +563,12 @@ def score_completion(
     """Evaluate one completion against its gold answer.
 
     Returns ``{"pred", "correct", "correct_numeric", "correct_mathvista",
-    "format_ok"}``: ``pred`` is the extracted answer (str or None), ``correct`` the
+    "format_ok", "answered"}``: ``pred`` is the extracted answer (str or None), ``correct`` the
     strict string match (the seed's metric), ``correct_numeric`` strict OR numeric
     match, ``correct_mathvista`` MathVista's own scoring (:func:`mathvista_match`
     with the question's ``choices``, ``question_type``, ``answer_type`` and
-    ``precision``; without them it equals ``correct``).
+    ``precision``; without them it equals ``correct``), ``answered`` whether ``pred``
+    is a non-empty answer of the question's kind (:func:`answer_given`).
 
     ``answer_format`` says where the answer is:
 
@@ -568,4 +595,5 @@ def score_completion(
         "correct_numeric": correct or numeric_match(pred, gold),
         "correct_mathvista": mathvista_match(pred, gold, choices, question_type, answer_type, precision),
         "format_ok": well_formed,
+        "answered": answer_given(pred, choices, question_type, answer_type),
     }

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,8 @@ from vlmrl_pipeline.core.stats import paired_comparison
 
 RECORD_COLUMNS = (
     "pid", "question", "answer", "question_type", "answer_type", "choices", "precision", "completion", "pred",
-    "correct", "correct_numeric", "correct_mathvista", "format_ok", "format_reward", "correctness_reward",
-    "total_reward",
+    "correct", "correct_numeric", "correct_mathvista", "format_ok", "answered", "family", "format_reward",
+    "correctness_reward", "total_reward",
 )
 
 # The per-sample booleans compared before/after: (record column, summary key, label in the report).
@@ -27,12 +29,37 @@ METRICS = (
     ("correct", "accuracy", "accuracy (strict string, the seed's metric)"),
     ("correct_numeric", "accuracy_numeric", "accuracy (numeric match)"),
     ("correct_mathvista", "accuracy_mathvista", "accuracy (MathVista's normalisation)"),
-    ("format_ok", "format_compliance", "format compliance"),
+    ("format_ok", "format_compliance", "format compliance (the seed's: one reasoning and one solution block, "
+     "empty or not)"),
+    ("answered", "answer_rate", "answer rate (a non-empty answer of the question's kind in the solution block)"),
 )
+# The accuracies reported per task family.
+FAMILY_METRICS = (("correct", "accuracy"), ("correct_mathvista", "accuracy_mathvista"), ("answered", "answer_rate"))
+
+
+@dataclass(frozen=True)
+class CollapseSettings:
+    """When the report calls a policy collapsed: it answers with nothing, or with one answer for everything."""
+
+    max_unanswered_share: float = 0.2
+    """Flag when more than this share of all samples is format-compliant yet has no answer (an empty or
+    unparseable solution block): the tags were learned, not the task."""
+    max_top_answer_share: float = 0.5
+    """Flag when one answer is given for more than this share of all samples, and for more than
+    ``top_answer_gold_factor`` times as many as the commonest gold answer accounts for."""
+    top_answer_gold_factor: float = 1.5
+    """How much more often than the commonest gold answer the commonest prediction must occur to count."""
 
 
 def _cell(row: pd.Series, key: str) -> Any:
     return row[key] if key in row.index else None
+
+
+def _family(row: pd.Series) -> str:
+    """The task family a row belongs to: MathVista's ``metadata.context`` ("bar chart", ...), else "all"."""
+    metadata = _cell(row, "metadata")
+    context = metadata.get("context") if isinstance(metadata, dict) else None
+    return str(context) if context else "all"
 
 
 def _precision(value: Any) -> float | None:
@@ -73,6 +100,8 @@ def score_records(eval_rows: pd.DataFrame, completions: Sequence[str], answer_fo
                 "correct_numeric": bool(scores["correct_numeric"]),
                 "correct_mathvista": bool(scores["correct_mathvista"]),
                 "format_ok": bool(scores["format_ok"]),
+                "answered": bool(scores["answered"]),
+                "family": _family(row),
                 **reward_breakdown(completion, row["answer"], answer_format=answer_format, choices=choices,
                                    question_type=question_type),
             }
@@ -84,18 +113,75 @@ def score_records(eval_rows: pd.DataFrame, completions: Sequence[str], answer_fo
     return table
 
 
-def summarize_records(records: pd.DataFrame) -> dict[str, float | int]:
-    """Accuracy (strict, numeric, MathVista), format compliance and mean rewards over a record table."""
+def summarize_records(records: pd.DataFrame, collapse: CollapseSettings = CollapseSettings()) -> dict[str, Any]:
+    """Accuracy (strict, numeric, MathVista), format compliance, answer rate, mean rewards, the commonest answer
+    and the collapse flags (:func:`collapse_flags`) over a record table."""
     n = len(records)
     if n == 0:
         raise ValueError("no evaluation records to summarize")
+    top_answer, top_count = _commonest(records.loc[records["answered"], "pred"]) if "answered" in records else (
+        None, 0)
     return {
         "num_samples": n,
-        **{key: float(records[column].mean()) for column, key, _ in METRICS},
+        **{key: float(records[column].mean()) for column, key, _ in METRICS if column in records},
         "mean_total_reward": float(records["total_reward"].mean()),
         "mean_format_reward": float(records["format_reward"].mean()),
         "mean_correctness_reward": float(records["correctness_reward"].mean()),
+        "top_answer": top_answer,
+        "top_answer_share": top_count / n,
+        "unanswered_compliant_share": float((records["format_ok"] & ~records["answered"]).mean())
+        if "answered" in records else 0.0,
+        "collapse": collapse_flags(records, collapse),
     }
+
+
+def _commonest(values: pd.Series) -> tuple[str | None, int]:
+    counts = Counter(str(v).strip() for v in values)
+    if not counts:
+        return None, 0
+    # Ties broken by the text, so the same records always name the same answer.
+    return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def collapse_flags(records: pd.DataFrame, settings: CollapseSettings = CollapseSettings()) -> list[str]:
+    """Why these records look like a collapsed policy (empty list: they do not).
+
+    Two signs: many format-compliant completions with no answer in their solution block (format compliance, which
+    counts an empty block, then overstates what was learned), and one answer given for most samples while the gold
+    answers are spread out (the policy found a constant that is sometimes right).
+    """
+    n = len(records)
+    if n == 0 or "answered" not in records:
+        return []
+    flags = []
+    empty = int((records["format_ok"] & ~records["answered"]).sum())
+    if empty / n > settings.max_unanswered_share:
+        flags.append(f"empty answers: {empty} of {n} completions are format-compliant but their solution block "
+                     "holds no answer")
+    top, count = _commonest(records.loc[records["answered"], "pred"])
+    _, gold_count = _commonest(records["answer"])
+    if top is not None and count / n > settings.max_top_answer_share and count > settings.top_answer_gold_factor * \
+            gold_count:
+        flags.append(f"one answer for most samples: {top!r} for {count} of {n} (the commonest gold answer covers "
+                     f"{gold_count})")
+    return flags
+
+
+def family_table(baseline: pd.DataFrame, after: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per task family (``family`` column): sample count and each :data:`FAMILY_METRICS` rate before and after."""
+    table: dict[str, dict[str, Any]] = {}
+    b = baseline.set_index("pid")
+    a = after.set_index("pid").loc[b.index]
+    families = b["family"] if "family" in b else pd.Series("all", index=b.index)
+    for family in sorted(set(families)):
+        mask = (families == family).to_numpy()
+        entry: dict[str, Any] = {"n": int(mask.sum())}
+        for column, key in FAMILY_METRICS:
+            if column in b and column in a:
+                entry[f"baseline_{key}"] = float(b[column].to_numpy()[mask].mean())
+                entry[f"after_{key}"] = float(a[column].to_numpy()[mask].mean())
+        table[str(family)] = entry
+    return table
 
 
 def diff_records(
@@ -114,10 +200,11 @@ def diff_records(
         raise ValueError("baseline and after records must cover the same, unique pids")
     a = a.loc[b.index]
     before_summary, after_summary = summarize_records(baseline), summarize_records(after)
-    columns = [column for column, _, _ in METRICS]
     flips: dict[str, dict[str, list[str]]] = {}
     comparison: dict[str, dict[str, Any]] = {}
-    for column, key, label in METRICS:
+    metrics = [m for m in METRICS if m[0] in b and m[0] in a]  # records written before a metric existed lack it
+    columns = [column for column, _, _ in metrics]
+    for column, key, label in metrics:
         gained = [str(p) for p in b.index[(~b[column]) & a[column]]]
         lost = [str(p) for p in b.index[b[column] & (~a[column])]]
         flips[column] = {"gained": gained, "lost": lost}
@@ -144,7 +231,7 @@ def diff_records(
                 }
             )
     headline = {}
-    for _, key, _ in METRICS:
+    for _, key, _ in metrics:
         headline[f"baseline_{key}"] = before_summary[key]
         headline[f"after_{key}"] = after_summary[key]
     headline["baseline_mean_total_reward"] = before_summary["mean_total_reward"]
@@ -156,6 +243,11 @@ def diff_records(
         "comparison": comparison,
         "flips": flips,
         "flipped_samples": flipped_rows,
+        "per_family": family_table(baseline, after),
+        "collapse": {"baseline": before_summary["collapse"], "after": after_summary["collapse"]},
+        "top_answer": {"baseline": [before_summary["top_answer"], before_summary["top_answer_share"]],
+                       "after": [after_summary["top_answer"], after_summary["top_answer_share"]]},
+        "collapse_settings": asdict(CollapseSettings()),
     }
 
 
@@ -189,7 +281,25 @@ def report_markdown(diff: dict[str, Any], max_rows: int = 20) -> str:
         "",
         "An interval that contains 0, or a p-value above 0.05, means this evaluation cannot tell the change from "
         "noise on this many samples.",
+        "",
+        "Format compliance is the seed's metric: exactly one reasoning block and one solution block, whatever they "
+        "hold (an empty solution block counts). The answer rate counts a solution block that holds an answer of "
+        "the question's kind (a number; for multiple choice also an option letter or text).",
     ]
+    lines += ["", "Collapse check (empty answers, or one answer for most samples):", ""]
+    for stage in ("baseline", "after"):
+        flags = diff.get("collapse", {}).get(stage, [])
+        top = diff.get("top_answer", {}).get(stage)
+        commonest = f"; commonest answer `{top[0]}` ({pct(top[1])} of samples)" if top and top[0] is not None else ""
+        lines.append(f"- {stage}: " + ("**COLLAPSE: " + "; ".join(flags) + "**" if flags else "no collapse")
+                     + commonest)
+    if diff.get("per_family"):
+        lines += ["", "Per task family (accuracy strict / MathVista, answer rate; before -> after):", "",
+                  "| family | n | accuracy (strict) | accuracy (MathVista) | answer rate |", "|---|---|---|---|---|"]
+        for family, e in diff["per_family"].items():
+            cells = [f"{pct(e[f'baseline_{k}'])} -> {pct(e[f'after_{k}'])}" if f"baseline_{k}" in e else ""
+                     for _, k in FAMILY_METRICS]
+            lines.append(f"| {family} | {e['n']} | " + " | ".join(cells) + " |")
     lines += ["", "Samples that flipped:", ""]
     for metric, moves in diff["flips"].items():
         lines.append(f"- `{metric}`: {len(moves['gained'])} gained, {len(moves['lost'])} lost")

@@ -654,6 +654,13 @@ def export_gguf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, gguf_
         raise ValueError(f"mmproj_type must be one of {list(MMPROJ_TYPES)}, got {mmproj_type!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     say = log or (lambda _m: None)
+    from vlmrl_pipeline.core.llama_cpp import LlamaCppTools, register_checkpoint_tokenizer
+
+    # A small byte-level BPE with GPT-2's pre-tokenizer (the demo's) is unknown to the converter by its hash:
+    # register it as gpt-2, as llama.cpp's update script registers new models.
+    registered = register_checkpoint_tokenizer(checkpoint, LlamaCppTools(Path(converter).parent))
+    if registered:
+        say(f"registered the checkpoint's tokenizer (probe hash {registered[:12]}...) with the converter as gpt-2")
     config = json.loads((checkpoint / "config.json").read_text())
     mmproj_file: Path | None = None
     mmproj_info = None

@@ -64,7 +64,7 @@ def model_load_path(ref: dict[str, Any], base_model_folder: str | os.PathLike) -
 
 # --------------------------------------------------------------------------- source fingerprints
 
-SYNTHETIC_FINGERPRINT_KEYS = ("synthetic_rows", "seed", "image_size")
+SYNTHETIC_FINGERPRINT_KEYS = ("synthetic_rows", "seed", "image_size", "synthetic_tasks")
 """The settings that, with the split, decide what the synthetic source renders."""
 
 
@@ -124,8 +124,8 @@ def source_fingerprint(source: str | os.PathLike, split: str, dataset_format: st
       per file even for a folder of many GB (only a GitHub-layout ``{split}.json`` is parsed, for the names of
       its images); the price is that a rewrite with the same size and mtime goes unseen, and a copy of the
       same bytes with a new mtime counts as a change.
-    * ``"synthetic"``: a hash of ``synthetic_settings`` (``synthetic_rows``, ``seed``, ``image_size``) and
-      the split, which is everything that decides the rendered set.
+    * ``"synthetic"``: a hash of ``synthetic_settings`` (``synthetic_rows``, ``seed``, ``image_size``,
+      ``synthetic_tasks``) and the split, which is everything that decides the rendered set.
     * A hub id: None; a revision on the hub cannot be checked offline.
 
     Raises FileNotFoundError for a local-looking path that is not a folder, or a folder without any file for
@@ -136,7 +136,9 @@ def source_fingerprint(source: str | os.PathLike, split: str, dataset_format: st
 
     source = os.fspath(source)
     if source == SYNTHETIC_SOURCE:
-        missing = [k for k in SYNTHETIC_FINGERPRINT_KEYS if k not in (synthetic_settings or {})]
+        # synthetic_tasks came later; a caller without it means the set that existed before it, "mathvista".
+        synthetic_settings = {"synthetic_tasks": "mathvista", **(synthetic_settings or {})}
+        missing = [k for k in SYNTHETIC_FINGERPRINT_KEYS if k not in synthetic_settings]
         if missing:
             raise ValueError(f"the synthetic source's fingerprint needs synthetic_settings with {missing}")
         state: dict[str, Any] = {"kind": "synthetic", "split": split, "dataset_format": dataset_format,

@@ -15,6 +15,7 @@ trained here could never be exported; GPT-2's byte-level BPE is one it knows (``
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -163,6 +164,94 @@ def vocab_test_cases(vocab_path: str | os.PathLike) -> list[tuple[str, list[int]
     if texts and texts[-1] in ("", "\n"):  # the file ends with a separator
         texts = texts[:-1]
     return [(text, [int(i) for i in ids.split()]) for text, ids in zip(texts, expected, strict=False)]
+
+
+_PRE_TOKENIZER_SOURCES = ("conversion/base.py", "convert_hf_to_gguf.py")
+"""Where llama.cpp's converter keeps ``get_vocab_base_pre`` (newer trees moved it into ``conversion/``)."""
+REGISTERED_MARKER = "# vlmrl-pipeline: registered"
+
+
+def _pre_tokenizer_source(tools: LlamaCppTools) -> Path:
+    for name in _PRE_TOKENIZER_SOURCES:
+        path = tools.root / name
+        if path.is_file() and "def get_vocab_base_pre" in path.read_text(encoding="utf-8"):
+            return path
+    raise RuntimeError(f"no get_vocab_base_pre in {tools.root}: not a llama.cpp converter this project knows")
+
+
+def converter_probe_text(tools: LlamaCppTools) -> str:
+    """The probe text (``chktxt``) llama.cpp's converter tokenizes to recognise a BPE tokenizer, read from its
+    source (a string literal inside ``get_vocab_base_pre``)."""
+    import ast
+
+    tree = ast.parse(_pre_tokenizer_source(tools).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "get_vocab_base_pre":
+            for item in ast.walk(node):
+                if isinstance(item, ast.Assign) and any(getattr(t, "id", None) == "chktxt" for t in item.targets):
+                    return ast.literal_eval(item.value)
+    raise RuntimeError("llama.cpp's get_vocab_base_pre has no chktxt literal")
+
+
+def tokenizer_probe_hash(checkpoint: str | os.PathLike, tools: LlamaCppTools) -> str:
+    """The hash llama.cpp's converter computes for a checkpoint's tokenizer: sha256 of ``str(ids)`` of the probe
+    text, tokenized as the converter does (``AutoTokenizer`` on the folder, ``encode`` with its defaults)."""
+    import hashlib
+
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(str(checkpoint)).encode(converter_probe_text(tools))
+    return hashlib.sha256(str(ids).encode()).hexdigest()
+
+
+def uses_gpt2_pre_tokenizer(checkpoint: str | os.PathLike) -> bool:
+    """True when the checkpoint's ``tokenizer.json`` is a byte-level BPE whose only pre-tokenizer is GPT-2's
+    (``ByteLevel`` with its own split regex, no prefix space): llama.cpp's ``gpt-2`` pre-tokenizer then splits
+    text exactly as it does, so the tokenizer can be registered as ``gpt-2``."""
+    import json
+
+    path = Path(checkpoint) / "tokenizer.json"
+    if not path.is_file():
+        return False
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    pre = spec.get("pre_tokenizer") or {}
+    return (spec.get("model", {}).get("type") == "BPE" and spec.get("normalizer") is None
+            and pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space"))
+
+
+def register_pre_tokenizer(tools: LlamaCppTools, chkhsh: str, pre: str = "gpt-2") -> bool:
+    """Teach the converter a tokenizer hash, as llama.cpp's ``convert_hf_to_gguf_update.py`` does for new models:
+    one ``if chkhsh == ...: res = ...`` branch in ``get_vocab_base_pre``. Returns False when the hash was already
+    known (nothing written). The edit goes to a temporary copy that replaces the file, so a reader never sees half
+    of it."""
+    if not re.fullmatch(r"[0-9a-f]{64}", chkhsh) or not re.fullmatch(r"[\w.-]+", pre):
+        raise ValueError(f"not a sha256 hex digest and pre-tokenizer name: {chkhsh!r}, {pre!r}")
+    source = _pre_tokenizer_source(tools)
+    text = source.read_text(encoding="utf-8")
+    if f'"{chkhsh}"' in text:
+        return False
+    match = re.search(r"^(?P<indent>[ \t]+)res = None[ \t]*$", text[text.index("def get_vocab_base_pre"):], re.M)
+    if match is None:
+        raise RuntimeError(f"{source}: no 'res = None' line in get_vocab_base_pre to register a tokenizer after")
+    at = text.index("def get_vocab_base_pre") + match.end()
+    indent = match.group("indent")
+    branch = (f"\n{indent}if chkhsh == \"{chkhsh}\":\n{indent}    {REGISTERED_MARKER} (a small byte-level BPE with "
+              f"GPT-2's pre-tokenizer)\n{indent}    res = \"{pre}\"")
+    fd, tmp = tempfile.mkstemp(dir=source.parent, prefix=f".{source.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text[:at] + branch + text[at:])
+    os.replace(tmp, source)
+    return True
+
+
+def register_checkpoint_tokenizer(checkpoint: str | os.PathLike, tools: LlamaCppTools) -> str | None:
+    """Register a checkpoint's tokenizer with the converter when it splits text like GPT-2 (see
+    :func:`uses_gpt2_pre_tokenizer`) and the converter does not know its hash yet. Returns the hash registered,
+    or None when nothing was needed or possible (the converter then decides as it always does)."""
+    if not uses_gpt2_pre_tokenizer(checkpoint):
+        return None
+    chkhsh = tokenizer_probe_hash(checkpoint, tools)
+    return chkhsh if register_pre_tokenizer(tools, chkhsh, "gpt-2") else None
 
 
 def main() -> None:

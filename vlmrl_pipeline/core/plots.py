@@ -79,7 +79,8 @@ def training_curves_png(log_history: Sequence[dict]) -> bytes:
 def before_after_png(headline: dict[str, float], comparison: dict[str, dict] | None = None) -> bytes:
     """Grouped bars per metric, before vs after; with ``comparison`` each label carries the change's interval."""
     metrics = [("accuracy", "accuracy\n(strict)"), ("accuracy_numeric", "accuracy\n(numeric)"),
-               ("accuracy_mathvista", "accuracy\n(MathVista)"), ("format_compliance", "format\ncompliance")]
+               ("accuracy_mathvista", "accuracy\n(MathVista)"), ("format_compliance", "format\ncompliance"),
+               ("answer_rate", "answer\nrate")]
     metrics = [(m, label) for m, label in metrics if f"baseline_{m}" in headline]
     if comparison:
         metrics = [

@@ -64,6 +64,9 @@ class DataSettings:
     pid, missing/corrupt/oversized image). Rows removed on purpose by the filters above are not "lost"."""
     synthetic_rows: int = 400
     """Rows rendered when ``source == "synthetic"``."""
+    synthetic_tasks: str = "mathvista"
+    """The synthetic task set (``core.synthetic.TASK_SETS``): ``mathvista`` (MathVista-like problems) or
+    ``readable`` (two families a tiny model can learn to read in a minute: the demo's)."""
 
     @property
     def prompt_style(self) -> PromptStyle:
@@ -129,25 +132,34 @@ class Profile:
 def demo_profile() -> Profile:
     """Everything offline on two CPU cores in a few minutes: synthetic data, a tiny Qwen3-VL, real GSPO.
 
-    Learning rates that suit an 8B model (5e-6) barely move a 1 M-parameter one, so the demo has its own; the
+    The task set is one a tiny model can learn to read in a minute (``readable``: colour code and grey level,
+    answers 1-4). The warm start teaches the reading with a habit: 40% of its targets carry the gold answer, the
+    rest one more than it, so greedy decoding mostly answers one too high while sampled rollouts are often right:
+    the groups' rewards differ and GSPO's correctness reward has something to teach.
+    Learning rates that suit an 8B model (5e-6) barely move a 0.8 M-parameter one, so the demo has its own; the
     algorithm, rewards, LoRA placement and lineage are the real ones.
     """
     return Profile(
         name="demo",
-        data=DataSettings(source=SYNTHETIC_SOURCE, image_size=128, eval_size=100, seed=0, synthetic_rows=400),
+        data=DataSettings(source=SYNTHETIC_SOURCE, image_size=128, eval_size=100, seed=0,
+                          synthetic_rows=1000, synthetic_tasks="readable"),
         model=ModelSettings(
             model_name=DEMO_MODEL_NAME, backend="transformers", load_in_4bit=False, max_seq_length=1024,
             dtype="float32", lora=LoraSettings(r=16, lora_alpha=32),
             tiny_model=TinyModelSpec(image_size=128),
         ),
-        warm_start=WarmStartSettings(),
+        # Every target tagged: with half the families answering in prose (the earlier demo's format habit) the
+        # model did not learn to read the images within the warm start (measured); the habit to unlearn is the
+        # misreading instead.
+        warm_start=WarmStartSettings(steps=600, right_answer_rate=0.4, formatted_rate_high=1.0,
+                                     formatted_rate_low=1.0),
         gspo=GSPOSettings(
-            # 1e-3: with GPT-2's vocabulary (tags split into several tokens) 2e-4 left greedy outputs unchanged
-            # after 150 steps; 1e-3 and 3e-3 both reached full format compliance in 80 (measured on the demo).
+            # 1e-3 for a 1 M-parameter LoRA: on the colour-code family alone, 60 steps took greedy accuracy from
+            # 4% (the warm start's habit) to 100% (measured). Completions are about 21 tokens; 32 leaves room.
             learning_rate=1e-3, optim="adamw_torch", per_device_train_batch_size=8, gradient_accumulation_steps=1,
-            num_generations=4, max_completion_length=40, max_steps=80, max_grad_norm=1.0, logging_steps=5,
+            num_generations=4, max_completion_length=32, max_steps=80, max_grad_norm=1.0, logging_steps=5,
         ),
-        generation=GenerationSettings(max_new_tokens=40, batch_size=20),
+        generation=GenerationSettings(max_new_tokens=32, batch_size=20),
     )
 
 

@@ -30,7 +30,7 @@ _CSP = ("default-src 'none'; img-src data: 'self' file:; style-src 'unsafe-inlin
         "base-uri 'none'; form-action 'none'")
 
 _VERDICT_COLUMNS = (("correct", "strict"), ("correct_numeric", "numeric"), ("correct_mathvista", "MathVista"),
-                    ("format_ok", "format"))
+                    ("format_ok", "format"), ("answered", "answered"))
 
 
 def thumbnail_data_uri(image_path: str | os.PathLike, size: int = 96) -> str:
@@ -121,8 +121,21 @@ def _headline_section(diff: Mapping[str, Any]) -> str:
         "<th>McNemar p (exact)</th><th>reading</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
         "<p class=\"note\">An interval that contains 0, or a p-value of 0.05 or more, means this evaluation "
-        "cannot tell the change from noise on this many samples.</p></section>"
+        "cannot tell the change from noise on this many samples. Format compliance is the seed's metric (one "
+        "reasoning and one solution block, an empty one included); the answer rate counts solution blocks that "
+        "hold an answer of the question's kind.</p>"
+        f"{_collapse_note(diff)}</section>"
     )
+
+
+def _collapse_note(diff: Mapping[str, Any]) -> str:
+    """One line per evaluation: the collapse flags (empty answers, one answer for most samples), or none."""
+    items = []
+    for stage in ("baseline", "after"):
+        flags = diff.get("collapse", {}).get(stage, [])
+        text = "COLLAPSE: " + "; ".join(flags) if flags else "no collapse"
+        items.append(f'<li class="{"collapse" if flags else "ok"}" data-stage="{stage}">{stage}: {_e(text)}</li>')
+    return f'<ul id="collapse">{"".join(items)}</ul>'
 
 
 def _plot_section(plot_png: bytes | None) -> str:

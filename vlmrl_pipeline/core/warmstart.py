@@ -36,6 +36,19 @@ class WarmStartSettings:
     formatted_rate_low: float = 0.2
     """Share of tagged targets in the other families (kept above 0 so sampling can still find the format)."""
     seed: int = 0
+    right_answer_rate: float = 1.0
+    """Share of targets that carry the gold answer. The rest carry a systematic misreading, one more than the gold
+    integer (non-integer answers always stay right), the kind of habit a real base model brings: greedy decoding
+    follows it while sampling still finds the right reading, which is what the correctness reward can teach.
+    1.0: every target is right."""
+    reasoning: str = "I read the figure to answer."
+    """The reasoning text of every tagged target."""
+
+
+def misread(answer: str) -> str:
+    """The warm start's systematic misreading of a gold answer: an integer plus one; anything else unchanged."""
+    text = str(answer).strip()
+    return str(int(text) + 1) if re.fullmatch(r"-?\d+", text) else text
 
 
 def question_family(question: str) -> str:
@@ -65,13 +78,17 @@ def warm_start_targets(
     """
     rates = family_format_rates(questions, settings)
     rng = random.Random(settings.seed)
+    # Its own stream, so the share of right answers does not change which targets are tagged.
+    habit = random.Random(f"misread:{settings.seed}")
     targets = []
     for question, answer in zip(questions, answers):
+        if habit.random() >= settings.right_answer_rate:
+            answer = misread(answer)
         if rng.random() < rates[question_family(question)]:
             if answer_format == "boxed":
-                targets.append(f"I read the figure to answer.\nAnswer: \\boxed{{{answer}}}")
+                targets.append(f"{settings.reasoning}\nAnswer: \\boxed{{{answer}}}")
             else:
-                targets.append(f"{REASONING_START}I read the figure to answer.{REASONING_END}\n"
+                targets.append(f"{REASONING_START}{settings.reasoning}{REASONING_END}\n"
                                f"{SOLUTION_START}{answer}{SOLUTION_END}")
         else:
             targets.append(f"The answer is {answer}.")
