@@ -117,38 +117,36 @@ def test_a_16bit_base_is_served_as_stored_and_an_adapter_is_merged_first(tiny_ch
     assert needs_serving_copy(tiny_checkpoint, tmp_path / "adapter")
 
 
-@pytest.mark.slow
-def test_evaluation_with_vllm_on_a_cpu_machine_fails_at_once_naming_the_setting(tmp_path):
-    """No CUDA here: baseline_completions with engine='vllm' fails before loading a model, naming the setting."""
+def _first_failure(profile, data_dir, asset: str) -> tuple[str, str]:
+    """Materialize the data, the base model and ``asset`` with ``profile``; the first failed step and its error."""
     from vlmrl_pipeline.definitions import all_assets, all_checks
     from vlmrl_pipeline.resources import resources_for_profile
 
-    profile = tiny_profile()
-    profile = dataclasses.replace(profile, generation=dataclasses.replace(profile.generation, engine="vllm"))
     result = materialize([*all_assets, *all_checks],
-                         selection=["mathvista_filtered", "resized_images", "base_model", "baseline_completions"],
-                         resources=resources_for_profile(profile, str(tmp_path)), instance=DagsterInstance.ephemeral(),
+                         selection=["mathvista_filtered", "resized_images", "base_model", asset],
+                         resources=resources_for_profile(profile, str(data_dir)), instance=DagsterInstance.ephemeral(),
                          raise_on_error=False)
     failure = next(e for e in result.all_events if e.is_step_failure)
-    assert failure.step_key == "baseline_completions"
-    assert "eval_settings.engine='vllm'" in failure.event_specific_data.error.to_string()
+    return failure.step_key, failure.event_specific_data.error.to_string()
+
+
+@pytest.mark.slow
+def test_evaluation_with_vllm_on_a_cpu_machine_fails_at_once_naming_the_setting(tmp_path):
+    """No CUDA here: baseline_completions with engine='vllm' fails before loading a model, naming the setting."""
+    profile = tiny_profile()
+    profile = dataclasses.replace(profile, generation=dataclasses.replace(profile.generation, engine="vllm"))
+    step, message = _first_failure(profile, tmp_path, "baseline_completions")
+    assert step == "baseline_completions"
+    assert "eval_settings.engine='vllm'" in message
     assert not (tmp_path / "baseline_completions" / "completions.parquet").exists()
 
 
 @pytest.mark.slow
 def test_training_with_vllm_rollouts_on_a_cpu_machine_is_refused_before_launch(tmp_path):
-    from vlmrl_pipeline.definitions import all_assets, all_checks
-    from vlmrl_pipeline.resources import resources_for_profile
-
     profile = tiny_profile()
     profile = dataclasses.replace(profile, gspo=dataclasses.replace(profile.gspo, use_vllm=True))
-    result = materialize([*all_assets, *all_checks],
-                         selection=["mathvista_filtered", "resized_images", "base_model", "lora_adapter"],
-                         resources=resources_for_profile(profile, str(tmp_path)), instance=DagsterInstance.ephemeral(),
-                         raise_on_error=False)
-    failure = next(e for e in result.all_events if e.is_step_failure)
-    assert failure.step_key == "lora_adapter"
-    message = failure.event_specific_data.error.to_string()
+    step, message = _first_failure(profile, tmp_path, "lora_adapter")
+    assert step == "lora_adapter"
     assert "training_settings.use_vllm=True needs a CUDA GPU" in message
     assert not (tmp_path / "lora_adapter_checkpoints").exists() or not any(
         (tmp_path / "lora_adapter_checkpoints").rglob("checkpoint-*"))

@@ -453,14 +453,18 @@ def _readable_spec(question: str, answer: int, context: str) -> dict[str, Any]:
                  skills=["numeric commonsense"])
 
 
+def _square_box(c: _Canvas, rng: random.Random) -> list[tuple[float, float]]:
+    """A square of random side and position (jittered so that no two images repeat), as canvas corners."""
+    side, top, left = rng.randint(56, 96), rng.randint(4, 28), rng.randint(4, 28)
+    return [(c.p(left), c.p(top)), (c.p(left + side), c.p(top + side))]
+
+
 def _colour_code(rng: random.Random, variant: str, size: int):
     answer = rng.randint(1, 4)
     spec = _readable_spec("The colour of the square stands for a number: red 1, blue 2, green 3, orange 4. "
                           "Which number is it?", answer, "colour code")
     c = _Canvas(size)
-    side, top, left = rng.randint(56, 96), rng.randint(4, 28), rng.randint(4, 28)
-    c.draw.rectangle([(c.p(left), c.p(top)), (c.p(left + side), c.p(top + side))],
-                     fill=_COLOURS[_READABLE_COLOURS[answer - 1]], outline=_BLACK)
+    c.draw.rectangle(_square_box(c, rng), fill=_COLOURS[_READABLE_COLOURS[answer - 1]], outline=_BLACK)
     return spec, c.image
 
 
@@ -472,10 +476,9 @@ def _grey_level(rng: random.Random, variant: str, size: int):
     spec = _readable_spec("How dark is the square? Answer 1 for light grey, 2 for grey, 3 for dark grey, 4 for "
                           "black.", answer, "grey level")
     c = _Canvas(size)
-    side, top, left = rng.randint(56, 96), rng.randint(4, 28), rng.randint(4, 28)
+    box = _square_box(c, rng)
     level = _GREY_LEVELS[answer - 1] + rng.randint(-8, 8)
-    c.draw.rectangle([(c.p(left), c.p(top)), (c.p(left + side), c.p(top + side))], fill=(level, level, level),
-                     outline=_BLACK)
+    c.draw.rectangle(box, fill=(level, level, level), outline=_BLACK)
     return spec, c.image
 
 

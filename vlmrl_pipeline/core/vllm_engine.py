@@ -141,7 +141,6 @@ def generate_completions_vllm(
     scratch_dir: str | os.PathLike,
     dtype: str = "bfloat16",
     revision: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
     """Greedy completions of base (+ adapter) through vLLM: make the 16-bit serving copy if needed, start the
     engine, generate, stop it. Returns ``(completions, info)`` where ``info`` says what vLLM served."""
@@ -158,7 +157,7 @@ def generate_completions_vllm(
         llm = start_engine(served, settings, max_model_len, dtype=dtype)
         started = time.perf_counter()
         try:
-            texts, counts = generate_with_vllm(llm, processor, prompts, images, settings, progress)
+            texts, counts = generate_with_vllm(llm, processor, prompts, images, settings)
             done = time.perf_counter()
         finally:
             stop_engine(llm)
