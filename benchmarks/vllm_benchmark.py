@@ -437,7 +437,7 @@ def child_gspo(spec: dict) -> dict:
     lora = LoraSettings(r=16, lora_alpha=16)
     settings = GSPOSettings(
         per_device_train_batch_size=spec["batch"], num_generations=spec["num_generations"],
-        gradient_accumulation_steps=1, max_completion_length=spec["max_completion_length"],
+        gradient_accumulation_steps=spec["grad_accum"], max_completion_length=spec["max_completion_length"],
         max_steps=spec["warmup"] + spec["steps"], save_steps=0, logging_steps=1,
         use_vllm=use_vllm, vllm_gpu_memory_utilization=spec["vllm_gpu_memory_utilization"],
     )
@@ -604,6 +604,9 @@ def parse_args(argv=None):
     p.add_argument("--gspo-model", default="2b", choices=sorted(MODELS))
     p.add_argument("--batch", type=int, default=8, help="GSPO per_device_train_batch_size (completions per step)")
     p.add_argument("--num-generations", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=4,
+                   help="GSPO gradient_accumulation_steps; TRL generates batch x grad-accum completions at once (the "
+                        "seed's 8 x 4 = 32: 8 prompts x 4 generations)")
     p.add_argument("--max-completion-length", type=int, default=256)
     p.add_argument("--steps", type=int, default=3, help="GSPO timed steps")
     p.add_argument("--gspo-warmup", type=int, default=1, help="GSPO untimed steps first")
@@ -746,7 +749,9 @@ def main(argv=None) -> int:
     if "gspo" in parts:
         m = args.gspo_model
         gspo_settings = {"per_device_train_batch_size": args.batch, "num_generations": args.num_generations,
-                         "gradient_accumulation_steps": 1, "max_completion_length": args.max_completion_length,
+                         "gradient_accumulation_steps": args.grad_accum,
+                         "completions_per_step": args.batch * args.grad_accum,
+                         "max_completion_length": args.max_completion_length,
                          "warmup_steps_untimed": args.gspo_warmup, "timed_steps": args.steps,
                          "max_steps": args.gspo_warmup + args.steps, "backend": "transformers", "dtype": "bfloat16",
                          "load_in_4bit": False, "lora": {"r": 16, "lora_alpha": 16},
@@ -763,10 +768,10 @@ def main(argv=None) -> int:
                 continue
             log(f"gspo {MODELS[m]} {engine} ({left_text()})")
             res = run_child({"job": f"gspo-{engine}", "engine": engine, "ckpt": str(ckpt), "batch": args.batch,
-                             "num_generations": args.num_generations, "steps": args.steps,
+                             "grad_accum": args.grad_accum, "num_generations": args.num_generations, "steps": args.steps,
                              "warmup": args.gspo_warmup, "max_completion_length": args.max_completion_length,
                              "max_seq_length": args.max_seq_length, "image_size": args.image_size,
-                             "train_rows": 4 * args.batch, "seed": args.seed,
+                             "train_rows": 4 * args.batch * args.grad_accum, "seed": args.seed,
                              "vllm_gpu_memory_utilization": args.gspo_vllm_gpu_memory_utilization,
                              "work_dir": str(work / f"gspo-{MODELS[m]}-{engine}")}, child_timeout())
             record({**entry, **res})
@@ -859,7 +864,8 @@ def report(entries: list[dict]) -> str:
             lines.append("| " + " | ".join([
                 e["model"], e["engine"] + (f" (util {s.get('vllm_gpu_memory_utilization')})"
                                            if e["engine"] == "vllm" else ""), _status(e),
-                f"{s.get('per_device_train_batch_size')} x {s.get('max_completion_length')}",
+                f"{s.get('completions_per_step', s.get('per_device_train_batch_size'))} x "
+                f"{s.get('max_completion_length')}",
                 _f(e.get("median_step_s")), " / ".join(_f(x) for x in e.get("step_s_timed") or []) or "-",
                 " / ".join(_f(x, 1) for x in e.get("warmup_step_s") or []) or "-", _f(e.get("trainer_setup_s"), 1),
                 _f(statistics.median(rollout)) if rollout else "-", _f(mem.get("peak_allocated_gb")),

@@ -1,13 +1,27 @@
-# The vLLM GPU tests, then the 2B evaluation benchmark, on the GPU machine in the background (together they outlast
-# one 10-minute command). Set up first: source .vllm/device_env.sh (the vLLM bundle) and .whl/install.sh (the RL
-# wheelhouse), copy the checkout to /tmp/repo, then:  setsid bash benchmarks/vllm_gpu_tests.sh [PYTEST -k EXPR] > LOG
-cd /tmp/repo
+# The vLLM benchmarks and GPU tests on the GPU machine, one stage after another, in the background: together they
+# outlast one 10-minute device command. Set up first: source .vllm/device_env.sh (the vLLM bundle) and
+# .whl/install.sh (the RL wheelhouse), copy the checkout to /tmp/repo, then
+#   setsid nohup bash benchmarks/vllm_gpu_tests.sh [STAGE ...] > /tmp/vlog/session.log 2>&1 &
+# and poll /tmp/vlog (each stage writes STAGE.log, the benchmarks STAGE.json; "ALL DONE" ends session.log).
+# Stages: eval8b eval2b gspo2b tests (default: all four, in that order).
+cd /tmp/repo || exit 1
 export VLMRL_TOOLS_DIR=$PWD/.tools HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONPATH=$PWD:$PYTHONPATH
-date -u
+mkdir -p /tmp/vlog
 python3 -c "import torch, vllm, transformers, trl, peft, dagster; print({m.__name__: m.__version__ for m in (torch, vllm, transformers, trl, peft, dagster)})"
-python3 -m pytest vlmrl_pipeline_tests/test_vllm_gpu.py -m gpu -s -p no:cacheprovider -W ignore ${1:+-k "$1"}
-echo "pytest exit $?"
-date -u
-python3 benchmarks/vllm_benchmark.py --part eval --models 2b --deadline-s 420 --out /tmp/vlog/vllm_eval_2b.json
-echo "benchmark exit $?"
-date -u
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+bench() { python3 benchmarks/vllm_benchmark.py --work-dir /tmp/vllm_bench "$@"; }
+for stage in ${@:-eval8b eval2b gspo2b tests}; do
+  echo "== $stage start $(date -u +%T)"
+  case $stage in
+    eval8b) bench --part eval --models 8b --deadline-s 540 --out /tmp/vlog/$stage.json ;;
+    eval2b) bench --part eval --models 2b --deadline-s 420 --out /tmp/vlog/$stage.json ;;
+    # The seed's batch: 8 completions a micro-batch x 4 accumulation steps = 8 prompts x 4 generations per rollout.
+    gspo2b) bench --part gspo --gspo-model 2b --batch 8 --grad-accum 4 --num-generations 4 \
+              --max-completion-length 512 --deadline-s 540 --out /tmp/vlog/$stage.json ;;
+    tests) python3 -m pytest vlmrl_pipeline_tests/test_vllm_gpu.py -m gpu -s -p no:cacheprovider -W ignore \
+             --durations=10 ;;
+    *) echo "unknown stage $stage"; false ;;
+  esac > /tmp/vlog/$stage.log 2>&1
+  echo "== $stage exit $? $(date -u +%T)"
+done
+echo "ALL DONE $(date -u +%T)"
