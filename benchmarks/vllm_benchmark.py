@@ -209,6 +209,14 @@ def memory_bound(entry: dict, weights: dict, kv_per_token: int, bandwidth: float
     out = {"text_weight_gb": round(wbytes / GB, 3), "kv_bytes_per_token": kv_per_token}
     if entry.get("decode_s") and new:
         out["ms_per_step_approx"] = round(1000 * entry["decode_s"] / new, 2)
+    # Decode alone: the timed run minus the prefill-only pass (image preprocessing, vision tower, prefill), over the
+    # new - 1 tokens that each took a decode step. Approximate where an engine overlaps prefill with decoding.
+    prefill = entry.get("prefill_s")
+    if entry.get("decode_s") and prefill is not None and new > 1 and batch and entry["decode_s"] > prefill:
+        decode_only = entry["decode_s"] - prefill
+        out["decode_only_s"] = round(decode_only, 3)
+        out["ms_per_decode_step"] = round(1000 * decode_only / (new - 1), 2)
+        out["decode_tokens_per_s"] = round(batch * (new - 1) / decode_only, 1)
     if not bandwidth or not batch:
         return out
     out["step_floor_ms"] = round(1000 * wbytes / bandwidth, 3)
@@ -221,6 +229,10 @@ def memory_bound(entry: dict, weights: dict, kv_per_token: int, bandwidth: float
     if entry.get("tokens_per_s"):
         out["fraction_of_limit"] = round(entry["tokens_per_s"] / out["limit_tokens_per_s"], 4)
         out["fraction_of_limit_with_kv"] = round(entry["tokens_per_s"] / out["limit_with_kv_tokens_per_s"], 4)
+    if out.get("decode_tokens_per_s"):
+        out["decode_fraction_of_limit"] = round(out["decode_tokens_per_s"] / out["limit_tokens_per_s"], 4)
+        out["decode_fraction_of_limit_with_kv"] = round(
+            out["decode_tokens_per_s"] / out["limit_with_kv_tokens_per_s"], 4)
     return out
 
 
@@ -312,6 +324,16 @@ def child_eval_transformers(spec: dict) -> dict:
     res["warmup_s"] = round(time.perf_counter() - t0, 2)
     recorder.calls.clear()
 
+    # Prefill alone (one new token) on other images of the same shapes: the timed run minus this is the decode.
+    prefill_prompts, prefill_images = chat_inputs(spec["n_prompts"], spec["image_size"], seed=spec["seed"] + 2)
+    sync()
+    t0 = time.perf_counter()
+    generate_completions(model, processor, prefill_prompts, prefill_images,
+                         GenerationSettings(max_new_tokens=1, batch_size=len(prefill_prompts)))
+    sync()
+    res["prefill_s"] = round(time.perf_counter() - t0, 3)
+    recorder.calls.clear()
+
     settings = GenerationSettings(max_new_tokens=spec["max_new_tokens"], batch_size=len(prompts))
     log(f"transformers: decoding {len(prompts)} prompts x {spec['max_new_tokens']} new tokens in one batch")
     sync()
@@ -360,6 +382,12 @@ def child_eval_vllm(spec: dict) -> dict:
         generate_with_vllm(llm, processor, warm_prompts, warm_images,
                            dataclasses.replace(settings, max_new_tokens=spec["warmup_new_tokens"]))
         res["warmup_s"] = round(time.perf_counter() - t0, 2)
+        # Prefill alone (one new token) on other images (no prefix-cache hits on the timed run's images).
+        prefill_prompts, prefill_images = chat_inputs(spec["n_prompts"], spec["image_size"], seed=spec["seed"] + 2)
+        t0 = time.perf_counter()
+        generate_with_vllm(llm, processor, prefill_prompts, prefill_images,
+                           dataclasses.replace(settings, max_new_tokens=1))
+        res["prefill_s"] = round(time.perf_counter() - t0, 3)
         log(f"vLLM: decoding {len(prompts)} prompts x {spec['max_new_tokens']} new tokens (max_num_seqs "
             f"{len(prompts)})")
         t0 = time.perf_counter()
@@ -833,6 +861,20 @@ def report(entries: list[dict]) -> str:
                   "wall / max_new_tokens, prefill and preprocessing included (an upper bound on the decode step). "
                   "Limit = batch x bandwidth / language-model weight bytes (one full read per step); 'incl. KV' adds "
                   "the mean KV-cache read per step.", ""]
+        split = [e for e in ev if (e.get("memory_bound") or {}).get("decode_only_s")]
+        if split:
+            lines += ["Prefill and decode apart (decode = the timed run minus a prefill-only pass, 1 new token, "
+                      "same batch and shapes, other images):", "",
+                      "| model | engine | prefill s | decode s | ms/decode step | floor ms/step | decode tok/s | "
+                      "of limit | of limit incl. KV |", "|---|---|---|---|---|---|---|---|---|"]
+            for e in split:
+                mb = e["memory_bound"]
+                lines.append("| " + " | ".join([
+                    e["model"], e["engine"], _f(e.get("prefill_s")), _f(mb.get("decode_only_s")),
+                    _f(mb.get("ms_per_decode_step")), _f(mb.get("step_floor_ms"), 2),
+                    _f(mb.get("decode_tokens_per_s"), 0), _f(mb.get("decode_fraction_of_limit"), 3),
+                    _f(mb.get("decode_fraction_of_limit_with_kv"), 3)]) + " |")
+            lines.append("")
         by = {entry_key(e): e for e in ev}
         for model in dict.fromkeys(e["model"] for e in ev):
             tf, vl = by.get(("eval", model, "transformers"), {}), by.get(("eval", model, "vllm"), {})
@@ -850,6 +892,11 @@ def report(entries: list[dict]) -> str:
                 lines.append(f"- {model}: vLLM / transformers decode throughput = {vl['tokens_per_s']:.1f} / "
                              f"{tf['tokens_per_s']:.1f} tok/s = **{vl['tokens_per_s'] / tf['tokens_per_s']:.2f}x** "
                              f"(same device: {tf.get('device') == vl.get('device')})")
+                tmb, vmb = tf.get("memory_bound") or {}, vl.get("memory_bound") or {}
+                if tmb.get("decode_tokens_per_s") and vmb.get("decode_tokens_per_s"):
+                    lines.append(f"- {model}: decode alone, vLLM / transformers = "
+                                 f"{vmb['decode_tokens_per_s'] / tmb['decode_tokens_per_s']:.2f}x; prefill alone "
+                                 f"{tf['prefill_s'] / vl['prefill_s']:.2f}x")
         lines.append("")
     gs = [e for e in entries if e.get("part") == "gspo"]
     if gs:
