@@ -130,24 +130,26 @@ def noise_images(n: int, size: int, seed: int):
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB") for _ in range(n)]
 
 
-def math_questions(n: int, seed: int) -> tuple[list[str], list[str]]:
-    """Short arithmetic questions and their answers."""
+def math_questions(n: int, seed: int, two_digit: bool = False) -> tuple[list[str], list[str]]:
+    """Short arithmetic questions and their answers. ``two_digit``: every number has two digits, so every prompt
+    has the same token count (Qwen's tokenizer splits digits) and a batch needs no padding."""
     import random
 
     rng = random.Random(seed)
     questions, answers = [], []
+    low = 10 if two_digit else 2
     for _ in range(n):
-        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        a, b = rng.randint(low, 99), rng.randint(low, 99)
         questions.append(f"The picture shows {a} rows of {b} dots. How many dots are there? Answer with a number.")
         answers.append(str(a * b))
     return questions, answers
 
 
-def chat_inputs(n: int, image_size: int, seed: int):
+def chat_inputs(n: int, image_size: int, seed: int, two_digit: bool = False):
     """``(chat prompts, images)``: ``[{"role": "user", "content": [image, text]}]`` each, TRL's VLM format."""
     from vlmrl_pipeline.core.datasets import chat_prompt
 
-    questions, _ = math_questions(n, seed)
+    questions, _ = math_questions(n, seed, two_digit)
     return [chat_prompt(q) for q in questions], noise_images(n, image_size, seed)
 
 
@@ -411,12 +413,12 @@ def child_eval_vllm(spec: dict) -> dict:
     return res
 
 
-def gspo_dataset(n: int, image_size: int, seed: int):
+def gspo_dataset(n: int, image_size: int, seed: int, two_digit: bool = False):
     """TRL's VLM format, as ``samples.trl_dataset`` builds it: ``prompt`` (chat), ``image``, ``answer``."""
     import datasets
 
-    prompts, images = chat_inputs(n, image_size, seed)
-    _, answers = math_questions(n, seed)
+    prompts, images = chat_inputs(n, image_size, seed, two_digit)
+    _, answers = math_questions(n, seed, two_digit)
     return datasets.Dataset.from_dict({"prompt": prompts, "image": images, "answer": answers})
 
 
@@ -448,6 +450,39 @@ class ProfiledBlocks:
         return [round(s, 3) for s in sums]
 
 
+def record_mismatch_by_row(blocks: ProfiledBlocks) -> list[dict]:
+    """Per completion: mean |log p_train - log p_vLLM| over its tokens, beside the left padding of its prompt in the
+    trainer's batch (TRL's own metric averages these over the batch)."""
+    from trl import GRPOTrainer
+
+    rows: list[dict] = []
+    original = GRPOTrainer._generate_and_score_completions
+
+    def wrapped(self, inputs):
+        out = original(self, inputs)
+        old, sampled = out.get("old_per_token_logps"), out.get("sampling_per_token_logps")
+        if old is not None and sampled is not None:
+            mask = out["completion_mask"].bool()
+            diff = (old - sampled).abs()
+            for i in range(old.size(0)):
+                rows.append({"step": blocks.step, "prompt_left_pad": int((out["prompt_mask"][i] == 0).sum()),
+                             "prompt_tokens": int(out["prompt_mask"][i].sum()),
+                             "mean_abs_logp_diff": round(float(diff[i][mask[i]].mean()), 4)})
+        return out
+
+    GRPOTrainer._generate_and_score_completions = wrapped
+    return rows
+
+
+def mismatch_by_padding(rows: list[dict]) -> dict:
+    """Mean of the per-completion gaps, grouped by left padding (0 tokens vs more)."""
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        groups.setdefault("unpadded" if r["prompt_left_pad"] == 0 else "left-padded", []).append(
+            r["mean_abs_logp_diff"])
+    return {k: {"completions": len(v), "mean_abs_logp_diff": round(statistics.mean(v), 4)} for k, v in groups.items()}
+
+
 def child_gspo(spec: dict) -> dict:
     import torch
     from transformers import TrainerCallback
@@ -469,8 +504,10 @@ def child_gspo(spec: dict) -> dict:
         max_steps=spec["warmup"] + spec["steps"], save_steps=0, logging_steps=1,
         use_vllm=use_vllm, vllm_gpu_memory_utilization=spec["vllm_gpu_memory_utilization"],
     )
-    dataset = gspo_dataset(spec["train_rows"], spec["image_size"], seed=spec["seed"])
+    dataset = gspo_dataset(spec["train_rows"], spec["image_size"], seed=spec["seed"],
+                           two_digit=spec.get("equal_prompts", False))
     blocks = ProfiledBlocks()
+    mismatch_rows = record_mismatch_by_row(blocks) if use_vllm else []
 
     class StepTimer(TrainerCallback):
         """Wall time of each optimizer step (rollout + rewards + forward/backward + optimizer + weight sync)."""
@@ -520,8 +557,11 @@ def child_gspo(spec: dict) -> dict:
         "memory": cuda_memory(),
         "log_history": tres.log_history,
         "rollout_metrics": rollout_summary(tres.log_history),
+        "mismatch_by_row": mismatch_rows, "mismatch_by_padding": mismatch_by_padding(mismatch_rows),
         "gspo_settings": dataclasses.asdict(settings), "lora": dataclasses.asdict(lora),
     })
+    if mismatch_rows:
+        log(f"{label}: rollout/train mismatch by the prompt's left padding: {res['mismatch_by_padding']}")
     log(f"{label}: steps {steps} s (median of timed {res['median_step_s']} s), peak "
         f"{_f(res['memory'].get('peak_allocated_gb'))} GB, rollout metrics {res['rollout_metrics']}")
     return res
@@ -599,6 +639,22 @@ def load_results(paths) -> list[dict]:
     return entries
 
 
+def merge_into(target: Path, paths) -> None:
+    """Add these results files' entries to the project's ``benchmarks/results.json``, beside
+    ``gspo_benchmark.py``'s: each also gets that file's key, ``backend`` (the engine) and ``kind``
+    (``vllm-eval`` / ``vllm-gspo``); an entry with the same key is replaced."""
+    existing = json.loads(target.read_text()) if target.exists() else []
+    new = load_results(paths)
+    for e in new:
+        e.update(backend=e["engine"], kind=f"vllm-{e['part']}")
+    keys = {(e["model"], e["backend"], e["kind"]) for e in new}
+    kept = [e for e in existing if (e.get("model"), e.get("backend"), e.get("kind")) not in keys]
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(kept + new, indent=1, default=str))
+    os.replace(tmp, target)
+    log(f"{len(new)} vLLM entries merged into {target} ({len(kept)} others kept)")
+
+
 def merged(entries: list[dict], entry: dict) -> list[dict]:
     old = next((e for e in entries if entry_key(e) == entry_key(entry)), None)
     if old is not None and old.get("status") == "ok" and entry.get("status") == "skipped":
@@ -632,6 +688,8 @@ def parse_args(argv=None):
     p.add_argument("--gspo-model", default="2b", choices=sorted(MODELS))
     p.add_argument("--batch", type=int, default=8, help="GSPO per_device_train_batch_size (completions per step)")
     p.add_argument("--num-generations", type=int, default=4)
+    p.add_argument("--equal-prompts", action="store_true",
+                   help="GSPO: prompts of one token count (two-digit numbers), so no batch needs left padding")
     p.add_argument("--grad-accum", type=int, default=4,
                    help="GSPO gradient_accumulation_steps; TRL generates batch x grad-accum completions at once (the "
                         "seed's 8 x 4 = 32: 8 prompts x 4 generations)")
@@ -650,6 +708,9 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true",
                    help="CPU plumbing check: tiny stand-in, 4 prompts, 8 new tokens, vLLM children skipped")
     p.add_argument("--report", nargs="+", metavar="RESULTS", help="print the markdown tables of results files")
+    p.add_argument("--merge-into", metavar="TARGET", help="merge the results files given after it into TARGET "
+                   "(benchmarks/results.json) and exit")
+    p.add_argument("results", nargs="*", help="with --merge-into: the results files")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -663,6 +724,9 @@ def main(argv=None) -> int:
         # The result is written: skip interpreter teardown (vLLM's atexit hooks and a colocated engine's process
         # group can hang there); the parent ends whatever this process leaves behind.
         os._exit(code)
+    if args.merge_into:
+        merge_into(Path(args.merge_into), args.results)
+        return 0
     if args.report:
         print(report(load_results(args.report)))
         return 0
@@ -784,6 +848,7 @@ def main(argv=None) -> int:
                          "max_steps": args.gspo_warmup + args.steps, "backend": "transformers", "dtype": "bfloat16",
                          "load_in_4bit": False, "lora": {"r": 16, "lora_alpha": 16},
                          "reward": "ascii_share_reward", "image_size": args.image_size,
+                         "equal_prompts": args.equal_prompts,
                          "max_seq_length": args.max_seq_length,
                          "vllm_gpu_memory_utilization": args.gspo_vllm_gpu_memory_utilization, "seed": args.seed}
         ckpt, no_ckpt = ensure_checkpoint(m)
@@ -796,10 +861,12 @@ def main(argv=None) -> int:
                 continue
             log(f"gspo {MODELS[m]} {engine} ({left_text()})")
             res = run_child({"job": f"gspo-{engine}", "engine": engine, "ckpt": str(ckpt), "batch": args.batch,
-                             "grad_accum": args.grad_accum, "num_generations": args.num_generations, "steps": args.steps,
+                             "grad_accum": args.grad_accum, "num_generations": args.num_generations,
+                             "steps": args.steps,
                              "warmup": args.gspo_warmup, "max_completion_length": args.max_completion_length,
                              "max_seq_length": args.max_seq_length, "image_size": args.image_size,
-                             "train_rows": 4 * args.batch * args.grad_accum, "seed": args.seed,
+                             "train_rows": 4 * args.batch * args.grad_accum, "equal_prompts": args.equal_prompts,
+                             "seed": args.seed,
                              "vllm_gpu_memory_utilization": args.gspo_vllm_gpu_memory_utilization,
                              "work_dir": str(work / f"gspo-{MODELS[m]}-{engine}")}, child_timeout())
             record({**entry, **res})

@@ -135,6 +135,37 @@ def test_gspo_with_vllm_rollouts_reports_a_small_mismatch_on_a_trained_model(dem
     assert 0.5 < summary["importance_sampling_ratio_mean/mean"] <= 2.0, summary
 
 
+def test_vllm_rollouts_come_from_the_trainers_prompt_on_random_weights(tmp_path):
+    """A random-weight policy is sensitive to its context, so it shows a rollout prompt that differs from the
+    trainer's: TRL hands vLLM processor-expanded image tokens, which vLLM expanded again (0.85 nats per token on
+    this stand-in, against 0.02 for bf16 rounding alone) until ``core.vllm_rollouts`` collapsed them."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    from vlmrl_pipeline.core.datasets import chat_prompt
+    from vlmrl_pipeline.core.standin import build_standin
+
+    ckpt = build_standin("qwen3vl-2b", tmp_path / "standin", packaging="bf16", device="cuda")
+    model, processor, _ = load_model(str(ckpt), backend="transformers", dtype="bfloat16", load_in_4bit=False,
+                                     max_seq_length=MAX_SEQ)
+    rng = np.random.default_rng(0)
+    rows = 8
+    dataset = datasets.Dataset.from_dict({
+        "prompt": [chat_prompt(f"How many dots are in {a} rows of {a + 3}?") for a in range(2, 2 + rows)],
+        "image": [Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)) for _ in range(rows)],
+        "answer": [str(a * (a + 3)) for a in range(2, 2 + rows)]})
+    settings = GSPOSettings(
+        learning_rate=1e-5, optim="adamw_torch", per_device_train_batch_size=8, gradient_accumulation_steps=1,
+        num_generations=4, max_completion_length=32, max_steps=2, logging_steps=1, use_vllm=True,
+        vllm_gpu_memory_utilization=0.2, save_steps=0)
+    _, result = train_gspo(model, processor, dataset, settings, tmp_path / "trainer", [ascii_share_reward], [1.0],
+                           peft_config=peft_lora_config(LoraSettings(r=8, lora_alpha=16)), max_seq_length=MAX_SEQ)
+    summary = rollout_summary(result.log_history)
+    print(json.dumps({"random_weights": True, **summary}))
+    assert summary["logp_difference_mean/mean"] < 0.1, summary
+
+
 def test_unsloth_fast_inference_rollouts(demo_lineage_data, tmp_path):
     """The seeds' path: Unsloth loads the policy in 4-bit with its own vLLM engine (``fast_inference=True``,
     ``UNSLOTH_VLLM_STANDBY=1``) and GSPO's rollouts go through it."""

@@ -525,6 +525,10 @@ def train_gspo(
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+    if settings.use_vllm:
+        from vlmrl_pipeline.core.vllm_rollouts import feed_unexpanded_image_prompts
+
+        feed_unexpanded_image_prompts(trainer, processor, log)
     resumed_from = checkpoint_step(resume_from_checkpoint) if resume_from_checkpoint is not None else 0
     output = trainer.train(resume_from_checkpoint=str(resume_from_checkpoint) if resume_from_checkpoint else None)
     if save_adapter_to is not None:
