@@ -11,6 +11,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from vlmrl_pipeline.core.datasets import BOXED_SYSTEM_PROMPT
+from vlmrl_pipeline.core.environment import environment_fingerprint
 from vlmrl_pipeline.core.export import sha256_file
 from vlmrl_pipeline.core.modeling import load_model
 from vlmrl_pipeline.core.profiles import demo_profile
@@ -101,6 +102,33 @@ def test_whole_lineage_on_the_tiny_profile(tmp_path):
     assert {p.name for p in hidden} - {p.name for p in locks} == {".cache"}
     assert {p.name for p in locks} >= {".lora_adapter.lock", ".base_model.lock", ".eval_diff_report.lock"}
     assert all(p.read_text() == "" for p in locks)
+
+    # Every materialization records the environment; tables carry Dagster's row count and column schema.
+    fingerprint = environment_fingerprint()
+    for name in ASSETS:
+        meta = _metadata(result, name)
+        assert meta["environment"] == fingerprint and len(meta["environment_id"]) == 12, name
+    filtered = pd.read_parquet(data / "mathvista_filtered" / "filtered.parquet")
+    assert _metadata(result, "mathvista_filtered")["dagster/row_count"] == len(filtered)
+    assert _metadata(result, "resized_images")["dagster/row_count"] == len(manifest)
+    assert _metadata(result, "after_records")["dagster/row_count"] == len(held_out)
+    schema = _metadata(result, "baseline_records")["dagster/column_schema"]
+    assert {"pid", "pred", "correct", "format_ok"} <= {c.name for c in schema.columns}
+    assert report["evaluation_environments"] == "the same"
+    assert "Both evaluations ran in one environment" in (data / "eval_diff_report" / "report.md").read_text()
+
+    # The report names an environment change between the two evaluations (here the baseline's record, edited).
+    path = data / "baseline_records" / "baseline_records.json"
+    payload = json.loads(path.read_text())
+    payload["environment"] = {**fingerprint, "torch": "0.0-elsewhere"}
+    path.write_text(json.dumps(payload))
+    again = materialize([*all_assets, *all_checks], selection=["eval_diff_report"],
+                        resources=resources_for_profile(profile, str(data)), instance=instance)
+    assert again.success
+    changed = f"torch: 0.0-elsewhere -> {fingerprint['torch']}"
+    assert _metadata(again, "eval_diff_report")["evaluation_environments"] == changed
+    assert "ran in different environments" in (data / "eval_diff_report" / "report.md").read_text()
+    assert 'id="environment-warning"' in (data / "eval_diff_report" / "report.html").read_text()
 
 
 @pytest.mark.heavy

@@ -12,6 +12,7 @@ from dagster import (
     asset_check,
 )
 
+from vlmrl_pipeline.assets.provenance import environment_metadata, table_metadata
 from vlmrl_pipeline.core.datasets import (
     MATHVISTA_COLUMNS,
     count_skips,
@@ -93,6 +94,8 @@ def _filter_source(context: AssetExecutionContext, artifacts: ArtifactStore,
                                 f"{item['kind']}): {item['reason']}")
     return MaterializeResult(
         metadata={
+            **environment_metadata(),
+            **table_metadata(kept),
             "path": MetadataValue.path(str(artifacts.asset_dir("mathvista_filtered") / FILTERED_NAME)),
             "source": settings.source,
             "split": settings.split,
@@ -156,6 +159,8 @@ def resized_images(
         context.log.warning(f"skipped pid {item['pid']} ({item['kind']}): {item['reason']}")
     return MaterializeResult(
         metadata={
+            **environment_metadata(),
+            **table_metadata(manifest),
             "path": MetadataValue.path(str(final_dir)),
             "image_size": settings.image_size,
             "num_images": len(prepared),

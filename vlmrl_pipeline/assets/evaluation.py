@@ -22,8 +22,9 @@ from dagster import (
 
 from vlmrl_pipeline.assets.data import mathvista_filtered, resized_images
 from vlmrl_pipeline.assets.model import base_model, base_model_path
-from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS, lineage
+from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS, environment_metadata, lineage, table_metadata
 from vlmrl_pipeline.assets.training import lora_adapter
+from vlmrl_pipeline.core.environment import environment_fingerprint
 from vlmrl_pipeline.core.evaluation import (
     generate_for_rows,
     generate_for_rows_vllm,
@@ -100,11 +101,13 @@ def _generate(
         "generation_seconds": seconds,
         "eval_pids": [str(p) for p in rows["pid"]],
         "dropped_context_overflow": overflow,
+        "environment": environment_fingerprint(),
     }
     with artifacts.staging(name) as tmp:
         save_completions(tmp, rows["pid"].tolist(), completions, info)
     return MaterializeResult(
         metadata={
+            **environment_metadata(),
             "path": MetadataValue.path(str(artifacts.asset_dir(name))),
             "num_completions": len(completions),
             "num_context_overflow": len(overflow),
@@ -130,6 +133,8 @@ def _score(name: str, completions_asset: str, artifacts: ArtifactStore,
         save_records(records, tmp, name, provenance)
     return MaterializeResult(
         metadata={
+            **environment_metadata(),
+            **table_metadata(records),
             "path": MetadataValue.path(str(artifacts.asset_dir(name) / f"{name}.json")),
             **{k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in summary.items()
                if k not in ("top_answer", "collapse")},

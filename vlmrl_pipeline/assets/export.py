@@ -13,7 +13,7 @@ from dagster import (
 
 from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.model import base_model, base_model_path
-from vlmrl_pipeline.assets.provenance import lineage
+from vlmrl_pipeline.assets.provenance import environment_metadata, lineage
 from vlmrl_pipeline.assets.training import lora_adapter
 from vlmrl_pipeline.core.evaluation import write_json_atomic
 from vlmrl_pipeline.core.export import (
@@ -141,6 +141,7 @@ def merged_model(
     context.log.info(f"merged checkpoint generates: {metadata['sample_generation']!r}")
     return MaterializeResult(
         metadata={
+            **environment_metadata(),
             "path": MetadataValue.path(str(artifacts.asset_dir("merged_model") / MERGED_16BIT_DIR)),
             "dtype": settings.merged_dtype,
             "merged_4bit": settings.merged_4bit,
@@ -245,7 +246,7 @@ def gguf_model(
         if "llama_cpp_check" in entry:
             metadata[f"{t}_llama_cpp_greedy_agreement"] = (
                 f"{entry['llama_cpp_check']['agreeing_prefix']}/{len(entry['llama_cpp_check']['greedy_tokens_transformers'])}")
-    return MaterializeResult(metadata=metadata)
+    return MaterializeResult(metadata={**metadata, **environment_metadata()})
 
 
 @asset_check(asset=gguf_model, blocking=True,

@@ -5,6 +5,7 @@ import time
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from vlmrl_pipeline.assets.data import resized_images
+from vlmrl_pipeline.assets.provenance import environment_metadata
 from vlmrl_pipeline.core.lineage import check_model_available, write_model_ref
 from vlmrl_pipeline.core.samples import SPLIT_TRAIN, read_manifest, split_rows
 from vlmrl_pipeline.core.warmstart import build_demo_base_model
@@ -58,7 +59,7 @@ def base_model(
             write_model_ref(tmp, model_name=settings.model_name, revision=settings.revision, is_demo=False,
                             checkpoint_dir=None)
     metadata["path"] = MetadataValue.path(str(artifacts.asset_dir("base_model")))
-    return MaterializeResult(metadata=metadata)
+    return MaterializeResult(metadata={**metadata, **environment_metadata()})
 
 
 def base_model_path(artifacts: ArtifactStore) -> tuple[str, dict]:

@@ -1,7 +1,14 @@
-"""The lineage every number carries: base model id and revision, data set hash, reward version, adapter sha256."""
+"""The lineage every number carries: base model id and revision, data set hash, reward version, adapter sha256,
+and the environment (versions that decide results, and the GPU) every materialization ran in."""
 
+import hashlib
+import json
 from pathlib import Path
 
+import pandas as pd
+from dagster import MetadataValue, TableColumn, TableSchema
+
+from vlmrl_pipeline.core.environment import environment_fingerprint
 from vlmrl_pipeline.core.export import sha256_file
 from vlmrl_pipeline.core.lineage import read_model_ref
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
@@ -34,3 +41,18 @@ def lineage(artifacts: ArtifactStore, adapter_dir: Path | None = None, *, with_r
     if with_rewards:
         provenance["reward_version"] = REWARD_VERSION
     return provenance
+
+
+def environment_metadata() -> dict:
+    """``environment`` (python, CUDA, torch, transformers, trl, peft, accelerate, unsloth, vllm, bitsandbytes,
+    dagster, GPU) and ``environment_id``, a short hash of it that the UI's metadata plots and tables can compare."""
+    fingerprint = environment_fingerprint()
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    return {"environment": MetadataValue.json(fingerprint), "environment_id": digest}
+
+
+def table_metadata(frame: pd.DataFrame) -> dict:
+    """Dagster's table conventions: ``dagster/row_count`` and ``dagster/column_schema`` (each column's dtype), which
+    the UI shows on the asset and plots across materializations."""
+    schema = TableSchema(columns=[TableColumn(str(name), str(dtype)) for name, dtype in frame.dtypes.items()])
+    return {"dagster/row_count": len(frame), "dagster/column_schema": MetadataValue.table_schema(schema)}

@@ -6,7 +6,8 @@ import pandas as pd
 from dagster import MaterializeResult, MetadataValue, asset
 
 from vlmrl_pipeline.assets.evaluation import after_records, baseline_records
-from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS
+from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS, environment_metadata
+from vlmrl_pipeline.core.environment import environment_differences
 from vlmrl_pipeline.core.evaluation import diff_records, report_markdown, write_json_atomic
 from vlmrl_pipeline.core.plots import before_after_png, png_markdown
 from vlmrl_pipeline.core.report_html import render_report_html, thumbnail_data_uri
@@ -31,7 +32,12 @@ def eval_diff_report(artifacts: ArtifactStore) -> MaterializeResult:
     diff = diff_records(baseline, after)
     # Lineage of the "after" numbers (the baseline's differs only by having no adapter).
     after_info = json.loads((artifacts.asset_dir("after_records") / "after_records.json").read_text())
+    baseline_info = json.loads((artifacts.asset_dir("baseline_records") / "baseline_records.json").read_text())
     diff["provenance"] = {k: after_info.get(k) for k in LINEAGE_KEYS}
+    # Generated where? A package or GPU change between the two evaluations moves the numbers too.
+    diff["environment"] = {"before": baseline_info.get("environment"), "after": after_info.get("environment"),
+                           "differences": environment_differences(baseline_info.get("environment"),
+                                                                  after_info.get("environment"))}
     markdown = report_markdown(diff)
     chart = before_after_png(diff["headline"], diff["comparison"])
     with artifacts.staging("eval_diff_report") as tmp:
@@ -45,6 +51,7 @@ def eval_diff_report(artifacts: ArtifactStore) -> MaterializeResult:
         (tmp / "report.html").write_text(render_report_html(diff, baseline, after, thumbnails, chart), encoding="utf-8")
     return MaterializeResult(
         metadata={
+            **environment_metadata(),
             "path": MetadataValue.path(str(artifacts.asset_dir("eval_diff_report") / "report.md")),
             "report_page": MetadataValue.url(
                 (artifacts.asset_dir("eval_diff_report") / "report.html").resolve().as_uri()),
@@ -54,6 +61,7 @@ def eval_diff_report(artifacts: ArtifactStore) -> MaterializeResult:
             **{k: str(v) for k, v in diff["provenance"].items()},
             "num_samples": diff["num_samples"],
             "num_flipped": len(diff["flipped_samples"]),
+            "evaluation_environments": "; ".join(diff["environment"]["differences"]) or "the same",
             "report": MetadataValue.md(markdown),
             "before_after": MetadataValue.md(png_markdown(chart, "before/after")),
         }

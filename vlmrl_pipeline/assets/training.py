@@ -19,7 +19,7 @@ import vlmrl_pipeline
 from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.model import base_model, base_model_path
 from vlmrl_pipeline.assets.preflight import export_preflight
-from vlmrl_pipeline.assets.provenance import lineage
+from vlmrl_pipeline.assets.provenance import environment_metadata, lineage
 from vlmrl_pipeline.core.atomic import ArtifactBusyError, exclusive
 from vlmrl_pipeline.core.checkpoints import (
     latest_checkpoint,
@@ -173,6 +173,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     rollout = rollout_summary(log["log_history"])
     return MaterializeResult(
         metadata={
+            **environment_metadata(),
             "path": MetadataValue.path(str(artifacts.asset_dir("lora_adapter"))),
             **reported,  # from the training process: backend, train_rows, global_step, resumed_from_step, ...
             **lineage(artifacts),  # adapter_sha256 below: this run's adapter

@@ -286,6 +286,15 @@ def report_markdown(diff: dict[str, Any], max_rows: int = 20) -> str:
         "hold (an empty solution block counts). The answer rate counts a solution block that holds an answer of "
         "the question's kind (a number; for multiple choice also an option letter or text).",
     ]
+    env = diff.get("environment")
+    if env is not None:
+        if env["differences"]:
+            lines += ["", "**The before and after evaluations ran in different environments**, so part of any "
+                      "change may come from them: " + "; ".join(env["differences"]) + "."]
+        else:
+            after_env = env.get("after") or {}
+            lines += ["", "Both evaluations ran in one environment (" + ", ".join(
+                f"{k} {after_env[k]}" for k in ("torch", "transformers", "vllm", "gpu") if k in after_env) + ")."]
     lines += ["", "Collapse check (empty answers, or one answer for most samples):", ""]
     for stage in ("baseline", "after"):
         flags = diff.get("collapse", {}).get(stage, [])

@@ -237,6 +237,16 @@ _SCRIPT = """
 """
 
 
+def _environment_note(diff: Mapping[str, Any]) -> str:
+    """A warning when the before and after evaluations ran with other packages or another GPU (else nothing)."""
+    differences = (diff.get("environment") or {}).get("differences") or []
+    if not differences:
+        return ""
+    items = "".join(f"<li><code>{_e(d)}</code></li>" for d in differences)
+    return (f'<p class="meta" id="environment-warning"><strong>The before and after evaluations ran in different '
+            f"environments</strong>; part of any change may come from them:</p><ul>{items}</ul>")
+
+
 def render_report_html(
     diff: Mapping[str, Any],
     baseline: pd.DataFrame,
@@ -278,6 +288,7 @@ def render_report_html(
 <body>
 <h1>{_e(title)} ({_e(n)} held-out samples)</h1>
 <p class="meta">Reward code version <code>{_e(diff.get("reward_version", "unknown"))}</code>.</p>
+{_environment_note(diff)}
 {_headline_section(diff)}
 {_plot_section(plot_png)}
 <section id="flips"><h2>Samples that flipped</h2><ul>{flips}</ul></section>
