@@ -186,6 +186,7 @@ class TrainingSettingsResource(ConfigurableResource):
     scale_rewards: str
     mask_truncated_completions: bool
     logging_steps: int
+    report_to: str = "tensorboard"
     seed: int
     gradient_checkpointing: bool
     save_steps: int

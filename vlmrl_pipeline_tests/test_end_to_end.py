@@ -71,6 +71,9 @@ def test_whole_lineage_on_the_tiny_profile(tmp_path):
     assert after["adapter_sha256"] == adapter_meta["adapter_sha256"]
     assert adapter_meta["global_step"] == profile.gspo.max_steps
 
+    # The training metrics also as TensorBoard events (report_to's default), kept with the adapter.
+    events = list((data / "lora_adapter" / "tensorboard").glob("*/events.out.tfevents.*"))
+    assert events and adapter_meta["tensorboard_logdir"] == str(data / "lora_adapter" / "tensorboard")
     assert (data / "lora_adapter" / "adapter_model.safetensors").exists()
     assert (data / "lora_adapter" / "adapter_config.json").exists()
     model, _, _ = load_model(str(data / "merged_model" / "checkpoint"), backend="transformers", dtype="float32")

@@ -22,6 +22,7 @@ from vlmrl_pipeline.core.training import (
     explain_out_of_memory,
     is_out_of_memory,
     paper_gspo_settings,
+    report_to_problems,
     resolve_optim,
     train_gspo,
 )
@@ -62,6 +63,15 @@ def test_gspo_trains_the_adapter_and_logs_rewards(tiny_checkpoint, tmp_path):
     for key in ("rewards/formatting_reward/mean", "rewards/correctness_reward/mean", "completions/mean_length"):
         assert key in logged[0]
     assert any("GSPO step 3/3" in line for line in lines)
+    # report_to's default: the same metrics as TensorBoard events under the trainer's output dir, one per step.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [run] = (tmp_path / "out" / "runs").iterdir()
+    events = EventAccumulator(str(run))
+    events.Reload()
+    rewards = events.Scalars("train/reward")
+    assert [e.step for e in rewards] == [1, 2, 3]
+    assert [e.value for e in rewards] == pytest.approx([h["reward"] for h in logged], rel=1e-5)
     trained.save_pretrained(tmp_path / "adapter")
     stats = inspect_lora_adapter(tmp_path / "adapter")
     assert stats["all_finite"]
@@ -178,6 +188,8 @@ def test_bad_launch_and_checkpoint_settings_are_refused(bad, match):
     (dict(temperature=0.0), "temperature must be > 0"),
     (dict(importance_sampling_level="sentence"), "importance_sampling_level must be"),
     (dict(steps_per_generation=0), "steps_per_generation must be >= 1"),
+    (dict(report_to="tensorbord"), "report_to must be 'none' or a comma-separated list of"),
+    (dict(report_to="none,wandb"), "report_to must be 'none' or"),
 ])
 def test_gspo_settings_that_cannot_train_are_refused_when_made(bad, match):
     # Made at the start of a run (execution.settings_problems), not minutes in, inside TRL.
@@ -239,3 +251,16 @@ def test_paper_preset_keeps_the_rest_of_the_base_settings():
     paper = paper_gspo_settings()
     assert paper.steps_per_generation == 2 * GSPOSettings().gradient_accumulation_steps == 8
     assert (paper.learning_rate, paper.optim, paper.importance_sampling_level) == (5e-6, "adamw_8bit", "sequence")
+
+
+def test_report_targets_reach_the_trainer_and_a_missing_package_is_named(tiny_checkpoint, tmp_path, monkeypatch):
+    _, processor, _ = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
+    assert build_grpo_config(_small(), tmp_path, processor, (1.0,)).report_to == ["tensorboard"]
+    assert build_grpo_config(_small(report_to="none"), tmp_path, processor, (1.0,)).report_to == []
+    assert report_to_problems(_small()) == []  # tensorboard is a dependency
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    [problem] = report_to_problems(_small(report_to="tensorboard,wandb"))
+    assert problem.startswith("training_settings.report_to='tensorboard,wandb': wandb needs the wandb package")

@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import shutil
 from dataclasses import asdict
 
 from dagster import (
@@ -45,7 +46,7 @@ from vlmrl_pipeline.core.plots import png_markdown, training_curves_png
 from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_set
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_TRAIN, read_manifest, split_rows
 from vlmrl_pipeline.core.settings_check import vllm_conflicts
-from vlmrl_pipeline.core.training import rollout_summary
+from vlmrl_pipeline.core.training import report_targets, report_to_problems, rollout_summary
 from vlmrl_pipeline.core.training_job import TRAINING_LOG, TrainingJob, TrainingProcessError, describe_failure
 from vlmrl_pipeline.core.vllm_engine import vllm_problems
 from vlmrl_pipeline.execution import GPU_POOL, GPU_TAGS, gpu_op_tags
@@ -60,6 +61,8 @@ from vlmrl_pipeline.resources import (
 TRAINING_CODE_VERSION = "training-2"
 CHECKPOINTS_DIR = "lora_adapter_checkpoints"
 """Beside the asset folders: ``<key>/checkpoint-<step>`` per set of training inputs (see ``core.checkpoints``)."""
+TENSORBOARD_DIR = "tensorboard"
+"""The adapter folder's TensorBoard event files (``tensorboard --logdir data/lora_adapter/tensorboard``)."""
 TRAINING_LOCK = "lora_adapter_training"
 """Its lock file (``.lora_adapter_training.lock``) is held by the training process itself: a process that outlived
 its killed step (the step's own lock died with it) still blocks a second training on the same checkpoints."""
@@ -112,6 +115,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     vllm_refusals = vllm_conflicts(model_cfg, gspo, backend)
     if gspo.use_vllm:
         vllm_refusals += vllm_problems("training_settings.use_vllm=True")
+    vllm_refusals += report_to_problems(gspo)
     if vllm_refusals:
         raise ValueError("; ".join(vllm_refusals))
     # What can only fail after training (the export's disk, memory, converter support) is checked now.
@@ -167,6 +171,10 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
         log = json.loads((tmp / TRAINING_LOG).read_text())
         curves = training_curves_png(log["log_history"])
         (tmp / "training_curves.png").write_bytes(curves)
+        # transformers writes TensorBoard events under the trainer's output dir (one folder per attempt, so a
+        # resumed run keeps the killed one's too); they move with the adapter.
+        if (work / "runs").is_dir():
+            shutil.copytree(work / "runs", tmp / TENSORBOARD_DIR)
         stats = inspect_lora_adapter(tmp)
     remove_work_dir(work)  # the adapter is in place; its checkpoints are no longer needed
     logged = [float(h["reward"]) for h in log["log_history"] if "reward" in h]
@@ -183,6 +191,9 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             "lora_b_nonzero": f"{stats['num_lora_b_nonzero']}/{stats['num_lora_b']}",
             "lora_all_finite": stats["all_finite"],
             "rollout_engine": "vllm" if gspo.use_vllm else "model.generate",
+            "report_to": gspo.report_to,
+            **({"tensorboard_logdir": MetadataValue.path(str(artifacts.asset_dir("lora_adapter") / TENSORBOARD_DIR))}
+               if "tensorboard" in report_targets(gspo.report_to) else {}),
             **({"rollout_and_entropy": MetadataValue.json(rollout)} if rollout else {}),
             "training_curves": MetadataValue.md(png_markdown(curves, "GSPO training curves")),
         }

@@ -34,8 +34,35 @@ ROLLOUT_METRICS = (
 policy's mean token entropy (always): the training curves plot them and the adapter's metadata reports them."""
 LAUNCH_FIELDS = ("num_processes", "distributed")
 """``GSPOSettings`` fields that shape the launch (``core.launch``), not ``GRPOConfig``."""
-PROJECT_FIELDS = LAUNCH_FIELDS + ("rehearsal_reward_weight", "reward_max_val", "reward_min_val")
+PROJECT_FIELDS = LAUNCH_FIELDS + ("rehearsal_reward_weight", "reward_max_val", "reward_min_val", "report_to")
 """``GSPOSettings`` fields the project acts on itself; every other field is a ``GRPOConfig`` option."""
+
+
+REPORT_TARGETS = ("none", "tensorboard", "wandb", "mlflow")
+"""``GSPOSettings.report_to`` values: transformers' integrations this project supports."""
+REPORT_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+"""The package each target needs (any one of them)."""
+
+
+def report_targets(report_to: str) -> list[str]:
+    """``report_to`` as the list transformers takes.
+
+    >>> report_targets("tensorboard, wandb")
+    ['tensorboard', 'wandb']
+    >>> report_targets("none")
+    ['none']
+    """
+    return [t.strip() for t in str(report_to).split(",") if t.strip()] or ["none"]
+
+
+def report_to_problems(settings: GSPOSettings) -> list[str]:
+    """Targets whose package is not installed, naming the setting (checked before anything is launched)."""
+    import importlib.util
+
+    return [f"training_settings.report_to={settings.report_to!r}: {target} needs the {REPORT_PACKAGES[target][0]} "
+            f"package, which is not installed (pip install {REPORT_PACKAGES[target][0]}), or drop it from report_to"
+            for target in report_targets(settings.report_to) if target in REPORT_PACKAGES
+            and not any(importlib.util.find_spec(pkg) for pkg in REPORT_PACKAGES[target])]
 
 
 @dataclass(frozen=True)
@@ -85,6 +112,10 @@ class GSPOSettings:
     scale_rewards: str = "group"
     mask_truncated_completions: bool = False
     logging_steps: int = 1
+    report_to: str = "tensorboard"
+    """Where the trainer also sends its metrics, comma-separated: ``tensorboard`` (event files, offline; the asset
+    keeps them in the adapter's ``tensorboard/`` folder), ``wandb``, ``mlflow`` (configured through their own
+    environment variables), or ``none``. The run log and the training curves get them either way."""
     seed: int = 3407
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass instead of keeping them (TRL's default): less memory, about a
@@ -168,6 +199,11 @@ class GSPOSettings:
         if not self.reward_max_val > self.reward_min_val:
             raise ValueError(f"reward_max_val ({self.reward_max_val}) must be above reward_min_val "
                              f"({self.reward_min_val}): a correct answer must earn more than a wrong one")
+        targets = report_targets(self.report_to)
+        unknown = [t for t in targets if t not in REPORT_TARGETS]
+        if unknown or ("none" in targets and len(targets) > 1):
+            raise ValueError(f"report_to must be 'none' or a comma-separated list of {REPORT_TARGETS[1:]}, got "
+                             f"{self.report_to!r}")
         if self.rehearsal_reward_weight < 0:
             raise ValueError(f"rehearsal_reward_weight must be >= 0, got {self.rehearsal_reward_weight}")
         # Refused here, when the settings are made (the run's start), instead of inside TRL minutes into the run.
@@ -287,7 +323,7 @@ def build_grpo_config(settings: GSPOSettings, output_dir: str | Path, processor,
         generation_kwargs=suppressed_token_kwargs(processor, "vllm" if settings.use_vllm else "transformers"),
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
-        report_to="none",
+        report_to=report_targets(settings.report_to),
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
