@@ -34,6 +34,9 @@ class ArtifactStore(ConfigurableResource):
     """A folder per asset under ``root``; every artifact is written to a temp folder and moved into place."""
 
     root: str
+    report_server_url: str = "http://127.0.0.1:8765"
+    """Where ``vlmrl-playground --data-dir <root>`` serves this folder's report (``/reports/report.html``): the
+    ``report_page`` link the UI shows. Empty: link the file itself (which a browser opens only outside the UI)."""
 
     def asset_dir(self, name: str) -> Path:
         path = Path(self.root) / name

@@ -205,3 +205,26 @@ def test_report_filters_to_flipped_samples_and_shows_intervals(chromium, tmp_pat
 
     chromium.find_element(By.ID, "only-flipped").click()
     wait_for(chromium, lambda d: len(visible_pids(d)) == len(baseline), "every sample again")
+
+
+def test_the_report_page_opens_over_http_as_the_ui_links_it(chromium, tmp_path):
+    """``eval_diff_report``'s ``report_page`` is an http link to the playground server (an http page's file://
+    links do not open); the page works there as it does from disk."""
+    from selenium.webdriver.common.by import By
+
+    from vlmrl_pipeline.core.plots import before_after_png
+    from vlmrl_pipeline.core.report_html import render_report_html
+    from vlmrl_pipeline_tests.test_report_html import report_inputs
+
+    diff, baseline, after = report_inputs()
+    (tmp_path / "eval_diff_report").mkdir()
+    page = render_report_html(diff, baseline, after, {}, before_after_png(diff["headline"], diff["comparison"]))
+    (tmp_path / "eval_diff_report" / "report.html").write_text(page, encoding="utf-8")
+    with running_server(data_dir=tmp_path) as served:
+        chromium.get(f"{served.url}/reports/report.html")
+        wait_for(chromium, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.sample"), "the samples table")
+        assert chromium.execute_script("return document.querySelector('#before-after-plot').naturalWidth") > 0
+        flipped = [r["pid"] for r in diff["flipped_samples"]]
+        chromium.find_element(By.ID, "only-flipped").click()
+        wait_for(chromium, lambda d: text_of(d, "visible-count") == f"Showing {len(flipped)} of {len(baseline)} "
+                 "samples", "only the flipped samples")

@@ -98,6 +98,9 @@ def test_whole_lineage_on_the_tiny_profile(tmp_path):
         assert c["ci_low"] <= c["difference"] <= c["ci_high"] and 0.0 <= c["p_value"] <= 1.0
         assert report[f"{key}_ci_low"] == pytest.approx(c["ci_low"], abs=1e-4)
     assert "McNemar" in (data / "eval_diff_report" / "report.md").read_text()
+    # The UI's link goes to the playground server (an http page's file:// links do not open); the file is beside.
+    assert report["report_page"] == "http://127.0.0.1:8765/reports/report.html"
+    assert report["report_file"] == str(data / "eval_diff_report" / "report.html")
     # no staging folder survives a successful run; what stays is each asset's lock file, released (empty), and
     # the cache of the base model's file hashes (the checkpoint key)
     hidden = [p for p in data.iterdir() if p.name.startswith(".")]

@@ -505,3 +505,30 @@ def test_connections_beyond_the_cap_get_a_503_at_once_and_free_slots_are_reused(
                 break
             time.sleep(0.05)
         assert status == 200
+
+
+def test_the_report_is_served_over_http_from_the_data_folder(tmp_path):
+    """What the UI's ``report_page`` link opens: the eval_diff_report asset's files, and nothing else."""
+    folder = tmp_path / "eval_diff_report"
+    folder.mkdir()
+    (folder / "report.html").write_text("<!doctype html><title>r</title>", encoding="utf-8")
+    (folder / "before_after.png").write_bytes(b"\x89PNG fake")
+    (tmp_path / "secret.txt").write_text("not for the web")
+    with running_server(data_dir=tmp_path) as served:
+        status, headers, body = _request(served, "GET", "/reports/report.html")
+        assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+        assert body == (folder / "report.html").read_bytes()
+        status, headers, body = _request(served, "GET", "/reports/before_after.png")
+        assert status == 200 and headers["Content-Type"] == "image/png" and body == b"\x89PNG fake"
+        status, _, raw = _request(served, "GET", "/reports/report.json")  # a served name, not written yet
+        assert status == 404 and "materialize eval_diff_report first" in json.loads(raw)["error"]
+        for path in ("/reports/../secret.txt", "/reports/%2e%2e/secret.txt", "/reports/", "/reports/x/report.html"):
+            status, _, raw = _request(served, "GET", path)
+            assert status == 404 and "no such report file" in json.loads(raw)["error"], path
+        status, headers, _ = _request(served, "POST", "/reports/report.html", b"{}")
+        assert status == 405 and headers["Allow"] == "GET, HEAD"
+
+
+def test_without_a_data_folder_the_report_route_says_how_to_start(server):
+    status, _, raw = _request(server, "GET", "/reports/report.html")
+    assert status == 404 and "--data-dir" in json.loads(raw)["error"]

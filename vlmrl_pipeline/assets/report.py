@@ -53,8 +53,11 @@ def eval_diff_report(artifacts: ArtifactStore) -> MaterializeResult:
         metadata={
             **environment_metadata(),
             "path": MetadataValue.path(str(artifacts.asset_dir("eval_diff_report") / "report.md")),
+            # Over http: the UI is an http page, and browsers do not follow its file:// links.
             "report_page": MetadataValue.url(
-                (artifacts.asset_dir("eval_diff_report") / "report.html").resolve().as_uri()),
+                f"{artifacts.report_server_url.rstrip('/')}/reports/report.html" if artifacts.report_server_url
+                else (artifacts.asset_dir("eval_diff_report") / "report.html").resolve().as_uri()),
+            "report_file": MetadataValue.path(str(artifacts.asset_dir("eval_diff_report") / "report.html")),
             **{k: round(float(v), 4) for k, v in diff["headline"].items()},
             **{f"{key}_{field}": round(float(c[field]), 4)
                for key, c in diff["comparison"].items() for field in ("difference", "ci_low", "ci_high", "p_value")},

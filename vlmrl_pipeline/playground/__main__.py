@@ -1,4 +1,5 @@
-"""``python -m vlmrl_pipeline.playground [--host 127.0.0.1] [--port 8765]``: serve the playground until Ctrl-C."""
+"""``python -m vlmrl_pipeline.playground [--host 127.0.0.1] [--port 8765] [--data-dir DIR]``: serve the playground
+and the pipeline's report page (``/reports/report.html``) until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -15,12 +16,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="address to listen on (default %(default)s: this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s; 0 picks a free one)")
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
+    parser.add_argument("--data-dir", default=None,
+                        help="the pipeline's data folder, whose eval_diff_report this serves under /reports/ "
+                             "(default: $VLMRL_DATA_DIR, else data/ in the checkout)")
     args = parser.parse_args(argv)
-    server = PlaygroundServer(args.host, args.port, quiet=args.quiet)
+    from vlmrl_pipeline.resources import default_data_dir
+
+    server = PlaygroundServer(args.host, args.port, quiet=args.quiet, data_dir=args.data_dir or default_data_dir())
     # Stop on SIGTERM even when the parent started us with it ignored (an inherited SIG_IGN would otherwise
     # leave a server that `kill`, a supervisor or a test's terminate() cannot stop).
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    print(f"Reward playground on {server.url}/ (Ctrl-C to stop)", flush=True)
+    print(f"Reward playground on {server.url}/, the report on {server.url}/reports/report.html (Ctrl-C to stop)",
+          flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

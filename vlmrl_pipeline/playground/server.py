@@ -1,7 +1,9 @@
-"""A small stdlib HTTP server for the reward playground: one page and two JSON endpoints.
+"""A small stdlib HTTP server for the reward playground (one page and two JSON endpoints) and the report page.
 
 Routes: ``GET /`` (the page), ``GET /api/presets``, ``POST /api/score`` (see
-:func:`vlmrl_pipeline.playground.scoring.score_payload`). Every answer other than the page is JSON, errors
+:func:`vlmrl_pipeline.playground.scoring.score_payload`), and ``GET /reports/<file>``: the ``eval_diff_report``
+asset's files from the data folder the server was given, so the Dagster UI can link the report over http (a
+browser does not open a ``file://`` link from an ``http://`` page). Every answer other than a page is JSON, errors
 included (``{"error": "..."}``), and no input may take the server down: the body size is checked from its
 ``Content-Length`` before any of it is read, JSON and field errors are 400s, and anything unexpected inside a
 handler becomes a 500 JSON answer while the server keeps serving.
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
@@ -38,6 +41,13 @@ _PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-
              "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 _DATA_MARKER = "__PLAYGROUND_DATA__"
+
+REPORTS_PREFIX = "/reports/"
+REPORT_ASSET = "eval_diff_report"
+"""The asset folder (under the data folder) whose files ``/reports/`` serves."""
+REPORT_FILES = {"report.html": "text/html; charset=utf-8", "before_after.png": "image/png",
+                "report.json": "application/json; charset=utf-8", "report.md": "text/markdown; charset=utf-8"}
+"""The only names served: a fixed list, so no path can reach outside the report's folder."""
 
 
 def _json_for_script(value: Any) -> str:
@@ -118,7 +128,7 @@ class PlaygroundHandler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         try:
             path = self.path.split("?", 1)[0]
-            allowed = _ROUTES.get(path)
+            allowed = ("GET", "HEAD") if path.startswith(REPORTS_PREFIX) else _ROUTES.get(path)
             declares_body = "Transfer-Encoding" in self.headers or (
                 self.headers.get("Content-Length", "0").strip() != "0"
             )
@@ -130,6 +140,8 @@ class PlaygroundHandler(BaseHTTPRequestHandler):
             elif self.command not in allowed:
                 self._error(405, f"{self.command} is not allowed here; use {' or '.join(allowed)}",
                             {"Allow": ", ".join(allowed)})
+            elif path.startswith(REPORTS_PREFIX):
+                self._report_file(path[len(REPORTS_PREFIX):])
             elif path == "/api/score":
                 self._score()
             elif path == "/api/presets":
@@ -146,6 +158,18 @@ class PlaygroundHandler(BaseHTTPRequestHandler):
                 self._error(500, f"internal error: {type(exc).__name__}")
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
+
+    def _report_file(self, name: str) -> None:
+        data_dir = getattr(self.server, "data_dir", None)
+        if name not in REPORT_FILES:
+            self._error(404, f"no such report file: {name!r}; served: {sorted(REPORT_FILES)}")
+        elif data_dir is None:
+            self._error(404, "this server has no data folder: start it with --data-dir (the pipeline's data folder)")
+        elif not (data_dir / REPORT_ASSET / name).is_file():
+            self._error(404, f"no {name} in {data_dir / REPORT_ASSET}: materialize {REPORT_ASSET} first")
+        else:
+            self._send(200, (data_dir / REPORT_ASSET / name).read_bytes(), REPORT_FILES[name],
+                       {"Referrer-Policy": "no-referrer"})
 
     def _read_body(self) -> bytes | None:
         """The request body, or None after answering an error (length missing, invalid or too large)."""
@@ -219,8 +243,9 @@ class PlaygroundServer(ThreadingHTTPServer):
     """Connections served at once (one thread each); more are answered 503 at once instead of piling up threads."""
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, quiet: bool = False,
-                 max_connections: int | None = None) -> None:
+                 max_connections: int | None = None, data_dir: str | Path | None = None) -> None:
         self.quiet = quiet
+        self.data_dir = Path(data_dir) if data_dir is not None else None
         self._thread: threading.Thread | None = None
         self._slots = threading.BoundedSemaphore(max_connections or self.max_connections)
         super().__init__((host, port), PlaygroundHandler)
@@ -266,20 +291,21 @@ class PlaygroundServer(ThreadingHTTPServer):
         self.server_close()
 
 
-def serve(host: str = DEFAULT_HOST, port: int = 0, *, quiet: bool = True,
-          max_connections: int | None = None) -> PlaygroundServer:
+def serve(host: str = DEFAULT_HOST, port: int = 0, *, quiet: bool = True, max_connections: int | None = None,
+          data_dir: str | Path | None = None) -> PlaygroundServer:
     """Start the playground in a background thread and return the running server (``.url``, ``.stop()``).
 
     ``port=0`` picks a free port, which is what tests want.
     """
-    return PlaygroundServer(host, port, quiet=quiet, max_connections=max_connections).start()
+    return PlaygroundServer(host, port, quiet=quiet, max_connections=max_connections, data_dir=data_dir).start()
 
 
 @contextlib.contextmanager
 def running_server(host: str = DEFAULT_HOST, port: int = 0, *, quiet: bool = True,
-                   max_connections: int | None = None) -> Iterator[PlaygroundServer]:
+                   max_connections: int | None = None, data_dir: str | Path | None = None
+                   ) -> Iterator[PlaygroundServer]:
     """Context manager around :func:`serve`: the server runs inside the ``with`` block and stops after it."""
-    server = serve(host, port, quiet=quiet, max_connections=max_connections)
+    server = serve(host, port, quiet=quiet, max_connections=max_connections, data_dir=data_dir)
     try:
         yield server
     finally:
