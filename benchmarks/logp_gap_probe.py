@@ -66,7 +66,8 @@ def score(model, inputs, sequence, prompt_len: int, dtype):
     import torch
 
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-    extra["pixel_values"] = extra["pixel_values"].to(dtype)
+    if "pixel_values" in extra:  # a text-only prompt has none
+        extra["pixel_values"] = extra["pixel_values"].to(dtype)
     for key, value in extra.items():  # per-token tensors (mm_token_type_ids): the completion is text, type 0
         if value.dim() == 2 and value.shape[1] == prompt_len:
             extra[key] = torch.cat([value, value.new_zeros(1, sequence.shape[1] - prompt_len)], dim=1)
@@ -193,14 +194,7 @@ def vllm_versus_transformers(name: str, checkpoint: str, args) -> dict:
                 prompt_ids = inputs["input_ids"][0].tolist()
                 prompt_ids_equal += prompt_ids == vllm_prompt_ids
                 sequence = torch.tensor([prompt_ids + completion], device="cuda")
-                if image is None:
-                    with torch.no_grad():
-                        logits = model(input_ids=sequence).logits
-                    logp = torch.log_softmax(logits[0, len(prompt_ids) - 1:-1].float(), dim=-1)
-                    token_logp = logp.gather(-1, sequence[0, len(prompt_ids):, None])[:, 0]
-                    ent = -(logp.exp() * logp).sum(-1)
-                else:
-                    token_logp, ent, _ = score(model, inputs, sequence, len(prompt_ids), dtype)
+                token_logp, ent, _ = score(model, inputs, sequence, len(prompt_ids), dtype)
                 deltas += (token_logp.cpu() - torch.tensor(vllm_logp)).abs().tolist()
                 entropies += ent.tolist()
             key = f"{case}, transformers {dtype_name}"

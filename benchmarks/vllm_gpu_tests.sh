@@ -3,13 +3,17 @@
 # .whl/install.sh (the RL wheelhouse), copy the checkout to /tmp/repo, then
 #   setsid nohup bash benchmarks/vllm_gpu_tests.sh [STAGE ...] > /tmp/vlog/session.log 2>&1 &
 # and poll /tmp/vlog (each stage writes STAGE.log, the benchmarks STAGE.json; "ALL DONE" ends session.log).
-# Stages: eval8b eval2b gspo2b tests probe mismatch (default: the first four, in that order).
+# Stages: eval8b eval2b gspo2b tests probe probe-as-trl mismatch (default: the first four, in that order).
 cd /tmp/repo || exit 1
 export VLMRL_TOOLS_DIR=$PWD/.tools HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONPATH=$PWD:$PYTHONPATH
 mkdir -p /tmp/vlog
 python3 -c "import torch, vllm, transformers, trl, peft, dagster; print({m.__name__: m.__version__ for m in (torch, vllm, transformers, trl, peft, dagster)})"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 bench() { python3 benchmarks/vllm_benchmark.py --work-dir /tmp/vllm_bench "$@"; }
+# The probes' stand-in, built on the GPU in its own process (seconds), so the probe's vLLM starts before any CUDA use.
+probe() { python3 -c "from vlmrl_pipeline.core.standin import build_standin as b; b('qwen3vl-2b', \
+            '/tmp/vllm_probe/standin-qwen3vl-2b', packaging='bf16', device='cuda')" && \
+          python3 benchmarks/logp_gap_probe.py --standin qwen3vl-2b --vllm --prompts 8 --work-dir /tmp/vllm_probe "$@"; }
 for stage in ${@:-eval8b eval2b gspo2b tests}; do
   echo "== $stage start $(date -u +%T)"
   case $stage in
@@ -22,15 +26,8 @@ for stage in ${@:-eval8b eval2b gspo2b tests}; do
     mismatch) for v in varied equal; do bench --part gspo --gspo-model 2b --engines vllm --batch 8 --grad-accum 4 \
                 --max-completion-length 64 --gspo-warmup 1 --steps 1 $([ $v = equal ] && echo --equal-prompts) \
                 --deadline-s 280 --out /tmp/vlog/${stage}_$v.json || exit 1; done ;;
-    # The stand-in is built on the GPU in its own process (seconds), so the probe's vLLM starts before any CUDA use.
-    probe) python3 -c "from vlmrl_pipeline.core.standin import build_standin as b; b('qwen3vl-2b', \
-             '/tmp/vllm_probe/standin-qwen3vl-2b', packaging='bf16', device='cuda')" && \
-           python3 benchmarks/logp_gap_probe.py --standin qwen3vl-2b --vllm --prompts 8 --work-dir /tmp/vllm_probe \
-             --out /tmp/vlog/$stage.json ;;
-    probe-as-trl) python3 -c "from vlmrl_pipeline.core.standin import build_standin as b; b('qwen3vl-2b', \
-             '/tmp/vllm_probe/standin-qwen3vl-2b', packaging='bf16', device='cuda')" && \
-           python3 benchmarks/logp_gap_probe.py --standin qwen3vl-2b --vllm --vllm-as-trl --prompts 8 \
-             --work-dir /tmp/vllm_probe --out /tmp/vlog/$stage.json ;;
+    probe) probe --out /tmp/vlog/$stage.json ;;
+    probe-as-trl) probe --vllm-as-trl --out /tmp/vlog/$stage.json ;;
     tests) python3 -m pytest vlmrl_pipeline_tests/test_vllm_gpu.py -m gpu -s -p no:cacheprovider -W ignore \
              --durations=10 ;;
     *) echo "unknown stage $stage"; false ;;

@@ -112,12 +112,12 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     gspo.check_generation_batch(processes)  # num_processes=0 resolves only here
     backend = resolve_backend(model_cfg.backend)
     check_backend_supports(backend, processes, gspo.distributed)
-    vllm_refusals = vllm_conflicts(model_cfg, gspo, backend)
+    refusals = vllm_conflicts(model_cfg, gspo, backend)
     if gspo.use_vllm:
-        vllm_refusals += vllm_problems("training_settings.use_vllm=True")
-    vllm_refusals += report_to_problems(gspo)
-    if vllm_refusals:
-        raise ValueError("; ".join(vllm_refusals))
+        refusals += vllm_problems("training_settings.use_vllm=True")
+    refusals += report_to_problems(gspo)
+    if refusals:
+        raise ValueError("; ".join(refusals))
     # What can only fail after training (the export's disk, memory, converter support) is checked now.
     export_need = export_preflight(artifacts, export_settings, load_path, ref.get("revision"))
     context.log.info(f"export will need about {export_need['disk_bytes'] / 1e9:.1f} GB of disk; merging on the CPU "
