@@ -1,28 +1,36 @@
 """Dagster resources: where artifacts live, and the settings of each stage (editable in the launchpad).
 
-Each settings resource mirrors one dataclass of ``vlmrl_pipeline.core`` field for field (a test keeps them in
-step) and converts to it with ``to_core()``; the core never sees Dagster.
+Each settings resource is generated from one dataclass of ``vlmrl_pipeline.core``, where every setting is
+defined once, with its type, default and ``help`` (which the launchpad shows as the field's description). The
+active profile's values become the resource's defaults, so a run changes one field by naming only that field.
+``to_core()`` converts back; the core never sees Dagster.
 """
 
+import dataclasses
 import os
+import types
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, ClassVar, Optional, Union, get_args, get_origin, get_type_hints
 
 from dagster import Config, ConfigurableResource
+from pydantic import Field, create_model
 
 from vlmrl_pipeline.core.atomic import atomic_dir, exclusive, remove_dead_staging
 from vlmrl_pipeline.core.export import ExportSettings
 from vlmrl_pipeline.core.generation import GenerationSettings
-from vlmrl_pipeline.core.modeling import LoraSettings, TinyModelSpec
 from vlmrl_pipeline.core.profiles import DataSettings, ModelSettings, Profile
 from vlmrl_pipeline.core.training import GSPOSettings
 from vlmrl_pipeline.core.warmstart import WarmStartSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR_ENV_VAR = "VLMRL_DATA_DIR"
+
+
+NO_OP_CONFIG: dict = {}
+"""Every asset's own config schema: empty. Settings are resources (``resources: data_settings: config: ...``); an
+empty schema, unlike none, makes Dagster refuse config typed under ``ops:`` instead of silently ignoring it."""
 
 
 def default_data_dir() -> str:
@@ -63,203 +71,127 @@ class ArtifactStore(ConfigurableResource):
                 yield tmp
 
 
-def _core_kwargs(resource: Config, core_cls) -> dict:
-    values = resource.model_dump()
-    return {f.name: values[f.name] for f in fields(core_cls)}
+def _config_type(tp: Any, value: Any) -> Any:
+    """The config type of a core field: tuples become lists, ``X | None`` Optional[X], a nested dataclass a nested
+    ``Config`` class whose defaults are ``value``'s."""
+    if dataclasses.is_dataclass(tp):
+        return settings_config_class(tp, value, base=Config, name=f"{tp.__name__}Config")
+    origin = get_origin(tp)
+    if origin is tuple:
+        return list[get_args(tp)[0]]
+    if origin in (Union, types.UnionType):
+        (inner,) = [arg for arg in get_args(tp) if arg is not type(None)]
+        return Optional[_config_type(inner, value)]
+    return tp
 
 
-class DataSettingsResource(ConfigurableResource):
-    """Data source, filters, image size and the held-out split (see ``core.profiles.DataSettings``)."""
-
-    source: str
-    split: str
-    dataset_format: str
-    prompt_key: str
-    answer_key: str
-    image_keys: list[str]
-    numeric_only: bool
-    free_form_only: bool
-    image_size: int
-    eval_size: int
-    seed: int
-    prompt_field: str
-    answer_format: str
-    system_prompt: str
-    max_lost_fraction: float
-    synthetic_rows: int
-    synthetic_tasks: str
-
-    def to_core(self) -> DataSettings:
-        kwargs = _core_kwargs(self, DataSettings)
-        kwargs["image_keys"] = tuple(kwargs["image_keys"])
-        return DataSettings(**kwargs)
+def settings_config_class(core_cls: type, values: Any, base: type[Config], name: str,
+                          doc: str | None = None, extra: dict | None = None) -> type:
+    """A Dagster config class (``base``: ``Config`` or a settings resource) with one field per field of the core
+    dataclass ``core_cls``: its type, its ``help`` as the launchpad's description, and ``values`` (a dataclass
+    instance or a dict of one) as its defaults, so a run names only the fields it changes."""
+    if not isinstance(values, dict):
+        values = {f.name: getattr(values, f.name) for f in dataclasses.fields(values)}
+    hints = get_type_hints(core_cls)
+    config_fields: dict[str, Any] = {}
+    for f in dataclasses.fields(core_cls):
+        tp, value, help_text = hints[f.name], values[f.name], f.metadata.get("help", "")
+        config_type = _config_type(tp, value)
+        if isinstance(config_type, type) and issubclass(config_type, Config):
+            config_fields[f.name] = (config_type, Field(default_factory=config_type, description=help_text))
+        else:
+            default = list(value) if isinstance(value, tuple) else value
+            config_fields[f.name] = (config_type, Field(default=default, description=help_text))
+    config_fields.update(extra or {})
+    return create_model(name, __base__=base, __doc__=doc or base.__doc__, **config_fields)
 
 
-class LoraConfig(Config):
-    r: int
-    lora_alpha: int
-    lora_dropout: float
-    finetune_vision_layers: bool
-    finetune_language_layers: bool
-    finetune_attention_modules: bool
-    finetune_mlp_modules: bool
+def _core_from_values(core_cls: type, values: dict) -> Any:
+    hints = get_type_hints(core_cls)
+    kwargs = {}
+    for f in dataclasses.fields(core_cls):
+        value, tp = values[f.name], hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            value = _core_from_values(tp, value)
+        elif get_origin(tp) is tuple:
+            value = tuple(value)
+        kwargs[f.name] = value
+    return core_cls(**kwargs)
 
 
-class TinyModelConfig(Config):
-    tokenizer: str
-    vocab_size: int
-    text_hidden_size: int
-    text_layers: int
-    text_heads: int
-    text_kv_heads: int
-    text_intermediate_size: int
-    vision_depth: int
-    vision_hidden_size: int
-    vision_heads: int
-    vision_intermediate_size: int
-    image_size: int
+class SettingsResource(ConfigurableResource):
+    """A stage's settings: one field per field of a core dataclass (``core_class``), documented there."""
+
+    core_class: ClassVar[type]
+
+    def to_core(self) -> Any:
+        """The core dataclass, whose own checks run now (a bad value raises ValueError naming the field)."""
+        return _core_from_values(self.core_class, self.model_dump())
+
+    @classmethod
+    def with_defaults(cls, values: Any, **extra_defaults: Any) -> type:
+        """This resource class with ``values`` (a core dataclass instance) as its defaults: what the active
+        profile binds, so the launchpad shows the profile's values and a run overrides only what it names.
+        ``extra_defaults``: fields beyond the core class's (``model_settings.warm_start``)."""
+        extra = {}
+        for key, value in extra_defaults.items():
+            nested = _config_type(type(value), value)
+            extra[key] = (nested, Field(default_factory=nested, description=cls.model_fields[key].description))
+        return settings_config_class(cls.core_class, values, base=cls, name=cls.__name__, extra=extra)
 
 
-class WarmStartConfig(Config):
-    steps: int
-    batch_size: int
-    learning_rate: float
-    formatted_rate_high: float
-    formatted_rate_low: float
-    seed: int
-    right_answer_rate: float
-    reasoning: str
+def _settings_resource(core_cls: type, name: str, doc: str, extra: dict | None = None) -> type:
+    resource = settings_config_class(core_cls, core_cls(), base=SettingsResource, name=name, doc=doc, extra=extra)
+    resource.core_class = core_cls
+    return resource
 
 
-class ModelSettingsResource(ConfigurableResource):
-    """The base policy and its LoRA (see ``core.profiles.ModelSettings``); ``warm_start`` applies to the demo model."""
+DataSettingsResource = _settings_resource(
+    DataSettings, "DataSettingsResource",
+    "Data source, filters, image size and the held-out split (``core.profiles.DataSettings``).")
 
-    model_name: str
-    revision: Optional[str] = None
-    backend: str
-    load_in_4bit: bool
-    max_seq_length: int
-    dtype: str
-    fast_inference: bool
-    gpu_memory_utilization: float
-    vllm_standby: bool
-    lora: LoraConfig
-    tiny_model: TinyModelConfig
-    warm_start: WarmStartConfig
+TrainingSettingsResource = _settings_resource(
+    GSPOSettings, "TrainingSettingsResource",
+    "GSPO options passed to TRL's ``GRPOConfig``, plus checkpointing and the launch (processes, ddp/fsdp) "
+    "(``core.training.GSPOSettings``).")
+
+EvalSettingsResource = _settings_resource(
+    GenerationSettings, "EvalSettingsResource",
+    "How evaluation generates (``core.generation.GenerationSettings``): greedy and batched by default.")
+
+ExportSettingsResource = _settings_resource(
+    ExportSettings, "ExportSettingsResource",
+    "What the export stage writes: merged checkpoints and GGUF types (``core.export.ExportSettings``).")
+
+_WarmStartConfig = _config_type(WarmStartSettings, WarmStartSettings())
+
+
+class ModelSettingsResource(_settings_resource(
+        ModelSettings, "ModelSettingsBase",
+        "The base policy and its LoRA (``core.profiles.ModelSettings``); ``warm_start`` applies to the demo model.",
+        extra={"warm_start": (_WarmStartConfig, Field(
+            default_factory=_WarmStartConfig,
+            description="The demo model's supervised warm start (``core.warmstart.WarmStartSettings``).")),
+        })):
+    """The base policy and its LoRA (``core.profiles.ModelSettings``); ``warm_start`` applies to the demo model."""
 
     def to_core(self) -> ModelSettings:
-        return ModelSettings(
-            model_name=self.model_name, revision=self.revision, backend=self.backend,
-            load_in_4bit=self.load_in_4bit, max_seq_length=self.max_seq_length, dtype=self.dtype,
-            fast_inference=self.fast_inference, gpu_memory_utilization=self.gpu_memory_utilization,
-            vllm_standby=self.vllm_standby, lora=LoraSettings(**_core_kwargs(self.lora, LoraSettings)),
-            tiny_model=TinyModelSpec(**_core_kwargs(self.tiny_model, TinyModelSpec)),
-        )
+        values = self.model_dump()
+        values.pop("warm_start")
+        return _core_from_values(ModelSettings, values)
 
     def warm_start_settings(self) -> WarmStartSettings:
-        return WarmStartSettings(**_core_kwargs(self.warm_start, WarmStartSettings))
-
-
-class TrainingSettingsResource(ConfigurableResource):
-    """GSPO options passed to TRL's ``GRPOConfig``, plus checkpointing and the launch (processes, ddp/fsdp);
-    each documented on ``core.training.GSPOSettings``."""
-
-    learning_rate: float
-    lr_scheduler_type: str
-    warmup_steps: float
-    weight_decay: float
-    adam_beta1: float
-    adam_beta2: float
-    optim: str
-    per_device_train_batch_size: int
-    gradient_accumulation_steps: int
-    num_generations: int
-    max_completion_length: int
-    num_train_epochs: float
-    max_steps: int
-    max_grad_norm: float
-    importance_sampling_level: str
-    loss_type: str
-    epsilon: float
-    epsilon_high: Optional[float] = None
-    beta: float
-    temperature: float
-    steps_per_generation: Optional[int] = None
-    num_iterations: int
-    scale_rewards: str
-    mask_truncated_completions: bool
-    logging_steps: int
-    report_to: str = "tensorboard"
-    seed: int
-    gradient_checkpointing: bool
-    save_steps: int
-    save_total_limit: int
-    num_processes: int
-    rehearsal_reward_weight: float
-    use_vllm: bool
-    vllm_mode: str
-    vllm_gpu_memory_utilization: float
-    vllm_enable_sleep_mode: bool
-    vllm_importance_sampling_correction: bool
-    vllm_importance_sampling_mode: str
-    vllm_importance_sampling_clip_max: Optional[float] = None
-    vllm_importance_sampling_clip_min: Optional[float] = None
-    reward_max_val: float
-    reward_min_val: float
-    distributed: str
-
-    def to_core(self) -> GSPOSettings:
-        return GSPOSettings(**_core_kwargs(self, GSPOSettings))
-
-
-class EvalSettingsResource(ConfigurableResource):
-    """How evaluation generates (see ``core.generation.GenerationSettings``): greedy and batched by default."""
-
-    max_new_tokens: int
-    batch_size: int
-    do_sample: bool
-    temperature: float
-    top_p: float
-    seed: int
-    engine: str
-    vllm_gpu_memory_utilization: float
-    vllm_enforce_eager: bool
-
-    def to_core(self) -> GenerationSettings:
-        return GenerationSettings(**_core_kwargs(self, GenerationSettings))
-
-
-class ExportSettingsResource(ConfigurableResource):
-    """What the export stage writes: merged checkpoints and GGUF types (see ``core.export.ExportSettings``)."""
-
-    merged_dtype: str
-    merged_4bit: bool
-    gguf_types: list[str]
-    mmproj_type: str
-    verify_with_llama_cpp: bool
-
-    def to_core(self) -> ExportSettings:
-        kwargs = _core_kwargs(self, ExportSettings)
-        kwargs["gguf_types"] = tuple(kwargs["gguf_types"])
-        return ExportSettings(**kwargs)
+        return _core_from_values(WarmStartSettings, self.model_dump()["warm_start"])
 
 
 def resources_for_profile(profile: Profile, data_dir: str | None = None) -> dict:
-    """The resource dict for ``Definitions`` (or ``dagster.materialize``) that runs ``profile``."""
-    model = profile.model
+    """The resource dict for ``Definitions`` (or ``dagster.materialize``) that runs ``profile``: each settings
+    resource bound with no values of its own, its class carrying the profile's values as defaults."""
     return {
         "artifacts": ArtifactStore(root=data_dir or default_data_dir()),
-        "data_settings": DataSettingsResource(**{**asdict(profile.data), "image_keys": list(profile.data.image_keys)}),
-        "model_settings": ModelSettingsResource(
-            model_name=model.model_name, revision=model.revision, backend=model.backend,
-            load_in_4bit=model.load_in_4bit, max_seq_length=model.max_seq_length, dtype=model.dtype,
-            fast_inference=model.fast_inference, gpu_memory_utilization=model.gpu_memory_utilization,
-            vllm_standby=model.vllm_standby, lora=LoraConfig(**asdict(model.lora)),
-            tiny_model=TinyModelConfig(**asdict(model.tiny_model)),
-            warm_start=WarmStartConfig(**asdict(profile.warm_start)),
-        ),
-        "training_settings": TrainingSettingsResource(**asdict(profile.gspo)),
-        "eval_settings": EvalSettingsResource(**asdict(profile.generation)),
-        "export_settings": ExportSettingsResource(**{**asdict(profile.export),
-                                                     "gguf_types": list(profile.export.gguf_types)}),
+        "data_settings": DataSettingsResource.with_defaults(profile.data)(),
+        "model_settings": ModelSettingsResource.with_defaults(profile.model, warm_start=profile.warm_start)(),
+        "training_settings": TrainingSettingsResource.with_defaults(profile.gspo)(),
+        "eval_settings": EvalSettingsResource.with_defaults(profile.generation)(),
+        "export_settings": ExportSettingsResource.with_defaults(profile.export)(),
     }

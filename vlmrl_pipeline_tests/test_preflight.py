@@ -26,10 +26,9 @@ def lineage_job():
     return defs.resolve_job_def("vlmrl_lineage")
 
 
-def _full_config(resource_key: str, **changes) -> dict:
-    """A whole resource config (a partial one is refused by Dagster), as a user would paste in the launchpad."""
-    resource = resources_for_profile(tiny_profile())[resource_key]
-    return {"resources": {resource_key: {"config": {**resource.model_dump(), **changes}}}}
+def _launchpad_config(resource_key: str, **changes) -> dict:
+    """What a user types in the launchpad to change some fields: only those (the rest keep the profile's values)."""
+    return {"resources": {resource_key: {"config": changes}}}
 
 
 @pytest.mark.parametrize("resource_key, changes, message", [
@@ -46,7 +45,7 @@ def test_settings_that_cannot_work_stop_the_run_before_its_first_step(tmp_path, 
     shutil.copy(INSTANCE_YAML, tmp_path / "home" / "dagster.yaml")
     with DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         with execute_job(reconstructable(lineage_job), instance=instance, raise_on_error=False,
-                         run_config=_full_config(resource_key, **changes)) as result:
+                         run_config=_launchpad_config(resource_key, **changes)) as result:
             assert not result.success
             events = instance.all_logs(result.run_id)
             run = instance.get_run_by_id(result.run_id)
@@ -109,3 +108,14 @@ def test_a_local_checkpoint_folder_is_checked_and_recorded(tmp_path, tiny_checkp
     assert event.metadata["model_type"].value == "qwen3_vl"
     ref = json.loads((tmp_path / "data" / "base_model" / MODEL_REF_NAME).read_text())
     assert ref["model_name"] == tiny_checkpoint and not ref["is_demo"]
+
+
+def test_settings_typed_under_an_assets_ops_config_are_refused_not_ignored():
+    """Settings are resources; config under ``ops:`` has nowhere to go, and Dagster says so at launch."""
+    from dagster import DagsterInvalidConfigError, validate_run_config
+
+    job = lineage_job()
+    validate_run_config(job, _launchpad_config("data_settings", eval_size=7))
+    with pytest.raises(DagsterInvalidConfigError, match='unexpected config entry "eval_size" at path '
+                                                        "root:ops:resized_images:config"):
+        validate_run_config(job, {"ops": {"resized_images": {"config": {"eval_size": 7}}}})

@@ -28,7 +28,7 @@ from vlmrl_pipeline.core.profiles import SYNTHETIC_SOURCE
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_EVAL, SPLIT_TRAIN
 from vlmrl_pipeline.core.synthetic import write_synthetic_mathvista
 from vlmrl_pipeline.execution import CPU_TAGS
-from vlmrl_pipeline.resources import ArtifactStore, DataSettingsResource
+from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore, DataSettingsResource
 
 FILTERED_NAME = "filtered.parquet"
 FILTER_COUNTS_NAME = "filter_counts.json"
@@ -42,7 +42,8 @@ MAX_LISTED = 200
 PREVIEW_COLUMNS = ["pid", "question", "answer", "question_type", "answer_type"]
 
 
-@asset(group_name="data", kinds={"parquet"}, code_version="data-2", tags=CPU_TAGS)
+@asset(config_schema=NO_OP_CONFIG,
+       group_name="data", kinds={"parquet"}, code_version="data-2", tags=CPU_TAGS)
 def mathvista_filtered(
     context: AssetExecutionContext, artifacts: ArtifactStore, data_settings: DataSettingsResource
 ) -> MaterializeResult:
@@ -129,7 +130,8 @@ def filtered_rows_valid(artifacts: ArtifactStore) -> AssetCheckResult:
     )
 
 
-@asset(group_name="data", deps=[mathvista_filtered], kinds={"pillow", "parquet"}, code_version="images-2",
+@asset(config_schema=NO_OP_CONFIG,
+       group_name="data", deps=[mathvista_filtered], kinds={"pillow", "parquet"}, code_version="images-2",
        tags=CPU_TAGS)
 def resized_images(
     context: AssetExecutionContext, artifacts: ArtifactStore, data_settings: DataSettingsResource

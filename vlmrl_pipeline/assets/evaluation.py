@@ -38,7 +38,13 @@ from vlmrl_pipeline.core.modeling import load_policy, load_processor, vllm_dtype
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, filter_context_overflow, read_manifest, split_rows
 from vlmrl_pipeline.execution import CPU_TAGS, GPU_POOL, GPU_TAGS, gpu_op_tags
-from vlmrl_pipeline.resources import ArtifactStore, DataSettingsResource, EvalSettingsResource, ModelSettingsResource
+from vlmrl_pipeline.resources import (
+    NO_OP_CONFIG,
+    ArtifactStore,
+    DataSettingsResource,
+    EvalSettingsResource,
+    ModelSettingsResource,
+)
 
 GENERATION_CODE_VERSION = "generation-1"
 PREVIEW_COLUMNS = ["pid", "answer", "pred", "correct", "correct_numeric", "correct_mathvista", "format_ok", "answered",
@@ -149,7 +155,8 @@ def _score(name: str, completions_asset: str, artifacts: ArtifactStore,
     )
 
 
-@asset(group_name="evaluation", deps=[base_model, resized_images, mathvista_filtered], kinds={"pytorch"},
+@asset(config_schema=NO_OP_CONFIG,
+       group_name="evaluation", deps=[base_model, resized_images, mathvista_filtered], kinds={"pytorch"},
        code_version=GENERATION_CODE_VERSION, pool=GPU_POOL, tags=GPU_TAGS, op_tags=gpu_op_tags())
 def baseline_completions(
     context: AssetExecutionContext,
@@ -169,7 +176,8 @@ def baseline_completions(
                          None)
 
 
-@asset(group_name="evaluation", deps=[lora_adapter, base_model, resized_images, mathvista_filtered],
+@asset(config_schema=NO_OP_CONFIG,
+       group_name="evaluation", deps=[lora_adapter, base_model, resized_images, mathvista_filtered],
        kinds={"pytorch", "peft"}, code_version=GENERATION_CODE_VERSION, pool=GPU_POOL, tags=GPU_TAGS,
        op_tags=gpu_op_tags())
 def after_completions(
@@ -185,7 +193,8 @@ def after_completions(
                          artifacts.asset_dir("lora_adapter"))
 
 
-@asset(group_name="evaluation", deps=[baseline_completions, resized_images], kinds={"pandas"},
+@asset(config_schema=NO_OP_CONFIG,
+       group_name="evaluation", deps=[baseline_completions, resized_images], kinds={"pandas"},
        code_version=REWARD_VERSION, tags=CPU_TAGS)
 def baseline_records(artifacts: ArtifactStore, data_settings: DataSettingsResource) -> MaterializeResult:
     """Per-sample records of the base policy: completion, ``pred``, ``correct`` (strict, the seed's metric),
@@ -198,7 +207,8 @@ def baseline_records(artifacts: ArtifactStore, data_settings: DataSettingsResour
     return _score("baseline_records", "baseline_completions", artifacts, data_settings)
 
 
-@asset(group_name="evaluation", deps=[after_completions, resized_images], kinds={"pandas"},
+@asset(config_schema=NO_OP_CONFIG,
+       group_name="evaluation", deps=[after_completions, resized_images], kinds={"pandas"},
        code_version=REWARD_VERSION, tags=CPU_TAGS)
 def after_records(artifacts: ArtifactStore, data_settings: DataSettingsResource) -> MaterializeResult:
     """The same records as ``baseline_records``, for the policy after GSPO (base plus the LoRA adapter)."""

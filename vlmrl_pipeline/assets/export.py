@@ -46,6 +46,7 @@ from vlmrl_pipeline.core.modeling import load_model, load_policy
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, chat_prompts, open_images, read_manifest, split_rows
 from vlmrl_pipeline.execution import CPU_TAGS, GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import (
+    NO_OP_CONFIG,
     ArtifactStore,
     DataSettingsResource,
     ExportSettingsResource,
@@ -60,7 +61,8 @@ MERGE_CHECK = "merge_check.json"
 MERGE_CHECK_PROMPTS = 4
 
 
-@asset(group_name="export", deps=[lora_adapter, base_model, resized_images], kinds={"safetensors", "huggingface"},
+@asset(config_schema=NO_OP_CONFIG,
+       group_name="export", deps=[lora_adapter, base_model, resized_images], kinds={"safetensors", "huggingface"},
        code_version="export-3", pool=GPU_POOL, tags=GPU_TAGS, op_tags=gpu_op_tags())
 def merged_model(
     context: AssetExecutionContext,
@@ -169,7 +171,8 @@ def merged_matches_adapter(artifacts: ArtifactStore) -> AssetCheckResult:
                             metadata={k: v for k, v in check.items() if isinstance(v, (int, float, str, bool))})
 
 
-@asset(group_name="export", deps=[merged_model, resized_images], kinds={"gguf", "llamacpp"}, code_version="gguf-1",
+@asset(config_schema=NO_OP_CONFIG,
+       group_name="export", deps=[merged_model, resized_images], kinds={"gguf", "llamacpp"}, code_version="gguf-1",
        tags=CPU_TAGS)
 def gguf_model(
     context: AssetExecutionContext,

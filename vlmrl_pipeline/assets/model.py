@@ -10,12 +10,13 @@ from vlmrl_pipeline.core.lineage import check_model_available, write_model_ref
 from vlmrl_pipeline.core.samples import SPLIT_TRAIN, read_manifest, split_rows
 from vlmrl_pipeline.core.warmstart import build_demo_base_model
 from vlmrl_pipeline.execution import CPU_TAGS
-from vlmrl_pipeline.resources import ArtifactStore, DataSettingsResource, ModelSettingsResource
+from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore, DataSettingsResource, ModelSettingsResource
 
 CHECKPOINT_DIR = "checkpoint"
 
 
-@asset(group_name="model", deps=[resized_images], kinds={"pytorch", "huggingface"}, code_version="model-1",
+@asset(config_schema=NO_OP_CONFIG,
+       group_name="model", deps=[resized_images], kinds={"pytorch", "huggingface"}, code_version="model-1",
        tags=CPU_TAGS)
 def base_model(
     context: AssetExecutionContext,

@@ -14,10 +14,11 @@ from vlmrl_pipeline.core.report_html import render_report_html, thumbnail_data_u
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, read_manifest, split_rows
 from vlmrl_pipeline.execution import CPU_TAGS
-from vlmrl_pipeline.resources import ArtifactStore
+from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore
 
 
-@asset(group_name="report", deps=[baseline_records, after_records], kinds={"markdown"},
+@asset(config_schema=NO_OP_CONFIG,
+       group_name="report", deps=[baseline_records, after_records], kinds={"markdown"},
        code_version=f"report-2+rewards-{REWARD_VERSION}", tags=CPU_TAGS)
 def eval_diff_report(artifacts: ArtifactStore) -> MaterializeResult:
     """Accuracy (strict, numeric and MathVista's rules) and format compliance before vs after RL, how sure each

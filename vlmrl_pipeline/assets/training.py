@@ -51,6 +51,7 @@ from vlmrl_pipeline.core.training_job import TRAINING_LOG, TrainingJob, Training
 from vlmrl_pipeline.core.vllm_engine import vllm_problems
 from vlmrl_pipeline.execution import GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import (
+    NO_OP_CONFIG,
     ArtifactStore,
     DataSettingsResource,
     ExportSettingsResource,
@@ -70,7 +71,8 @@ HASH_CACHE = ".cache/base_model_sha256.json"
 """sha256 of the base model's files by path, size and mtime: the checkpoint key hashes content, once per file."""
 
 
-@asset(group_name="training", deps=[base_model, resized_images], kinds={"pytorch", "trl"},
+@asset(config_schema=NO_OP_CONFIG,
+       group_name="training", deps=[base_model, resized_images], kinds={"pytorch", "trl"},
        code_version=TRAINING_CODE_VERSION, pool=GPU_POOL, tags=GPU_TAGS, op_tags=gpu_op_tags())
 def lora_adapter(
     context: AssetExecutionContext,

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +24,20 @@ MMPROJ_TYPES = ("f32", "f16", "bf16", "q8_0")
 class ExportSettings:
     """What the export stage writes from the trained adapter."""
 
-    merged_dtype: str = "bfloat16"
-    """dtype of the merged 16-bit checkpoint (``bfloat16`` as the seeds' ``merged_16bit``; ``float32`` is exact)."""
-    merged_4bit: bool = False
-    """Also write Unsloth's merged 4-bit (bitsandbytes) checkpoint, ``save_method="merged_4bit_forced"``. Needs
-    Unsloth and CUDA; refused with a clear error elsewhere."""
-    gguf_types: tuple[str, ...] = ("f16", "q8_0")
-    """GGUF files to write, one per type: ``f16``/``bf16``/``f32``/``q8_0`` by llama.cpp's converter, ``q4_k_m`` by
-    its quantizer (needs the ``gguf`` extra's llama.cpp runtime)."""
-    mmproj_type: str = "f16"
-    """Type of the vision encoder + projector file (``mmproj``), shared by all GGUF types."""
-    verify_with_llama_cpp: bool = True
-    """When the llama.cpp runtime is installed, run each GGUF on a held-out prompt and record whether its greedy
-    tokens equal ``transformers``' on the merged checkpoint."""
+    merged_dtype: str = field(default="bfloat16", metadata={"help": (
+        "dtype of the merged 16-bit checkpoint (``bfloat16`` as the seeds' ``merged_16bit``; ``float32`` is "
+        "exact).")})
+    merged_4bit: bool = field(default=False, metadata={"help": (
+        "Also write Unsloth's merged 4-bit (bitsandbytes) checkpoint, ``save_method=\"merged_4bit_forced\"``. Needs "
+        "Unsloth and CUDA; refused with a clear error elsewhere.")})
+    gguf_types: tuple[str, ...] = field(default=("f16", "q8_0"), metadata={"help": (
+        "GGUF files to write, one per type: ``f16``/``bf16``/``f32``/``q8_0`` by llama.cpp's converter, "
+        "``q4_k_m`` by its quantizer (needs the ``gguf`` extra's llama.cpp runtime).")})
+    mmproj_type: str = field(default="f16", metadata={"help": (
+        "Type of the vision encoder + projector file (``mmproj``), shared by all GGUF types.")})
+    verify_with_llama_cpp: bool = field(default=True, metadata={"help": (
+        "When the llama.cpp runtime is installed, run each GGUF on a held-out prompt and record whether its "
+        "greedy tokens equal ``transformers``' on the merged checkpoint.")})
 
     def __post_init__(self) -> None:
         if self.merged_dtype not in MERGED_DTYPES:

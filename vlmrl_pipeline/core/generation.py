@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -19,22 +19,28 @@ class GenerationSettings:
     Greedy decoding (``do_sample=False``) is the default: a benchmark number should not depend on a sampling seed.
     """
 
-    max_new_tokens: int = 1024
-    batch_size: int = 8
-    """Prompts per ``model.generate`` call; with ``engine="vllm"`` the most sequences vLLM decodes at once."""
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    engine: str = "transformers"
-    """``transformers`` (``model.generate``, any device) or ``vllm`` (CUDA and the ``vllm`` extra; several times
-    faster). vLLM serves a 16-bit checkpoint: the base as stored, or dequantized from a 4-bit one, with the adapter
-    merged in for ``after_completions``, so both evaluations run the same engine on the same weights."""
-    vllm_gpu_memory_utilization: float = 0.5
-    """With ``engine="vllm"``: the share of GPU memory vLLM takes (weights, activations and KV cache)."""
-    vllm_enforce_eager: bool = False
-    """With ``engine="vllm"``: skip torch.compile and CUDA graphs (starts in about 30 s instead of about 2 min,
-    decodes about 3x slower)."""
+    max_new_tokens: int = field(default=1024, metadata={"help": (
+        "Most tokens generated per completion.")})
+    batch_size: int = field(default=8, metadata={"help": (
+        "Prompts per ``model.generate`` call; with ``engine=\"vllm\"`` the most sequences vLLM decodes at once.")})
+    do_sample: bool = field(default=False, metadata={"help": (
+        "Sample instead of greedy decoding (then temperature, top_p and seed apply).")})
+    temperature: float = field(default=1.0, metadata={"help": (
+        "Sampling temperature (with do_sample).")})
+    top_p: float = field(default=1.0, metadata={"help": (
+        "Nucleus sampling threshold (with do_sample).")})
+    seed: int = field(default=0, metadata={"help": (
+        "Seed of sampling (with do_sample).")})
+    engine: str = field(default="transformers", metadata={"help": (
+        "``transformers`` (``model.generate``, any device) or ``vllm`` (CUDA and the ``vllm`` extra; several "
+        "times faster). vLLM serves a 16-bit checkpoint: the base as stored, or dequantized from a 4-bit one, "
+        "with the adapter merged in for ``after_completions``, so both evaluations run the same engine on the "
+        "same weights.")})
+    vllm_gpu_memory_utilization: float = field(default=0.5, metadata={"help": (
+        "With ``engine=\"vllm\"``: the share of GPU memory vLLM takes (weights, activations and KV cache).")})
+    vllm_enforce_eager: bool = field(default=False, metadata={"help": (
+        "With ``engine=\"vllm\"``: skip torch.compile and CUDA graphs (starts in about 30 s instead of about 2 min, "
+        "decodes about 3x slower).")})
 
     def __post_init__(self) -> None:
         if self.engine not in GENERATION_ENGINES:

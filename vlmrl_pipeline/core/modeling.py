@@ -15,7 +15,7 @@ import importlib.util
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,26 +57,35 @@ QWEN_VL_CHAT_TEMPLATE = (
 class TinyModelSpec:
     """Shape of the demo model: Qwen3-VL's architecture at a size that trains on two CPU cores."""
 
-    tokenizer: str = "trained"
-    """``"trained"``: a ``vocab_size``-token byte-level BPE with GPT-2's pre-tokenizer, trained on the training
-    prompts: small and fast, and exported to GGUF by registering its hash with llama.cpp's converter as ``gpt-2``
-    (what llama.cpp's ``convert_hf_to_gguf_update.py`` does for new models). ``"gpt-2"``: GPT-2's own byte-level
-    BPE from llama.cpp's vocabulary files (50 257 tokens plus the chat and vision tokens), which the converter
-    knows already; its embedding is most of the model and made the demo 2.5x slower."""
-    vocab_size: int = 1024
-    """Vocabulary size of the ``"trained"`` tokenizer (unused for ``"gpt-2"``)."""
-    text_hidden_size: int = 128
-    text_layers: int = 2
-    text_heads: int = 4
-    text_kv_heads: int = 2
-    text_intermediate_size: int = 384
-    vision_depth: int = 2
-    vision_hidden_size: int = 64
-    vision_heads: int = 4
-    vision_intermediate_size: int = 128
-    # The image processor resizes to at most this many pixels per side: 128 px -> 8x8 patches of 16 px -> 16
-    # image tokens after the 2x2 merge.
-    image_size: int = 128
+    tokenizer: str = field(default="trained", metadata={"help": (
+        "``\"trained\"``: a ``vocab_size``-token byte-level BPE with GPT-2's pre-tokenizer, trained on the training "
+        "prompts: small and fast, and exported to GGUF by registering its hash with llama.cpp's converter as "
+        "``gpt-2`` (what llama.cpp's ``convert_hf_to_gguf_update.py`` does for new models). ``\"gpt-2\"``: GPT-2's "
+        "own byte-level BPE from llama.cpp's vocabulary files (50 257 tokens plus the chat and vision tokens), "
+        "which the converter knows already; its embedding is most of the model and made the demo 2.5x slower.")})
+    vocab_size: int = field(default=1024, metadata={"help": (
+        "Vocabulary size of the ``\"trained\"`` tokenizer (unused for ``\"gpt-2\"``).")})
+    text_hidden_size: int = field(default=128, metadata={"help": (
+        "Hidden size of the demo model's language model.")})
+    text_layers: int = field(default=2, metadata={"help": (
+        "Decoder layers of the demo model's language model.")})
+    text_heads: int = field(default=4, metadata={"help": (
+        "Attention heads of the demo model's language model.")})
+    text_kv_heads: int = field(default=2, metadata={"help": (
+        "Key/value heads (grouped-query attention) of the demo model's language model.")})
+    text_intermediate_size: int = field(default=384, metadata={"help": (
+        "MLP width of the demo model's language model.")})
+    vision_depth: int = field(default=2, metadata={"help": (
+        "Blocks of the demo model's vision tower.")})
+    vision_hidden_size: int = field(default=64, metadata={"help": (
+        "Hidden size of the demo model's vision tower.")})
+    vision_heads: int = field(default=4, metadata={"help": (
+        "Attention heads of the demo model's vision tower.")})
+    vision_intermediate_size: int = field(default=128, metadata={"help": (
+        "MLP width of the demo model's vision tower.")})
+    image_size: int = field(default=128, metadata={"help": (
+        "The image processor resizes to at most this many pixels per side: 128 px gives 8x8 patches of 16 px, 16 "
+        "image tokens after the 2x2 merge.")})
 
 
 def unsloth_available() -> bool:
@@ -404,13 +413,20 @@ def load_model(
 class LoraSettings:
     """LoRA shape; the seeds use r=16, alpha=16 (Unsloth's docs suggest alpha = 2r to learn faster)."""
 
-    r: int = 16
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    finetune_vision_layers: bool = False
-    finetune_language_layers: bool = True
-    finetune_attention_modules: bool = True
-    finetune_mlp_modules: bool = True
+    r: int = field(default=16, metadata={"help": (
+        "LoRA rank: the inner dimension of each low-rank update.")})
+    lora_alpha: int = field(default=16, metadata={"help": (
+        "Scaling numerator: updates are scaled by lora_alpha / r.")})
+    lora_dropout: float = field(default=0.0, metadata={"help": (
+        "Dropout on the LoRA input during training.")})
+    finetune_vision_layers: bool = field(default=False, metadata={"help": (
+        "Put LoRA on the vision tower too (not servable by vLLM).")})
+    finetune_language_layers: bool = field(default=True, metadata={"help": (
+        "Put LoRA on the language model's layers.")})
+    finetune_attention_modules: bool = field(default=True, metadata={"help": (
+        "Within the chosen layers: the attention projections (q, k, v, o).")})
+    finetune_mlp_modules: bool = field(default=True, metadata={"help": (
+        "Within the chosen layers: the MLP projections (gate, up, down).")})
 
 
 def lora_target_regex(settings: LoraSettings) -> str:

@@ -29,44 +29,45 @@ PROFILE_ENV_VAR = "VLMRL_PROFILE"
 class DataSettings:
     """Where the data comes from and how it is filtered, prepared and split."""
 
-    source: str = "AI4Math/MathVista"
-    """A hub id (loaded with ``datasets``), a local folder (the hub's parquet layout, or MathVista's GitHub layout:
-    ``testmini.json`` + ``images/``), or ``"synthetic"``."""
-    split: str = "testmini"
-    dataset_format: str = "mathvista"
-    """``mathvista`` (MathVista's columns) or ``rlinf`` (RLinf's form, as geo3k: a prompt with ``<image>``
-    placeholders, an image list and a ``\\boxed{}`` answer, under the keys below)."""
-    prompt_key: str = "problem"
-    """``rlinf`` only: the column holding the prompt text."""
-    answer_key: str = "answer"
-    """``rlinf`` only: the column holding the gold answer (``\\boxed{x}`` or plain)."""
-    image_keys: tuple[str, ...] = ("images",)
-    """``rlinf`` only: the column(s) holding the image (one image per sample)."""
-    numeric_only: bool = True
-    """Keep rows whose answer parses as a number (the seeds' filter)."""
-    free_form_only: bool = False
-    """Also drop multiple-choice rows (the seeds keep numeric-text multiple-choice answers)."""
-    image_size: int = 512
-    """Images are resized to ``image_size`` x ``image_size`` RGB (the seeds use 512)."""
-    eval_size: int = 100
-    """Held-out evaluation rows; they are never trained on."""
-    seed: int = 3407
-    """Seed of the train/eval split (and of the synthetic data set)."""
-    prompt_field: str = "query"
-    """MathVista's ``query`` carries choices and unit/precision hints; ``question`` is the bare question."""
-    answer_format: str = "tags"
-    """``tags``: the seeds' <REASONING>/<SOLUTION> format and reward pair; ``boxed``: a ``\\boxed{}`` answer and
-    RLinf's +1/0 reward. Prompt instruction, rewards and scoring all follow it."""
-    system_prompt: str = ""
-    """A system turn before every prompt (RLinf's geo3k uses one to ask for ``\\boxed{}``); empty for none."""
-    max_lost_fraction: float = 0.05
-    """The data check fails when more than this share of rows is lost to bad input (missing answer, duplicate
-    pid, missing/corrupt/oversized image). Rows removed on purpose by the filters above are not "lost"."""
-    synthetic_rows: int = 400
-    """Rows rendered when ``source == "synthetic"``."""
-    synthetic_tasks: str = "mathvista"
-    """The synthetic task set (``core.synthetic.TASK_SETS``): ``mathvista`` (MathVista-like problems) or
-    ``readable`` (two families a tiny model can learn to read in a minute: the demo's)."""
+    source: str = field(default="AI4Math/MathVista", metadata={"help": (
+        "A hub id (loaded with ``datasets``), a local folder (the hub's parquet layout, or MathVista's GitHub "
+        "layout: ``testmini.json`` + ``images/``), or ``\"synthetic\"``.")})
+    split: str = field(default="testmini", metadata={"help": (
+        "The data set split to read (MathVista's ``testmini`` has the answers; its ``test`` split does not).")})
+    dataset_format: str = field(default="mathvista", metadata={"help": (
+        "``mathvista`` (MathVista's columns) or ``rlinf`` (RLinf's form, as geo3k: a prompt with ``<image>`` "
+        "placeholders, an image list and a ``\\boxed{}`` answer, under the keys below).")})
+    prompt_key: str = field(default="problem", metadata={"help": (
+        "``rlinf`` only: the column holding the prompt text.")})
+    answer_key: str = field(default="answer", metadata={"help": (
+        "``rlinf`` only: the column holding the gold answer (``\\boxed{x}`` or plain).")})
+    image_keys: tuple[str, ...] = field(default=("images",), metadata={"help": (
+        "``rlinf`` only: the column(s) holding the image (one image per sample).")})
+    numeric_only: bool = field(default=True, metadata={"help": (
+        "Keep rows whose answer parses as a number (the seeds' filter).")})
+    free_form_only: bool = field(default=False, metadata={"help": (
+        "Also drop multiple-choice rows (the seeds keep numeric-text multiple-choice answers).")})
+    image_size: int = field(default=512, metadata={"help": (
+        "Images are resized to ``image_size`` x ``image_size`` RGB (the seeds use 512).")})
+    eval_size: int = field(default=100, metadata={"help": (
+        "Held-out evaluation rows; they are never trained on.")})
+    seed: int = field(default=3407, metadata={"help": (
+        "Seed of the train/eval split (and of the synthetic data set).")})
+    prompt_field: str = field(default="query", metadata={"help": (
+        "MathVista's ``query`` carries choices and unit/precision hints; ``question`` is the bare question.")})
+    answer_format: str = field(default="tags", metadata={"help": (
+        "``tags``: the seeds' <REASONING>/<SOLUTION> format and reward pair; ``boxed``: a ``\\boxed{}`` answer and "
+        "RLinf's +1/0 reward. Prompt instruction, rewards and scoring all follow it.")})
+    system_prompt: str = field(default="", metadata={"help": (
+        "A system turn before every prompt (RLinf's geo3k uses one to ask for ``\\boxed{}``); empty for none.")})
+    max_lost_fraction: float = field(default=0.05, metadata={"help": (
+        "The data check fails when more than this share of rows is lost to bad input (missing answer, duplicate "
+        "pid, missing/corrupt/oversized image). Rows removed on purpose by the filters above are not \"lost\".")})
+    synthetic_rows: int = field(default=400, metadata={"help": (
+        "Rows rendered when ``source == \"synthetic\"``.")})
+    synthetic_tasks: str = field(default="mathvista", metadata={"help": (
+        "The synthetic task set (``core.synthetic.TASK_SETS``): ``mathvista`` (MathVista-like problems) or "
+        "``readable`` (two families a tiny model can learn to read in a minute: the demo's).")})
 
     @property
     def prompt_style(self) -> PromptStyle:
@@ -77,30 +78,33 @@ class DataSettings:
 class ModelSettings:
     """Which policy to start from and how to load and adapt it."""
 
-    model_name: str = "unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit"
-    """Hub id or local checkpoint folder; ``"demo:tiny-qwen3-vl"`` builds the demo model instead."""
-    revision: str | None = None
-    """Hub revision (commit) to pin; recorded in every record file."""
-    backend: str = "auto"
-    """``unsloth`` (GPU + Unsloth installed), ``transformers``, or ``auto`` (Unsloth when it can run)."""
-    load_in_4bit: bool = True
-    max_seq_length: int = 16384
-    """VLM prompts are long: image tokens + question + reasoning."""
-    dtype: str = "auto"
-    """``auto``: bf16 on a GPU that supports it, float32 on a CPU. Gemma-3 needs ``bfloat16`` (fp16 overflows)."""
-    fast_inference: bool = False
-    """Unsloth backend: load with a vLLM engine (Unsloth's ``fast_inference=True``, weights shared with training) so
-    GSPO rollouts run through vLLM; goes with ``training_settings.use_vllm=True``. Needs an installed vLLM
-    (refused before loading otherwise); vision layers must stay frozen, since vLLM cannot carry LoRA on them. The
-    transformers backend gets vLLM rollouts from ``use_vllm`` alone, evaluation from ``eval_settings.engine``."""
-    gpu_memory_utilization: float = 0.8
-    """With ``fast_inference``: the share of GPU memory vLLM may take (lower it on out-of-memory errors)."""
-    vllm_standby: bool = True
-    """With ``fast_inference``: set ``UNSLOTH_VLLM_STANDBY=1`` before Unsloth loads (the seeds' setting: vLLM's
-    memory is shared with training instead of held apart, so ``gpu_memory_utilization`` can stay high)."""
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    tiny_model: TinyModelSpec = field(default_factory=TinyModelSpec)
-    """Shape of the demo model (only used with the demo model name)."""
+    model_name: str = field(default="unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit", metadata={"help": (
+        "Hub id or local checkpoint folder; ``\"demo:tiny-qwen3-vl\"`` builds the demo model instead.")})
+    revision: str | None = field(default=None, metadata={"help": (
+        "Hub revision (commit) to pin; recorded in every record file.")})
+    backend: str = field(default="auto", metadata={"help": (
+        "``unsloth`` (GPU + Unsloth installed), ``transformers``, or ``auto`` (Unsloth when it can run).")})
+    load_in_4bit: bool = field(default=True, metadata={"help": (
+        "Load the base weights in 4-bit (bitsandbytes NF4) and train a LoRA on top (QLoRA); needs CUDA.")})
+    max_seq_length: int = field(default=16384, metadata={"help": (
+        "VLM prompts are long: image tokens + question + reasoning.")})
+    dtype: str = field(default="auto", metadata={"help": (
+        "``auto``: bf16 on a GPU that supports it, float32 on a CPU. Gemma-3 needs ``bfloat16`` (fp16 overflows).")})
+    fast_inference: bool = field(default=False, metadata={"help": (
+        "Unsloth backend: load with a vLLM engine (Unsloth's ``fast_inference=True``, weights shared with "
+        "training) so GSPO rollouts run through vLLM; goes with ``training_settings.use_vllm=True``. Needs an "
+        "installed vLLM (refused before loading otherwise); vision layers must stay frozen, since vLLM cannot "
+        "carry LoRA on them. The transformers backend gets vLLM rollouts from ``use_vllm`` alone, evaluation from "
+        "``eval_settings.engine``.")})
+    gpu_memory_utilization: float = field(default=0.8, metadata={"help": (
+        "With ``fast_inference``: the share of GPU memory vLLM may take (lower it on out-of-memory errors).")})
+    vllm_standby: bool = field(default=True, metadata={"help": (
+        "With ``fast_inference``: set ``UNSLOTH_VLLM_STANDBY=1`` before Unsloth loads (the seeds' setting: vLLM's "
+        "memory is shared with training instead of held apart, so ``gpu_memory_utilization`` can stay high).")})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": (
+        "The LoRA adapter trained on the frozen base model.")})
+    tiny_model: TinyModelSpec = field(default_factory=TinyModelSpec, metadata={"help": (
+        "Shape of the demo model (only used with the demo model name).")})
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "unsloth", "transformers"):

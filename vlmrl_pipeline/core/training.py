@@ -75,100 +75,120 @@ class GSPOSettings:
     gradient_accumulation_steps`` or ``num_iterations > 1``).
     """
 
-    learning_rate: float = 5e-6
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.0
-    """Linear warm-up: an int is a step count, a float in [0, 1) a share of all steps (transformers 5 merged
-    ``warmup_ratio`` into this field)."""
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    """AdamW's second-moment decay: transformers' default 0.999 (seed 000 sets none); Unsloth's vision notebooks
-    (seed 003) use 0.99."""
-    optim: str = "adamw_8bit"
-    """``adamw_8bit`` needs bitsandbytes and CUDA; on a CPU it falls back to ``adamw_torch`` (logged)."""
-    per_device_train_batch_size: int = 8
-    """Completions per device per micro-step (prompts per step = this / num_generations)."""
-    gradient_accumulation_steps: int = 4
-    num_generations: int = 4
-    """Completions sampled per prompt: the group whose rewards are normalised into advantages."""
-    max_completion_length: int = 1024
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    """Stop after this many optimizer steps (-1: run ``num_train_epochs``)."""
-    max_grad_norm: float = 0.1
-    importance_sampling_level: str = "sequence"
-    """``"sequence"`` is GSPO; ``"token"`` is GRPO."""
-    loss_type: str = "dr_grpo"
-    """The seed's choice. TRL warns that with sequence-level ratios ``dr_grpo`` weights sequences by length; the
-    GSPO paper uses ``"grpo"``."""
-    epsilon: float = 0.2
-    epsilon_high: float | None = None
-    beta: float = 0.0
-    """KL coefficient against the reference model; 0 skips loading a reference copy."""
-    temperature: float = 1.0
-    steps_per_generation: int | None = None
-    num_iterations: int = 1
-    scale_rewards: str = "group"
-    mask_truncated_completions: bool = False
-    logging_steps: int = 1
-    report_to: str = "tensorboard"
-    """Where the trainer also sends its metrics, comma-separated: ``tensorboard`` (event files, offline; the asset
-    keeps them in the adapter's ``tensorboard/`` folder), ``wandb``, ``mlflow`` (configured through their own
-    environment variables), or ``none``. The run log and the training curves get them either way."""
-    seed: int = 3407
-    gradient_checkpointing: bool = True
-    """Recompute activations in the backward pass instead of keeping them (TRL's default): less memory, about a
-    third more compute per step. Turn it on before lowering the batch when a step runs out of memory."""
-    save_steps: int = 25
-    """Write a checkpoint (adapter, optimizer, scheduler, RNG and trainer state) every this many optimizer steps
-    into the asset's checkpoint folder; materializing ``lora_adapter`` again after a killed run resumes from the
-    newest complete one. 0 writes none (a killed run then starts over)."""
-    save_total_limit: int = 2
-    """Checkpoints kept (the newest ones); at least 1. Two, so that a run killed while writing one still has the
-    previous one complete."""
-    num_processes: int = 1
-    """Training processes ``accelerate launch`` starts, one per GPU: each holds a replica of the policy (``ddp``)
-    or a shard of it (``fsdp``) and generates and trains on its own ``per_device_train_batch_size`` completions,
-    so a step covers ``num_processes`` times as many. 0 means one per visible GPU. A CPU-only machine runs 1."""
-    rehearsal_reward_weight: float = 0.0
-    """Weight of :func:`vlmrl_pipeline.core.rehearsal.ascii_share_reward`, added to the recipe's rewards only
-    when above 0. For rehearsals on stand-in checkpoints with random weights, which never earn a task reward: every
-    group's advantages would be 0, the LoRA would stay zero and the ``lora_weights_trained`` check would stop the
-    run. Leave at 0 for real training."""
-    use_vllm: bool = False
-    """Generate the rollouts with vLLM instead of ``model.generate`` (several times faster; TRL's
-    ``use_vllm``). The transformers backend runs TRL's colocated engine (same GPU, weights synced after every
-    update); the Unsloth backend needs ``model_settings.fast_inference=True`` (Unsloth's engine, sharing the
-    weights). Needs the ``vllm`` extra."""
-    vllm_mode: str = "colocate"
-    """``colocate``: vLLM runs inside the training process on the same GPU (the only mode offered here)."""
-    vllm_gpu_memory_utilization: float = 0.3
-    """Transformers backend with ``use_vllm``: the share of GPU memory the colocated vLLM engine takes for its
-    weights and KV cache (the rest is training's). The Unsloth backend uses ``model_settings.gpu_memory_utilization``
-    instead."""
-    vllm_enable_sleep_mode: bool = False
-    """Transformers backend with ``use_vllm``: vLLM frees its weights and KV cache while the optimizer steps and
-    reloads them for the next generation (less memory, some seconds per step)."""
-    vllm_importance_sampling_correction: bool = True
-    """With ``use_vllm``: weight each update by pi_train / pi_vLLM of the sampled tokens, since the two engines'
-    numerics differ (the rollout/train mismatch, seed 004's TIS). Also what makes TRL log the mismatch metrics."""
-    vllm_importance_sampling_mode: str = "sequence_mask"
-    """How the correction treats ratios outside [clip_min, clip_max]: ``token_truncate`` clips each token's ratio
-    (RLinf's TIS), ``sequence_truncate`` clips the sequence's, ``*_mask`` drops the token / sequence instead
-    (TRL's default ``sequence_mask``)."""
-    vllm_importance_sampling_clip_max: float | None = 3.0
-    """Upper bound C_max of the mismatch ratio (RLinf's ``importance_sampling_clip``: 2)."""
-    vllm_importance_sampling_clip_min: float | None = None
-    """Lower bound C_min of the mismatch ratio (none by default)."""
-    reward_max_val: float = 1.0
-    """``boxed`` answers only: the reward of a correct answer (RLinf's ``reward_max_val``)."""
-    reward_min_val: float = 0.0
-    """``boxed`` answers only: the reward of a wrong or missing answer (RLinf's ``reward_min_val``)."""
-    distributed: str = "ddp"
-    """With more than one process: ``ddp`` (data parallel; every GPU holds the whole model, gradients are
-    averaged) or ``fsdp`` (FSDP2; parameters, gradients and optimizer state are sharded across the GPUs, for a
-    model that does not fit on one). Ignored with one process."""
+    learning_rate: float = field(default=5e-6, metadata={"help": (
+        "Peak learning rate of the LoRA weights (the seeds' 5e-6 for an 8B model).")})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": (
+        "transformers' learning-rate schedule after the warm-up (``cosine``, ``linear``, ``constant``, ...).")})
+    warmup_steps: float = field(default=0.0, metadata={"help": (
+        "Linear warm-up: an int is a step count, a float in [0, 1) a share of all steps (transformers 5 merged "
+        "``warmup_ratio`` into this field).")})
+    weight_decay: float = field(default=0.0, metadata={"help": (
+        "AdamW's decoupled weight decay.")})
+    adam_beta1: float = field(default=0.9, metadata={"help": (
+        "AdamW's first-moment decay.")})
+    adam_beta2: float = field(default=0.999, metadata={"help": (
+        "AdamW's second-moment decay: transformers' default 0.999 (seed 000 sets none); Unsloth's vision "
+        "notebooks (seed 003) use 0.99.")})
+    optim: str = field(default="adamw_8bit", metadata={"help": (
+        "``adamw_8bit`` needs bitsandbytes and CUDA; on a CPU it falls back to ``adamw_torch`` (logged).")})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": (
+        "Completions per device per micro-step (prompts per step = this / num_generations).")})
+    gradient_accumulation_steps: int = field(default=4, metadata={"help": (
+        "Micro-steps per optimizer step; a step's batch is per_device_train_batch_size x this x processes "
+        "completions, divisible by num_generations.")})
+    num_generations: int = field(default=4, metadata={"help": (
+        "Completions sampled per prompt: the group whose rewards are normalised into advantages.")})
+    max_completion_length: int = field(default=1024, metadata={"help": (
+        "Most tokens a rollout may generate; longer ones are cut (and count as truncated).")})
+    num_train_epochs: float = field(default=1.0, metadata={"help": (
+        "Passes over the training split when max_steps is -1.")})
+    max_steps: int = field(default=-1, metadata={"help": (
+        "Stop after this many optimizer steps (-1: run ``num_train_epochs``).")})
+    max_grad_norm: float = field(default=0.1, metadata={"help": (
+        "Gradients are clipped to this global norm (the seeds' 0.1).")})
+    importance_sampling_level: str = field(default="sequence", metadata={"help": (
+        "``\"sequence\"`` is GSPO; ``\"token\"`` is GRPO.")})
+    loss_type: str = field(default="dr_grpo", metadata={"help": (
+        "The seed's choice. TRL warns that with sequence-level ratios ``dr_grpo`` weights sequences by length; "
+        "the GSPO paper uses ``\"grpo\"``.")})
+    epsilon: float = field(default=0.2, metadata={"help": (
+        "Lower clipping range of the importance ratio: ratios below 1 - epsilon are clipped.")})
+    epsilon_high: float | None = field(default=None, metadata={"help": (
+        "Upper clipping range (1 + epsilon_high); null: the same as epsilon.")})
+    beta: float = field(default=0.0, metadata={"help": (
+        "KL coefficient against the reference model; 0 skips loading a reference copy.")})
+    temperature: float = field(default=1.0, metadata={"help": (
+        "Sampling temperature of the rollouts (also used to compute the training log-probabilities).")})
+    steps_per_generation: int | None = field(default=None, metadata={"help": (
+        "Optimizer micro-steps served by one round of generation; null: gradient_accumulation_steps (on-policy).")})
+    num_iterations: int = field(default=1, metadata={"help": (
+        "Updates per generated batch (GRPO's mu); above 1 reuses rollouts off-policy.")})
+    scale_rewards: str = field(default="group", metadata={"help": (
+        "How advantages are scaled: ``group`` (by each group's reward std), ``batch`` or ``none``.")})
+    mask_truncated_completions: bool = field(default=False, metadata={"help": (
+        "Leave completions cut at max_completion_length out of the loss.")})
+    logging_steps: int = field(default=1, metadata={"help": (
+        "Log the trainer's metrics every this many optimizer steps.")})
+    report_to: str = field(default="tensorboard", metadata={"help": (
+        "Where the trainer also sends its metrics, comma-separated: ``tensorboard`` (event files, offline; the "
+        "asset keeps them in the adapter's ``tensorboard/`` folder), ``wandb``, ``mlflow`` (configured through "
+        "their own environment variables), or ``none``. The run log and the training curves get them either way.")})
+    seed: int = field(default=3407, metadata={"help": (
+        "Seed of training (sampling, dropout, data order).")})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": (
+        "Recompute activations in the backward pass instead of keeping them (TRL's default): less memory, about a "
+        "third more compute per step. Turn it on before lowering the batch when a step runs out of memory.")})
+    save_steps: int = field(default=25, metadata={"help": (
+        "Write a checkpoint (adapter, optimizer, scheduler, RNG and trainer state) every this many optimizer "
+        "steps into the asset's checkpoint folder; materializing ``lora_adapter`` again after a killed run "
+        "resumes from the newest complete one. 0 writes none (a killed run then starts over).")})
+    save_total_limit: int = field(default=2, metadata={"help": (
+        "Checkpoints kept (the newest ones); at least 1. Two, so that a run killed while writing one still has "
+        "the previous one complete.")})
+    num_processes: int = field(default=1, metadata={"help": (
+        "Training processes ``accelerate launch`` starts, one per GPU: each holds a replica of the policy "
+        "(``ddp``) or a shard of it (``fsdp``) and generates and trains on its own "
+        "``per_device_train_batch_size`` completions, so a step covers ``num_processes`` times as many. 0 means "
+        "one per visible GPU. A CPU-only machine runs 1.")})
+    rehearsal_reward_weight: float = field(default=0.0, metadata={"help": (
+        "Weight of :func:`vlmrl_pipeline.core.rehearsal.ascii_share_reward`, added to the recipe's rewards only "
+        "when above 0. For rehearsals on stand-in checkpoints with random weights, which never earn a task "
+        "reward: every group's advantages would be 0, the LoRA would stay zero and the ``lora_weights_trained`` "
+        "check would stop the run. Leave at 0 for real training.")})
+    use_vllm: bool = field(default=False, metadata={"help": (
+        "Generate the rollouts with vLLM instead of ``model.generate`` (several times faster; TRL's "
+        "``use_vllm``). The transformers backend runs TRL's colocated engine (same GPU, weights synced after "
+        "every update); the Unsloth backend needs ``model_settings.fast_inference=True`` (Unsloth's engine, "
+        "sharing the weights). Needs the ``vllm`` extra.")})
+    vllm_mode: str = field(default="colocate", metadata={"help": (
+        "``colocate``: vLLM runs inside the training process on the same GPU (the only mode offered here).")})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": (
+        "Transformers backend with ``use_vllm``: the share of GPU memory the colocated vLLM engine takes for its "
+        "weights and KV cache (the rest is training's). The Unsloth backend uses "
+        "``model_settings.gpu_memory_utilization`` instead.")})
+    vllm_enable_sleep_mode: bool = field(default=False, metadata={"help": (
+        "Transformers backend with ``use_vllm``: vLLM frees its weights and KV cache while the optimizer steps "
+        "and reloads them for the next generation (less memory, some seconds per step).")})
+    vllm_importance_sampling_correction: bool = field(default=True, metadata={"help": (
+        "With ``use_vllm``: weight each update by pi_train / pi_vLLM of the sampled tokens, since the two "
+        "engines' numerics differ (the rollout/train mismatch, seed 004's TIS). Also what makes TRL log the "
+        "mismatch metrics.")})
+    vllm_importance_sampling_mode: str = field(default="sequence_mask", metadata={"help": (
+        "How the correction treats ratios outside [clip_min, clip_max]: ``token_truncate`` clips each token's "
+        "ratio (RLinf's TIS), ``sequence_truncate`` clips the sequence's, ``*_mask`` drops the token / sequence "
+        "instead (TRL's default ``sequence_mask``).")})
+    vllm_importance_sampling_clip_max: float | None = field(default=3.0, metadata={"help": (
+        "Upper bound C_max of the mismatch ratio (RLinf's ``importance_sampling_clip``: 2).")})
+    vllm_importance_sampling_clip_min: float | None = field(default=None, metadata={"help": (
+        "Lower bound C_min of the mismatch ratio (none by default).")})
+    reward_max_val: float = field(default=1.0, metadata={"help": (
+        "``boxed`` answers only: the reward of a correct answer (RLinf's ``reward_max_val``).")})
+    reward_min_val: float = field(default=0.0, metadata={"help": (
+        "``boxed`` answers only: the reward of a wrong or missing answer (RLinf's ``reward_min_val``).")})
+    distributed: str = field(default="ddp", metadata={"help": (
+        "With more than one process: ``ddp`` (data parallel; every GPU holds the whole model, gradients are "
+        "averaged) or ``fsdp`` (FSDP2; parameters, gradients and optimizer state are sharded across the GPUs, for "
+        "a model that does not fit on one). Ignored with one process.")})
 
     def __post_init__(self) -> None:
         if self.distributed not in DISTRIBUTED_MODES:

@@ -15,7 +15,7 @@ import math
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -27,22 +27,25 @@ from vlmrl_pipeline.core.answers import REASONING_END, REASONING_START, SOLUTION
 class WarmStartSettings:
     """Supervised warm start (demo model only)."""
 
-    steps: int = 300
-    """Optimizer steps (full-parameter AdamW)."""
-    batch_size: int = 8
-    learning_rate: float = 3e-3
-    formatted_rate_high: float = 0.9
-    """Share of tagged targets in the question families that mostly answer in format."""
-    formatted_rate_low: float = 0.2
-    """Share of tagged targets in the other families (kept above 0 so sampling can still find the format)."""
-    seed: int = 0
-    right_answer_rate: float = 1.0
-    """Share of targets that carry the gold answer. The rest carry a systematic misreading, one more than the gold
-    integer (non-integer answers always stay right), the kind of habit a real base model brings: greedy decoding
-    follows it while sampling still finds the right reading, which is what the correctness reward can teach.
-    1.0: every target is right."""
-    reasoning: str = "I read the figure to answer."
-    """The reasoning text of every tagged target."""
+    steps: int = field(default=300, metadata={"help": (
+        "Optimizer steps (full-parameter AdamW).")})
+    batch_size: int = field(default=8, metadata={"help": (
+        "Targets per optimizer step of the warm start.")})
+    learning_rate: float = field(default=3e-3, metadata={"help": (
+        "AdamW learning rate of the warm start.")})
+    formatted_rate_high: float = field(default=0.9, metadata={"help": (
+        "Share of tagged targets in the question families that mostly answer in format.")})
+    formatted_rate_low: float = field(default=0.2, metadata={"help": (
+        "Share of tagged targets in the other families (kept above 0 so sampling can still find the format).")})
+    seed: int = field(default=0, metadata={"help": (
+        "Seed of the warm start's target choice and data order.")})
+    right_answer_rate: float = field(default=1.0, metadata={"help": (
+        "Share of targets that carry the gold answer. The rest carry a systematic misreading, one more than the "
+        "gold integer (non-integer answers always stay right), the kind of habit a real base model brings: greedy "
+        "decoding follows it while sampling still finds the right reading, which is what the correctness reward "
+        "can teach. 1.0: every target is right.")})
+    reasoning: str = field(default="I read the figure to answer.", metadata={"help": (
+        "The reasoning text of every tagged target.")})
 
 
 def misread(answer: str) -> str:

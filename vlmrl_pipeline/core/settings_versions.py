@@ -1,0 +1,90 @@
+"""Which settings feed which asset, and a short version of them: a changed setting makes exactly the assets it
+feeds (and, through Dagster's lineage, everything downstream of them) stale.
+
+Each asset's Dagster code version is its code's own version plus :func:`settings_versions`' hash for it, computed
+from the profile the definitions load. Fields that cannot change an artifact (where logs go, how often checkpoints
+are written, how much of the GPU vLLM may take) are left out, so changing them marks nothing stale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from vlmrl_pipeline.core.checkpoints import KEY_EXCLUDED_SETTINGS
+from vlmrl_pipeline.core.profiles import SYNTHETIC_SOURCE, Profile
+
+ALL = None
+"""Every field of the group."""
+
+PROMPT_FIELDS = ("prompt_field", "answer_format", "system_prompt")
+"""What the prompts, the reward and the scoring follow."""
+LOADING_FIELDS = ("backend", "load_in_4bit", "dtype", "max_seq_length")
+"""How a stage loads the policy; which policy it is comes from ``base_model``."""
+SOURCE_FIELDS = ("source", "split", "dataset_format", "prompt_key", "answer_key", "image_keys", "numeric_only",
+                 "free_form_only")
+SYNTHETIC_FIELDS = ("seed", "image_size", "synthetic_rows", "synthetic_tasks")
+"""What the synthetic source renders from (only when ``source`` is ``synthetic``)."""
+
+SETTINGS_FEEDING: dict[str, dict[str, tuple[str, ...] | None]] = {
+    "mathvista_filtered": {"data": SOURCE_FIELDS},
+    "resized_images": {"data": ("image_size", "eval_size", "seed")},
+    # The demo model is built and warm-started here (on the prompts); a hub model is only named.
+    "base_model": {"model": ("model_name", "revision", "tiny_model"), "warm_start": ALL, "data": PROMPT_FIELDS},
+    "baseline_completions": {"model": LOADING_FIELDS, "generation": ALL, "data": PROMPT_FIELDS},
+    "lora_adapter": {"model": LOADING_FIELDS + ("fast_inference", "vllm_standby", "lora"), "gspo": ALL,
+                     "data": PROMPT_FIELDS},
+    "after_completions": {"model": LOADING_FIELDS, "generation": ALL, "data": PROMPT_FIELDS},
+    "baseline_records": {"data": ("answer_format",)},
+    "after_records": {"data": ("answer_format",)},
+    "merged_model": {"export": ("merged_dtype", "merged_4bit")},
+    "gguf_model": {"export": ("gguf_types", "mmproj_type", "verify_with_llama_cpp")},
+    "eval_diff_report": {},
+}
+"""Asset -> settings group -> the fields of it that change the asset's artifact."""
+
+NOT_RESULTS = {
+    "gspo": KEY_EXCLUDED_SETTINGS,  # logging and checkpoint cadence: the same adapter either way
+    "generation": ("vllm_gpu_memory_utilization",),
+    "model": ("gpu_memory_utilization",),
+}
+"""Fields of a group that ``ALL`` leaves out: they change how a stage runs, not what it writes."""
+
+
+def _groups(profile: Profile) -> dict[str, Any]:
+    return {"data": profile.data, "model": profile.model, "warm_start": profile.warm_start, "gspo": profile.gspo,
+            "generation": profile.generation, "export": profile.export}
+
+
+def feeding_settings(profile: Profile, asset: str) -> dict[str, dict[str, Any]]:
+    """The settings values that feed ``asset`` under ``profile``, by group.
+
+    >>> from vlmrl_pipeline.core.profiles import demo_profile
+    >>> feeding_settings(demo_profile(), "resized_images")
+    {'data': {'image_size': 128, 'eval_size': 100, 'seed': 0}}
+    """
+    groups = _groups(profile)
+    out: dict[str, dict[str, Any]] = {}
+    for group, names in SETTINGS_FEEDING[asset].items():
+        values = dataclasses.asdict(groups[group])
+        if names is ALL:
+            names = tuple(k for k in values if k not in NOT_RESULTS.get(group, ()))
+        if asset == "mathvista_filtered" and profile.data.source == SYNTHETIC_SOURCE:
+            names = names + SYNTHETIC_FIELDS
+        if group in ("warm_start",) or (asset == "base_model" and group == "data"):
+            if not profile.model.is_demo:  # a hub model is neither built nor warm-started here
+                continue
+        out[group] = {name: values[name] for name in names}
+    return out
+
+
+def settings_versions(profile: Profile) -> dict[str, str]:
+    """A 10-character hash of :func:`feeding_settings` per asset (``""`` for an asset no setting feeds)."""
+    versions = {}
+    for asset in SETTINGS_FEEDING:
+        feeding = feeding_settings(profile, asset)
+        text = json.dumps(feeding, sort_keys=True, default=str)
+        versions[asset] = hashlib.sha256(text.encode()).hexdigest()[:10] if feeding else ""
+    return versions
