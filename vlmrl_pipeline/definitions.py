@@ -1,4 +1,5 @@
-"""The one Definitions object: assets, checks, the lineage job, its schedule and sensor, resources, executor.
+"""The Definitions of the main code location: assets, checks, the lineage job, its schedule and sensor,
+resources, executor. (Experiments, ``vlmrl_pipeline.experiments``, build theirs with the same function.)
 
 The profile comes from ``$VLMRL_PROFILE`` (``demo`` when unset: offline, CPU, minutes); artifacts go under
 ``$VLMRL_DATA_DIR`` (``data/`` in the checkout when unset); the executor from ``$VLMRL_EXECUTOR``.
@@ -25,33 +26,38 @@ from vlmrl_pipeline.resources import resources_for_profile
 ASSET_MODULES = [data, model, training, evaluation, export, report]
 
 
-
-def assets_for_profile(profile: Profile) -> Sequence[AssetsDefinition]:
-    """The assets, each code version extended by the hash of the settings that feed it under ``profile``
-    (``core.settings_versions``): change a setting in the profile, reload, and exactly the assets it feeds and
-    their downstream show as stale ("Materialize unsynced" re-runs those)."""
+def assets_for_profile(profile: Profile, key_prefix: str | None = None) -> Sequence[AssetsDefinition]:
+    """The assets (under ``key_prefix``, an experiment's name, when given), each code version extended by the hash
+    of the settings that feed it under ``profile`` (``core.settings_versions``): change a setting in the profile,
+    reload, and exactly the assets it feeds show as stale ("Materialize unsynced" re-runs those)."""
     versions = settings_versions(profile)
 
     def stamp(spec: AssetSpec) -> AssetSpec:
-        version = versions.get(spec.key.to_user_string())
+        version = versions.get(spec.key.path[-1])
         return spec.replace_attributes(code_version=f"{spec.code_version}+settings-{version}") if version else spec
 
-    return map_asset_specs(stamp, load_assets_from_modules(ASSET_MODULES))
+    return map_asset_specs(stamp, load_assets_from_modules(ASSET_MODULES, key_prefix=key_prefix))
+
+
+def build_definitions(profile: Profile, data_dir: str | None = None, key_prefix: str | None = None) -> Definitions:
+    """Everything one code location serves: the lineage of ``profile``, its artifacts under ``data_dir``
+    (``$VLMRL_DATA_DIR`` when None); an experiment's location also gives its assets ``key_prefix``."""
+    return Definitions(
+        assets=assets_for_profile(profile, key_prefix),
+        asset_checks=load_asset_checks_from_modules(ASSET_MODULES, asset_key_prefix=key_prefix),
+        jobs=[vlmrl_lineage_job],
+        # Both start stopped: turn them on in the UI's Automation tab (the daemon runs with `dagster dev`).
+        schedules=[retrain_schedule],
+        sensors=[source_data_sensor],
+        resources=resources_for_profile(profile, data_dir, report_page_path=(
+            f"/experiments/{key_prefix}/reports/report.html" if key_prefix else "/reports/report.html")),
+        # Multiprocess locally (each step its own process, GPU memory returned between steps); k8s_job_executor
+        # with VLMRL_EXECUTOR=k8s. GPU steps also share the instance's "gpu" pool (limit 1, dagster_home).
+        executor=executor_for_environment(),
+    )
 
 
 PROFILE = get_profile()
 all_assets = assets_for_profile(PROFILE)
 all_checks = load_asset_checks_from_modules(ASSET_MODULES)
-
-defs = Definitions(
-    assets=all_assets,
-    asset_checks=all_checks,
-    jobs=[vlmrl_lineage_job],
-    # Both start stopped: turn them on in the UI's Automation tab (the daemon runs with `dagster dev`).
-    schedules=[retrain_schedule],
-    sensors=[source_data_sensor],
-    resources=resources_for_profile(PROFILE),
-    # Multiprocess locally (each step its own process, GPU memory returned between steps); k8s_job_executor with
-    # VLMRL_EXECUTOR=k8s. GPU steps also share the instance's "gpu" pool (limit 1, dagster_home/dagster.yaml).
-    executor=executor_for_environment(),
-)
+defs = build_definitions(PROFILE)

@@ -45,6 +45,8 @@ class ArtifactStore(ConfigurableResource):
     report_server_url: str = "http://127.0.0.1:8765"
     """Where ``vlmrl-playground --data-dir <root>`` serves this folder's report (``/reports/report.html``): the
     ``report_page`` link the UI shows. Empty: link the file itself (which a browser opens only outside the UI)."""
+    report_page_path: str = "/reports/report.html"
+    """The report's path on that server: ``/experiments/<name>/reports/report.html`` for an experiment's."""
 
     def asset_dir(self, name: str) -> Path:
         path = Path(self.root) / name
@@ -184,11 +186,12 @@ class ModelSettingsResource(_settings_resource(
         return _core_from_values(WarmStartSettings, self.model_dump()["warm_start"])
 
 
-def resources_for_profile(profile: Profile, data_dir: str | None = None) -> dict:
+def resources_for_profile(profile: Profile, data_dir: str | None = None,
+                          report_page_path: str = "/reports/report.html") -> dict:
     """The resource dict for ``Definitions`` (or ``dagster.materialize``) that runs ``profile``: each settings
     resource bound with no values of its own, its class carrying the profile's values as defaults."""
     return {
-        "artifacts": ArtifactStore(root=data_dir or default_data_dir()),
+        "artifacts": ArtifactStore(root=data_dir or default_data_dir(), report_page_path=report_page_path),
         "data_settings": DataSettingsResource.with_defaults(profile.data)(),
         "model_settings": ModelSettingsResource.with_defaults(profile.model, warm_start=profile.warm_start)(),
         "training_settings": TrainingSettingsResource.with_defaults(profile.gspo)(),

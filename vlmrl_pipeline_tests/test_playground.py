@@ -529,6 +529,22 @@ def test_the_report_is_served_over_http_from_the_data_folder(tmp_path):
         assert status == 405 and headers["Allow"] == "GET, HEAD"
 
 
+def test_an_experiments_report_is_served_from_its_own_folder(tmp_path):
+    folder = tmp_path / "experiments" / "small_eval" / "eval_diff_report"
+    folder.mkdir(parents=True)
+    (folder / "report.html").write_text("<!doctype html><title>small</title>", encoding="utf-8")
+    (tmp_path / "secret.txt").write_text("not for the web")
+    with running_server(data_dir=tmp_path) as served:
+        status, _, body = _request(served, "GET", "/experiments/small_eval/reports/report.html")
+        assert status == 200 and b"small" in body
+        status, _, raw = _request(served, "GET", "/experiments/other/reports/report.html")
+        assert status == 404 and "materialize eval_diff_report first" in json.loads(raw)["error"]
+        for path in ("/experiments/../reports/report.html", "/experiments/small_eval/reports/../../secret.txt",
+                     "/experiments/small_eval/reports/secret.txt", "/experiments/.x/reports/report.html"):
+            status, _, _ = _request(served, "GET", path)
+            assert status == 404, path
+
+
 def test_without_a_data_folder_the_report_route_says_how_to_start(server):
     status, _, raw = _request(server, "GET", "/reports/report.html")
     assert status == 404 and "--data-dir" in json.loads(raw)["error"]

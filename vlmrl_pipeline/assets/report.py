@@ -56,7 +56,7 @@ def eval_diff_report(artifacts: ArtifactStore) -> MaterializeResult:
             "path": MetadataValue.path(str(artifacts.asset_dir("eval_diff_report") / "report.md")),
             # Over http: the UI is an http page, and browsers do not follow its file:// links.
             "report_page": MetadataValue.url(
-                f"{artifacts.report_server_url.rstrip('/')}/reports/report.html" if artifacts.report_server_url
+                f"{artifacts.report_server_url.rstrip('/')}{artifacts.report_page_path}" if artifacts.report_server_url
                 else (artifacts.asset_dir("eval_diff_report") / "report.html").resolve().as_uri()),
             "report_file": MetadataValue.path(str(artifacts.asset_dir("eval_diff_report") / "report.html")),
             **{k: round(float(v), 4) for k, v in diff["headline"].items()},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import sys
 import threading
@@ -43,6 +44,8 @@ _PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-
 _DATA_MARKER = "__PLAYGROUND_DATA__"
 
 REPORTS_PREFIX = "/reports/"
+EXPERIMENT_REPORTS = re.compile(r"^/experiments/([A-Za-z][A-Za-z0-9_]*)/reports/([^/]+)$")
+"""An experiment's report (``core.experiments``): its folder is ``experiments/<name>/`` under the data folder."""
 REPORT_ASSET = "eval_diff_report"
 """The asset folder (under the data folder) whose files ``/reports/`` serves."""
 REPORT_FILES = {"report.html": "text/html; charset=utf-8", "before_after.png": "image/png",
@@ -128,7 +131,8 @@ class PlaygroundHandler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         try:
             path = self.path.split("?", 1)[0]
-            allowed = ("GET", "HEAD") if path.startswith(REPORTS_PREFIX) else _ROUTES.get(path)
+            is_report = path.startswith(REPORTS_PREFIX) or EXPERIMENT_REPORTS.match(path)
+            allowed = ("GET", "HEAD") if is_report else _ROUTES.get(path)
             declares_body = "Transfer-Encoding" in self.headers or (
                 self.headers.get("Content-Length", "0").strip() != "0"
             )
@@ -142,6 +146,8 @@ class PlaygroundHandler(BaseHTTPRequestHandler):
                             {"Allow": ", ".join(allowed)})
             elif path.startswith(REPORTS_PREFIX):
                 self._report_file(path[len(REPORTS_PREFIX):])
+            elif match := EXPERIMENT_REPORTS.match(path):
+                self._report_file(match.group(2), Path("experiments") / match.group(1))
             elif path == "/api/score":
                 self._score()
             elif path == "/api/presets":
@@ -159,8 +165,9 @@ class PlaygroundHandler(BaseHTTPRequestHandler):
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
 
-    def _report_file(self, name: str) -> None:
+    def _report_file(self, name: str, under: Path = Path()) -> None:
         data_dir = getattr(self.server, "data_dir", None)
+        data_dir = data_dir / under if data_dir is not None else None
         if name not in REPORT_FILES:
             self._error(404, f"no such report file: {name!r}; served: {sorted(REPORT_FILES)}")
         elif data_dir is None:

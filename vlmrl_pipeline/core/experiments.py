@@ -1,0 +1,105 @@
+"""Named experiments: a profile plus the settings it changes, declared in a YAML file.
+
+::
+
+    experiments:
+      demo_boxed:             # letters, digits and _: the experiment's asset key prefix and folder name
+        profile: demo
+        data: {answer_format: boxed}
+        model: {lora: {r: 8}}
+
+Groups are ``data``, ``model``, ``warm_start``, ``gspo``, ``generation`` and ``export`` (the fields of the core
+dataclasses, nested ones as mappings). Each experiment becomes its own Dagster code location with its own asset keys
+(``demo_boxed/eval_diff_report``) and its own artifact folder, so materializing one never touches another's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlmrl_pipeline.core.profiles import PROFILES, Profile
+
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+GROUPS = ("data", "model", "warm_start", "gspo", "generation", "export")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str = field(metadata={"help": "Asset key prefix and folder name: letters, digits and underscores."})
+    profile: str = field(default="demo", metadata={"help": "The profile it starts from (``core.profiles.PROFILES``)."})
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
+        "help": "Settings group -> field -> value, applied over the profile."})
+
+
+def _replace(settings: Any, changes: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(settings)}
+    values = {}
+    for name, value in changes.items():
+        if name not in known:
+            raise ValueError(f"{where}.{name}: no such setting; choose from {sorted(known)}")
+        current = getattr(settings, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}.{name} is a group of settings: give a mapping, got {value!r}")
+            value = _replace(current, value, f"{where}.{name}")
+        elif isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    try:
+        return dataclasses.replace(settings, **values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def experiment_profile(experiment: Experiment) -> Profile:
+    """The experiment's profile: its base profile with the overrides applied (each checked as it is made).
+
+    >>> experiment_profile(Experiment("small", "demo", {"data": {"eval_size": 30}})).data.eval_size
+    30
+    """
+    if experiment.profile not in PROFILES:
+        raise ValueError(f"experiment {experiment.name}: unknown profile {experiment.profile!r}; "
+                         f"choose one of {sorted(PROFILES)}")
+    profile = PROFILES[experiment.profile]()
+    changes = {}
+    for group, fields in experiment.overrides.items():
+        if group not in GROUPS:
+            raise ValueError(f"experiment {experiment.name}: unknown settings group {group!r}; choose from {GROUPS}")
+        if not isinstance(fields, dict):
+            raise ValueError(f"experiment {experiment.name}: {group} must be a mapping of settings, got {fields!r}")
+        changes[group] = _replace(getattr(profile, group), fields, f"experiment {experiment.name}: {group}")
+    return dataclasses.replace(profile, name=experiment.name, **changes)
+
+
+def parse_experiments(document: Any, source: str = "experiments file") -> dict[str, Experiment]:
+    """The experiments of a parsed YAML document (``{"experiments": {name: {profile, group: {...}}}}``)."""
+    if document is None:
+        return {}
+    if not isinstance(document, dict) or not isinstance(document.get("experiments", {}), dict):
+        raise ValueError(f"{source}: expected a mapping 'experiments: {{name: {{profile: ..., data: ...}}}}'")
+    experiments = {}
+    for name, body in (document.get("experiments") or {}).items():
+        name = str(name)
+        if not NAME_PATTERN.match(name):
+            raise ValueError(f"{source}: experiment name {name!r} must start with a letter and hold only letters, "
+                             "digits and underscores (it becomes an asset key prefix and a folder name)")
+        body = dict(body or {})
+        profile = str(body.pop("profile", "demo"))
+        experiment = Experiment(name, profile, body)
+        experiment_profile(experiment)  # every setting checked when the file is read, before any run
+        experiments[name] = experiment
+    return experiments
+
+
+def load_experiments(path: str | Path) -> dict[str, Experiment]:
+    """The experiments declared in the YAML file at ``path`` (none when it does not exist)."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        return {}
+    return parse_experiments(yaml.safe_load(path.read_text()), str(path))

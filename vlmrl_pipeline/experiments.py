@@ -1,0 +1,54 @@
+"""Experiments as code locations: ``workspace.yaml`` names one per declared experiment.
+
+::
+
+    load_from:
+      - python_module: {module_name: vlmrl_pipeline.experiments, attribute: demo_boxed, working_directory: .}
+
+The attribute is the experiment's name, declared in ``$VLMRL_DATA_DIR/experiments.yaml`` (or
+``$VLMRL_EXPERIMENTS``); this module builds its Definitions on first access: the experiment's
+profile (``core.experiments``), its assets under the key prefix ``demo_boxed/``, and its artifacts under
+``$VLMRL_DATA_DIR/experiments/demo_boxed/``. The UI lists each experiment as a location and its assets under their
+prefix, with their own materializations, metadata plots and staleness, beside the main location's.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+
+from dagster import Definitions
+
+from vlmrl_pipeline.core.experiments import experiment_profile, load_experiments
+from vlmrl_pipeline.resources import default_data_dir
+
+EXPERIMENTS_FILE_ENV_VAR = "VLMRL_EXPERIMENTS"
+
+
+def experiments_file() -> Path:
+    """``$VLMRL_EXPERIMENTS``, else ``experiments.yaml`` in the data folder (beside the experiments' artifacts)."""
+    return Path(os.environ.get(EXPERIMENTS_FILE_ENV_VAR) or Path(default_data_dir()) / "experiments.yaml")
+
+
+def experiment_data_dir(name: str) -> str:
+    return str(Path(default_data_dir()) / "experiments" / name)
+
+
+@cache
+def experiment_definitions(name: str) -> Definitions:
+    """The code location of experiment ``name`` (a clear error naming the file when it is not declared there)."""
+    from vlmrl_pipeline.definitions import build_definitions
+
+    path = experiments_file()
+    experiments = load_experiments(path)
+    if name not in experiments:
+        raise ValueError(f"no experiment {name!r} in {path}; declared: {sorted(experiments) or 'none'}")
+    return build_definitions(experiment_profile(experiments[name]), data_dir=experiment_data_dir(name),
+                             key_prefix=name)
+
+
+def __getattr__(name: str) -> Definitions:
+    if name.startswith("_"):
+        raise AttributeError(name)
+    return experiment_definitions(name)

@@ -1,0 +1,148 @@
+"""Experiments: a profile plus overrides, each its own code location with its own asset keys and folder."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pandas as pd
+import pytest
+from dagster import AssetKey, DagsterInstance
+
+from vlmrl_pipeline import experiments as experiments_module
+from vlmrl_pipeline.core import experiments as core_experiments
+from vlmrl_pipeline.core.experiments import experiment_profile, parse_experiments
+from vlmrl_pipeline.core.profiles import demo_profile
+
+# Small enough to render and resize in seconds; the two differ in their held-out split.
+EXPERIMENTS_YAML = """
+experiments:
+  small_eval:
+    profile: demo
+    data: {synthetic_rows: 40, eval_size: 5}
+  larger_eval:
+    profile: demo
+    data: {synthetic_rows: 40, eval_size: 9}
+    model: {lora: {r: 4}}
+"""
+
+
+def test_doctests():
+    assert doctest.testmod(core_experiments).failed == 0
+
+
+def test_an_experiment_is_its_profile_with_the_overrides():
+    experiments = parse_experiments({"experiments": {"boxed": {"profile": "demo", "data": {"answer_format": "boxed"},
+                                                               "model": {"lora": {"r": 4}}}}})
+    profile = experiment_profile(experiments["boxed"])
+    demo = demo_profile()
+    assert profile.name == "boxed" and profile.data.answer_format == "boxed" and profile.model.lora.r == 4
+    assert profile.model.lora.lora_alpha == demo.model.lora.lora_alpha and profile.gspo == demo.gspo
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"bad-name": {}}, "must start with a letter and hold only letters, digits and underscores"),
+    ({"e": {"profile": "nope"}}, "unknown profile 'nope'"),
+    ({"e": {"trainer": {"learning_rate": 1.0}}}, "unknown settings group 'trainer'"),
+    ({"e": {"data": {"eval_sise": 3}}}, r"experiment e: data.eval_sise: no such setting"),
+    ({"e": {"model": {"lora": {"rank": 3}}}}, r"model.lora.rank: no such setting"),
+    ({"e": {"gspo": {"num_generations": 1}}}, "num_generations must be >= 2"),
+])
+def test_an_experiment_that_cannot_work_is_refused_when_the_file_is_read(body, message):
+    with pytest.raises(ValueError, match=message):
+        parse_experiments({"experiments": body})
+
+
+def test_an_undeclared_experiment_is_named(tmp_path, monkeypatch):
+    (tmp_path / "experiments.yaml").write_text(EXPERIMENTS_YAML)
+    monkeypatch.setenv("VLMRL_EXPERIMENTS", str(tmp_path / "experiments.yaml"))
+    experiments_module.experiment_definitions.cache_clear()
+    with pytest.raises(ValueError, match=r"no experiment 'typo' in .*declared: \['larger_eval', 'small_eval'\]"):
+        experiments_module.typo  # noqa: B018 - the attribute access is what Dagster's loader does
+
+
+def test_two_experiments_materialized_one_after_the_other_keep_their_own_artifacts(tmp_path, monkeypatch):
+    (tmp_path / "experiments.yaml").write_text(EXPERIMENTS_YAML)
+    monkeypatch.setenv("VLMRL_EXPERIMENTS", str(tmp_path / "experiments.yaml"))
+    monkeypatch.setenv("VLMRL_DATA_DIR", str(tmp_path / "data"))
+    experiments_module.experiment_definitions.cache_clear()
+    instance = DagsterInstance.ephemeral()
+    for name in ("small_eval", "larger_eval"):
+        defs = getattr(experiments_module, name)
+        job = defs.resolve_implicit_global_asset_job_def()
+        selection = [AssetKey([name, "mathvista_filtered"]), AssetKey([name, "resized_images"])]
+        assert job.get_subset(asset_selection=set(selection)).execute_in_process(instance=instance).success
+    root = tmp_path / "data" / "experiments"
+    for name, eval_size in (("small_eval", 5), ("larger_eval", 9)):
+        manifest = pd.read_parquet(root / name / "resized_images" / "manifest.parquet")
+        assert (manifest["split"] == "eval").sum() == eval_size
+        event = instance.get_latest_materialization_event(AssetKey([name, "resized_images"]))
+        assert event.asset_materialization.metadata["num_eval"].value == eval_size
+    assert not (tmp_path / "data" / "resized_images").exists()  # the main location's folder is untouched
+    artifacts = experiments_module.small_eval.resources["artifacts"]
+    assert artifacts.report_page_path == "/experiments/small_eval/reports/report.html"
+    # Their code versions differ exactly where their settings do.
+    graphs = {name: getattr(experiments_module, name).resolve_asset_graph() for name in ("small_eval", "larger_eval")}
+    versions = {name: {k.path[-1]: graph.get(k).code_version for k in graph.materializable_asset_keys}
+                for name, graph in graphs.items()}
+    differ = {a for a in versions["small_eval"] if versions["small_eval"][a] != versions["larger_eval"][a]}
+    assert differ == {"resized_images", "lora_adapter"}
+    experiments_module.experiment_definitions.cache_clear()
+
+
+def _graphql(url: str, query: str) -> dict:
+    request = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["data"]
+
+
+@pytest.mark.browser
+def test_the_ui_lists_each_experiment_as_a_location_with_its_own_assets(tmp_path):
+    from vlmrl_pipeline_tests.test_webserver import REPO_ROOT, _free_port
+
+    (tmp_path / "experiments.yaml").write_text(EXPERIMENTS_YAML)
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n"
+        f"  - python_module: {{module_name: vlmrl_pipeline.definitions, working_directory: {REPO_ROOT}}}\n"
+        + "".join(f"  - python_module: {{module_name: vlmrl_pipeline.experiments, attribute: {name}, "
+                  f"location_name: {name}, working_directory: {REPO_ROOT}}}\n"
+                  for name in ("small_eval", "larger_eval")))
+    (tmp_path / "home").mkdir()
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "VLMRL_DATA_DIR": str(tmp_path / "data"),
+           "VLMRL_EXPERIMENTS": str(tmp_path / "experiments.yaml")}
+    with open(tmp_path / "webserver.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-w", str(workspace), "-h",
+                                    "127.0.0.1", "-p", str(port)], cwd=REPO_ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    locations = _graphql(url, "{ workspaceOrError { ... on Workspace { locationEntries { name "
+                                              "locationOrLoadError { __typename } } } } }")
+                    entries = locations["workspaceOrError"]["locationEntries"]
+                    if len(entries) == 3 and all(e["locationOrLoadError"] for e in entries):
+                        break
+                except OSError:
+                    pass
+                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "webserver.log").read_text()
+                time.sleep(1)
+            assert {e["locationOrLoadError"]["__typename"] for e in entries} == {"RepositoryLocation"}, entries
+            assert {e["name"] for e in entries} >= {"small_eval", "larger_eval"}
+            keys = {"/".join(n["assetKey"]["path"]) for n in _graphql(url, "{ assetNodes { assetKey { path } } }")
+                    ["assetNodes"]}
+            for name in ("small_eval", "larger_eval"):
+                assert {f"{name}/eval_diff_report", f"{name}/lora_adapter"} <= keys
+            assert "eval_diff_report" in keys  # the main location's, unprefixed
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
