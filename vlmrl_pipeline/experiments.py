@@ -31,6 +31,19 @@ def experiments_file() -> Path:
     return Path(os.environ.get(EXPERIMENTS_FILE_ENV_VAR) or Path(default_data_dir()) / "experiments.yaml")
 
 
+def declared_experiment_names(path: Path | None = None) -> list[str]:
+    """The names under ``experiments:`` in the experiments file, unchecked (the main location lists them even when
+    one of them is wrong; that experiment's own location reports what is wrong). Empty when there is no file."""
+    import yaml
+
+    path = path or experiments_file()
+    try:
+        document = yaml.safe_load(path.read_text()) if path.is_file() else None
+        return [str(name) for name in (document or {}).get("experiments") or {}]
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+
+
 def experiment_data_dir(name: str) -> str:
     return str(Path(default_data_dir()) / "experiments" / name)
 

@@ -38,7 +38,9 @@ def test_scoring_assets_take_their_code_version_from_the_rewards_source():
     from vlmrl_pipeline.core.rewards import REWARD_VERSION
 
     versions = {a.key.to_user_string(): a.code_versions_by_key[a.key] for a in all_assets}
-    assert versions["baseline_records"] == versions["after_records"] == REWARD_VERSION
+    # The rewards' source hash, plus the hash of the settings scoring reads (the answer format).
+    assert versions["baseline_records"] == versions["after_records"]
+    assert versions["baseline_records"].startswith(f"{REWARD_VERSION}+settings-")
     assert REWARD_VERSION in versions["eval_diff_report"]
     for name in GENERATION_AND_TRAINING:
         assert REWARD_VERSION not in versions[name]  # generation and training keep their own versions

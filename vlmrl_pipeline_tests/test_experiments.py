@@ -12,7 +12,7 @@ import urllib.request
 
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, DagsterInstance, materialize
 
 from vlmrl_pipeline import experiments as experiments_module
 from vlmrl_pipeline.core import experiments as core_experiments
@@ -146,3 +146,43 @@ def test_the_ui_lists_each_experiment_as_a_location_with_its_own_assets(tmp_path
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def _report(accuracy_before: float, accuracy_after: float) -> dict:
+    return {"num_samples": 10, "headline": {
+        "baseline_accuracy": accuracy_before, "after_accuracy": accuracy_after,
+        "baseline_accuracy_mathvista": accuracy_before, "after_accuracy_mathvista": accuracy_after,
+        "baseline_format_compliance": 0.5, "after_format_compliance": 0.9},
+        "comparison": {"accuracy": {"ci_low": -0.1, "ci_high": 0.5, "p_value": 0.2}}}
+
+
+def test_the_main_location_sets_every_experiment_side_by_side(tmp_path, monkeypatch):
+    from vlmrl_pipeline.assets.experiments import build_experiment_comparison
+    from vlmrl_pipeline.resources import ArtifactStore
+
+    (tmp_path / "experiments.yaml").write_text(EXPERIMENTS_YAML)
+    monkeypatch.setenv("VLMRL_EXPERIMENTS", str(tmp_path / "experiments.yaml"))
+    names = experiments_module.declared_experiment_names()
+    assert names == ["small_eval", "larger_eval"]
+    comparison = build_experiment_comparison("main (demo)", names)
+    # Downstream of its own report and of each experiment's, so any of them changing makes it stale.
+    assert {k.to_user_string() for k in comparison.dependency_keys} == {
+        "eval_diff_report", "small_eval/eval_diff_report", "larger_eval/eval_diff_report"}
+    data = tmp_path / "data"
+    for folder, report in ((data, _report(0.2, 0.6)), (data / "experiments" / "small_eval", _report(0.2, 0.3))):
+        (folder / "eval_diff_report").mkdir(parents=True)
+        (folder / "eval_diff_report" / "report.json").write_text(json.dumps(report))
+    result = materialize([comparison], resources={"artifacts": ArtifactStore(root=str(data))})
+    assert result.success
+    rows = json.loads((data / "experiment_comparison" / "comparison.json").read_text())
+    assert [(r["experiment"], r["status"], r.get("after_accuracy")) for r in rows] == [
+        ("main (demo)", "ok", 0.6), ("small_eval", "ok", 0.3), ("larger_eval", "no report yet", None)]
+    [event] = result.asset_materializations_for_node("experiment_comparison")
+    assert event.metadata["without_report"].value == ["larger_eval"]
+    assert "| small_eval | 10 | 20.0 | 30.0 | [-10.0, +50.0] |" in event.metadata["comparison"].value
+    assert (data / "experiment_comparison" / "comparison.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_broken_experiments_file_leaves_the_main_location_loadable(tmp_path):
+    (tmp_path / "experiments.yaml").write_text("experiments: [this is: not a mapping")
+    assert experiments_module.declared_experiment_names(tmp_path / "experiments.yaml") == []

@@ -100,7 +100,8 @@ def _upstream(name: str, deps: dict[str, set[str]]) -> set[str]:
 
 
 def test_the_asset_graph_renders_in_chromium(webserver):
-    """The lineage views of the report and of the GGUF export, which between them hold every asset."""
+    """The lineage views of the experiments comparison and of the GGUF export, which between them hold every
+    asset."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
@@ -108,7 +109,7 @@ def test_the_asset_graph_renders_in_chromium(webserver):
     deps = _dependencies()
     with chrome_driver(window_size=(2400, 1400)) as driver:
         seen: set[str] = set()
-        for leaf in ("eval_diff_report", "gguf_model"):
+        for leaf in ("experiment_comparison", "gguf_model"):
             driver.get(f"{webserver}/assets/{leaf}?view=lineage&lineageScope=upstream&lineageDepth=10")
             if not seen:
                 # A fresh browser profile first gets the "Join the Dagster community" dialog: dismiss it.

@@ -103,3 +103,53 @@ def load_experiments(path: str | Path) -> dict[str, Experiment]:
     if not path.exists():
         return {}
     return parse_experiments(yaml.safe_load(path.read_text()), str(path))
+
+
+COMPARED = ("accuracy", "accuracy_mathvista", "format_compliance")
+"""The headline metrics set side by side, before and after RL."""
+
+
+def comparison_rows(reports: dict[str, dict | None]) -> list[dict[str, Any]]:
+    """One row per experiment from its ``report.json`` (None: not materialized yet, kept as a row that says so).
+
+    >>> rows = comparison_rows({"demo": {"num_samples": 4, "headline": {"baseline_accuracy": 0.25,
+    ...     "after_accuracy": 0.75, "baseline_accuracy_mathvista": 0.25, "after_accuracy_mathvista": 0.75,
+    ...     "baseline_format_compliance": 0.5, "after_format_compliance": 1.0},
+    ...     "comparison": {"accuracy": {"ci_low": 0.1, "ci_high": 0.9, "p_value": 0.5}}}, "other": None})
+    >>> rows[0]["after_accuracy"], rows[0]["accuracy_ci_low"], rows[1]["status"]
+    (0.75, 0.1, 'no report yet')
+    """
+    rows = []
+    for name, report in reports.items():
+        if report is None:
+            rows.append({"experiment": name, "status": "no report yet"})
+            continue
+        headline, comparison = report.get("headline", {}), report.get("comparison", {})
+        row: dict[str, Any] = {"experiment": name, "status": "ok", "num_samples": report.get("num_samples")}
+        for metric in COMPARED:
+            row[f"baseline_{metric}"] = headline.get(f"baseline_{metric}")
+            row[f"after_{metric}"] = headline.get(f"after_{metric}")
+        for field_name in ("ci_low", "ci_high", "p_value"):
+            row[f"accuracy_{field_name}"] = comparison.get("accuracy", {}).get(field_name)
+        rows.append(row)
+    return rows
+
+
+def comparison_markdown(rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table: percentages, and the accuracy change's 95% interval."""
+    def pct(value: Any) -> str:
+        return "-" if value is None else f"{100 * value:.1f}"
+
+    lines = ["| experiment | n | accuracy before | after | change 95% CI (pts) | MathVista acc. before | after | "
+             "format before | after |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if row["status"] != "ok":
+            lines.append(f"| {row['experiment']} | {row['status']} | | | | | | | |")
+            continue
+        low, high = row["accuracy_ci_low"], row["accuracy_ci_high"]
+        interval = "-" if low is None or high is None else f"[{100 * low:+.1f}, {100 * high:+.1f}]"
+        lines.append(f"| {row['experiment']} | {row['num_samples']} | {pct(row['baseline_accuracy'])} | "
+                     f"{pct(row['after_accuracy'])} | {interval} | {pct(row['baseline_accuracy_mathvista'])} | "
+                     f"{pct(row['after_accuracy_mathvista'])} | {pct(row['baseline_format_compliance'])} | "
+                     f"{pct(row['after_format_compliance'])} |")
+    return "\n".join(lines)

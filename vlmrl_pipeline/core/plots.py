@@ -107,3 +107,21 @@ def before_after_png(headline: dict[str, float], comparison: dict[str, dict] | N
 def png_markdown(png: bytes, alt: str) -> str:
     """Inline a PNG as a Markdown image (Dagster has no image metadata type; Markdown data URIs render)."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def experiments_png(rows: Sequence[dict]) -> bytes:
+    """Accuracy and format compliance before and after RL, one group of bars per experiment."""
+    rows = [r for r in rows if r.get("status") == "ok"]
+    series = [("baseline_accuracy", "accuracy before", "tab:gray"), ("after_accuracy", "accuracy after", "tab:blue"),
+              ("baseline_format_compliance", "format before", "silver"),
+              ("after_format_compliance", "format after", "tab:green")]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(rows) + 2), 3.4))
+    width = 0.8 / len(series)
+    for i, (key, label, color) in enumerate(series):
+        xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(rows))]
+        ax.bar(xs, [100 * (r.get(key) or 0.0) for r in rows], width=width, label=label, color=color)
+    ax.set_xticks(list(range(len(rows))), [r["experiment"] for r in rows])
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("%")
+    ax.legend(fontsize=7, ncol=2)
+    return _png(fig)
