@@ -19,11 +19,11 @@ from dagster import (
 from vlmrl_pipeline.assets import data, evaluation, export, model, report, training
 from vlmrl_pipeline.assets.experiments import build_experiment_comparison
 from vlmrl_pipeline.automation import retrain_schedule, source_data_sensor, vlmrl_lineage_job
+from vlmrl_pipeline.core.experiments import declared_experiment_names
 from vlmrl_pipeline.core.profiles import Profile, get_profile
 from vlmrl_pipeline.core.settings_versions import settings_versions
 from vlmrl_pipeline.execution import executor_for_environment
-from vlmrl_pipeline.experiments import declared_experiment_names
-from vlmrl_pipeline.resources import resources_for_profile
+from vlmrl_pipeline.resources import experiments_file, resources_for_profile
 
 ASSET_MODULES = [data, model, training, evaluation, export, report]
 
@@ -46,7 +46,8 @@ def build_definitions(profile: Profile, data_dir: str | None = None, key_prefix:
     (``$VLMRL_DATA_DIR`` when None); an experiment's location also gives its assets ``key_prefix``."""
     assets = list(assets_for_profile(profile, key_prefix))
     if key_prefix is None:  # the main location also sets every declared experiment beside its own numbers
-        assets.append(build_experiment_comparison(f"main ({profile.name})", declared_experiment_names()))
+        experiments = declared_experiment_names(experiments_file())
+        assets.append(build_experiment_comparison(f"main ({profile.name})", experiments))
     return Definitions(
         assets=assets,
         asset_checks=load_asset_checks_from_modules(ASSET_MODULES, asset_key_prefix=key_prefix),

@@ -14,34 +14,14 @@ prefix, with their own materializations, metadata plots and staleness, beside th
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from pathlib import Path
 
 from dagster import Definitions
 
 from vlmrl_pipeline.core.experiments import experiment_profile, load_experiments
-from vlmrl_pipeline.resources import default_data_dir
-
-EXPERIMENTS_FILE_ENV_VAR = "VLMRL_EXPERIMENTS"
-
-
-def experiments_file() -> Path:
-    """``$VLMRL_EXPERIMENTS``, else ``experiments.yaml`` in the data folder (beside the experiments' artifacts)."""
-    return Path(os.environ.get(EXPERIMENTS_FILE_ENV_VAR) or Path(default_data_dir()) / "experiments.yaml")
-
-
-def declared_experiment_names(path: Path | None = None) -> list[str]:
-    """The names under ``experiments:`` in the experiments file, unchecked (the main location lists them even when
-    one of them is wrong; that experiment's own location reports what is wrong). Empty when there is no file."""
-    import yaml
-
-    path = path or experiments_file()
-    try:
-        document = yaml.safe_load(path.read_text()) if path.is_file() else None
-        return [str(name) for name in (document or {}).get("experiments") or {}]
-    except (OSError, yaml.YAMLError, AttributeError):
-        return []
+from vlmrl_pipeline.definitions import build_definitions
+from vlmrl_pipeline.resources import default_data_dir, experiments_file
 
 
 def experiment_data_dir(name: str) -> str:
@@ -51,8 +31,6 @@ def experiment_data_dir(name: str) -> str:
 @cache
 def experiment_definitions(name: str) -> Definitions:
     """The code location of experiment ``name`` (a clear error naming the file when it is not declared there)."""
-    from vlmrl_pipeline.definitions import build_definitions
-
     path = experiments_file()
     experiments = load_experiments(path)
     if name not in experiments:

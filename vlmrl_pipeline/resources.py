@@ -38,6 +38,14 @@ def default_data_dir() -> str:
     return os.environ.get(DATA_DIR_ENV_VAR) or str(PROJECT_ROOT / "data")
 
 
+EXPERIMENTS_FILE_ENV_VAR = "VLMRL_EXPERIMENTS"
+
+
+def experiments_file() -> Path:
+    """``$VLMRL_EXPERIMENTS``, else ``experiments.yaml`` in the data folder (beside the experiments' artifacts)."""
+    return Path(os.environ.get(EXPERIMENTS_FILE_ENV_VAR) or Path(default_data_dir()) / "experiments.yaml")
+
+
 class ArtifactStore(ConfigurableResource):
     """A folder per asset under ``root``; every artifact is written to a temp folder and moved into place."""
 

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pandas as pd
 import pytest
@@ -16,7 +15,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from vlmrl_pipeline import experiments as experiments_module
 from vlmrl_pipeline.core import experiments as core_experiments
-from vlmrl_pipeline.core.experiments import experiment_profile, parse_experiments
+from vlmrl_pipeline.core.experiments import declared_experiment_names, experiment_profile, parse_experiments
 from vlmrl_pipeline.core.profiles import demo_profile
 
 # Small enough to render and resize in seconds; the two differ in their held-out split.
@@ -95,16 +94,9 @@ def test_two_experiments_materialized_one_after_the_other_keep_their_own_artifac
     experiments_module.experiment_definitions.cache_clear()
 
 
-def _graphql(url: str, query: str) -> dict:
-    request = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())["data"]
-
-
 @pytest.mark.browser
 def test_the_ui_lists_each_experiment_as_a_location_with_its_own_assets(tmp_path):
-    from vlmrl_pipeline_tests.test_webserver import REPO_ROOT, _free_port
+    from vlmrl_pipeline_tests.test_webserver import REPO_ROOT, _free_port, _graphql
 
     (tmp_path / "experiments.yaml").write_text(EXPERIMENTS_YAML)
     workspace = tmp_path / "workspace.yaml"
@@ -158,11 +150,11 @@ def _report(accuracy_before: float, accuracy_after: float) -> dict:
 
 def test_the_main_location_sets_every_experiment_side_by_side(tmp_path, monkeypatch):
     from vlmrl_pipeline.assets.experiments import build_experiment_comparison
-    from vlmrl_pipeline.resources import ArtifactStore
+    from vlmrl_pipeline.resources import ArtifactStore, experiments_file
 
     (tmp_path / "experiments.yaml").write_text(EXPERIMENTS_YAML)
     monkeypatch.setenv("VLMRL_EXPERIMENTS", str(tmp_path / "experiments.yaml"))
-    names = experiments_module.declared_experiment_names()
+    names = declared_experiment_names(experiments_file())
     assert names == ["small_eval", "larger_eval"]
     comparison = build_experiment_comparison("main (demo)", names)
     # Downstream of its own report and of each experiment's, so any of them changing makes it stale.
@@ -185,4 +177,4 @@ def test_the_main_location_sets_every_experiment_side_by_side(tmp_path, monkeypa
 
 def test_a_broken_experiments_file_leaves_the_main_location_loadable(tmp_path):
     (tmp_path / "experiments.yaml").write_text("experiments: [this is: not a mapping")
-    assert experiments_module.declared_experiment_names(tmp_path / "experiments.yaml") == []
+    assert declared_experiment_names(tmp_path / "experiments.yaml") == []

@@ -30,9 +30,7 @@ def test_every_asset_has_its_feeding_settings_named():
 
 
 def _replace(profile, group: str, **changes):
-    field = {"data": "data", "model": "model", "gspo": "gspo", "generation": "generation", "export": "export",
-             "warm_start": "warm_start"}[group]
-    return dataclasses.replace(profile, **{field: dataclasses.replace(getattr(profile, field), **changes)})
+    return dataclasses.replace(profile, **{group: dataclasses.replace(getattr(profile, group), **changes)})
 
 
 @pytest.mark.parametrize("group, changes, changed_assets", [

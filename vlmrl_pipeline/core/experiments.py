@@ -153,3 +153,15 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
                      f"{pct(row['after_accuracy_mathvista'])} | {pct(row['baseline_format_compliance'])} | "
                      f"{pct(row['after_format_compliance'])} |")
     return "\n".join(lines)
+
+
+def declared_experiment_names(path: str | Path) -> list[str]:
+    """The names under ``experiments:`` in the file at ``path``, unchecked: the main location lists them even when
+    one of them is wrong (that experiment's own location says what is wrong). Empty without a readable file."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+        return [str(name) for name in (document or {}).get("experiments") or {}]
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
