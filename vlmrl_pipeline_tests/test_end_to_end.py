@@ -12,7 +12,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from vlmrl_pipeline.core.datasets import BOXED_SYSTEM_PROMPT
 from vlmrl_pipeline.core.environment import environment_fingerprint
-from vlmrl_pipeline.core.export import sha256_file
+from vlmrl_pipeline.core.files import sha256_file
 from vlmrl_pipeline.core.modeling import load_model
 from vlmrl_pipeline.core.profiles import demo_profile
 from vlmrl_pipeline.definitions import all_assets, all_checks

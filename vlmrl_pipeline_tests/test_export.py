@@ -16,10 +16,9 @@ from vlmrl_pipeline.core.export import (
     llama_cpp_runtime_available,
     merge_adapter_4bit_unsloth,
     merge_adapter_to_checkpoint,
-    sha256_dir,
-    sha256_file,
     verify_gguf,
 )
+from vlmrl_pipeline.core.files import sha256_dir, sha256_file
 from vlmrl_pipeline.core.generation import GenerationSettings, generate_completions, greedy_token_ids
 from vlmrl_pipeline.core.llama_cpp import (
     LLAMA_CPP_PYTHON_VERSION,

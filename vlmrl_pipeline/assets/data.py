@@ -22,8 +22,7 @@ from vlmrl_pipeline.core.datasets import (
     prepare_images,
     split_train_eval,
 )
-from vlmrl_pipeline.core.evaluation import write_json_atomic
-from vlmrl_pipeline.core.export import sha256_file
+from vlmrl_pipeline.core.files import sha256_file, write_json_atomic
 from vlmrl_pipeline.core.profiles import SYNTHETIC_SOURCE
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_EVAL, SPLIT_TRAIN
 from vlmrl_pipeline.core.synthetic import write_synthetic_mathvista

@@ -8,8 +8,8 @@ from dagster import AssetKey, AssetsDefinition, MaterializeResult, MetadataValue
 
 from vlmrl_pipeline.assets.provenance import environment_metadata
 from vlmrl_pipeline.assets.report import eval_diff_report
-from vlmrl_pipeline.core.evaluation import write_json_atomic
 from vlmrl_pipeline.core.experiments import comparison_markdown, comparison_rows
+from vlmrl_pipeline.core.files import write_json_atomic
 from vlmrl_pipeline.core.plots import experiments_png, png_markdown
 from vlmrl_pipeline.execution import CPU_TAGS
 from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore

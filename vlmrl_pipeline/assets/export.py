@@ -15,12 +15,10 @@ from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.model import base_model, base_model_path
 from vlmrl_pipeline.assets.provenance import environment_metadata, lineage
 from vlmrl_pipeline.assets.training import lora_adapter
-from vlmrl_pipeline.core.evaluation import write_json_atomic
 from vlmrl_pipeline.core.export import (
     GGUF_QUANTIZER_TYPES,
     bnb_quantization,
     checkpoint_has_4bit_layers,
-    dir_size_bytes,
     export_gguf,
     gguf_greedy_tokens,
     inspect_gguf,
@@ -29,10 +27,9 @@ from vlmrl_pipeline.core.export import (
     merge_adapter_to_checkpoint,
     merge_agreement,
     read_checkpoint_config,
-    sha256_dir,
-    sha256_file,
     stored_dtype,
 )
+from vlmrl_pipeline.core.files import dir_size_bytes, sha256_dir, sha256_file, write_json_atomic
 from vlmrl_pipeline.core.generation import (
     GenerationSettings,
     end_of_turn_id,

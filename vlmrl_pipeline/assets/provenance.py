@@ -9,7 +9,7 @@ import pandas as pd
 from dagster import MetadataValue, TableColumn, TableSchema
 
 from vlmrl_pipeline.core.environment import environment_fingerprint
-from vlmrl_pipeline.core.export import sha256_file
+from vlmrl_pipeline.core.files import sha256_file
 from vlmrl_pipeline.core.lineage import read_model_ref
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
 from vlmrl_pipeline.core.samples import MANIFEST_NAME

@@ -8,7 +8,8 @@ from dagster import MaterializeResult, MetadataValue, asset
 from vlmrl_pipeline.assets.evaluation import after_records, baseline_records
 from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS, environment_metadata
 from vlmrl_pipeline.core.environment import environment_differences
-from vlmrl_pipeline.core.evaluation import diff_records, report_markdown, write_json_atomic
+from vlmrl_pipeline.core.evaluation import diff_records, report_markdown
+from vlmrl_pipeline.core.files import write_json_atomic
 from vlmrl_pipeline.core.plots import before_after_png, png_markdown
 from vlmrl_pipeline.core.report_html import render_report_html, thumbnail_data_uri
 from vlmrl_pipeline.core.rewards import REWARD_VERSION

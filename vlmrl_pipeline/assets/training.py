@@ -30,7 +30,8 @@ from vlmrl_pipeline.core.checkpoints import (
     remove_work_dir,
     training_inputs,
 )
-from vlmrl_pipeline.core.export import inspect_lora_adapter, sha256_file
+from vlmrl_pipeline.core.export import inspect_lora_adapter
+from vlmrl_pipeline.core.files import sha256_file
 from vlmrl_pipeline.core.launch import (
     accelerate_command,
     accelerate_config,

