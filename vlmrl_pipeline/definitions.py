@@ -36,7 +36,10 @@ def assets_for_profile(profile: Profile, key_prefix: str | None = None) -> Seque
 
     def stamp(spec: AssetSpec) -> AssetSpec:
         version = versions.get(spec.key.path[-1])
-        return spec.replace_attributes(code_version=f"{spec.code_version}+settings-{version}") if version else spec
+        if version:
+            spec = spec.replace_attributes(code_version=f"{spec.code_version}+settings-{version}")
+        # An experiment's groups carry its name, so the asset graph draws each experiment's stages apart.
+        return spec.replace_attributes(group_name=f"{key_prefix}_{spec.group_name}") if key_prefix else spec
 
     return map_asset_specs(stamp, load_assets_from_modules(ASSET_MODULES, key_prefix=key_prefix))
 

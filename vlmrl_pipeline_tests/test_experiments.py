@@ -83,6 +83,8 @@ def test_two_experiments_materialized_one_after_the_other_keep_their_own_artifac
         event = instance.get_latest_materialization_event(AssetKey([name, "resized_images"]))
         assert event.asset_materialization.metadata["num_eval"].value == eval_size
     assert not (tmp_path / "data" / "resized_images").exists()  # the main location's folder is untouched
+    graph = experiments_module.small_eval.resolve_asset_graph()
+    assert graph.get(AssetKey(["small_eval", "lora_adapter"])).group_name == "small_eval_training"
     artifacts = experiments_module.small_eval.resources["artifacts"]
     assert artifacts.report_page_path == "/experiments/small_eval/reports/report.html"
     # Their code versions differ exactly where their settings do.
