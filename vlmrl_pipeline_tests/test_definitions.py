@@ -16,6 +16,7 @@ EXPECTED_UPSTREAM = {
     "eval_diff_report": {"baseline_records", "after_records"},
     "merged_model": {"lora_adapter", "base_model", "resized_images"},
     "gguf_model": {"merged_model", "resized_images"},
+    "experiment_comparison": {"eval_diff_report"},  # and each declared experiment's report (none here)
 }
 
 
