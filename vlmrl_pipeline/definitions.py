@@ -19,7 +19,7 @@ from dagster import (
 from vlmrl_pipeline.assets import data, evaluation, export, model, report, training
 from vlmrl_pipeline.assets.experiments import build_experiment_comparison
 from vlmrl_pipeline.automation import retrain_schedule, source_data_sensor, vlmrl_lineage_job
-from vlmrl_pipeline.core.experiments import declared_experiment_names
+from vlmrl_pipeline.core.experiments import declared_experiment_names, report_page_path
 from vlmrl_pipeline.core.profiles import Profile, get_profile
 from vlmrl_pipeline.core.settings_versions import settings_versions
 from vlmrl_pipeline.execution import executor_for_environment
@@ -58,8 +58,7 @@ def build_definitions(profile: Profile, data_dir: str | None = None, key_prefix:
         # Both start stopped: turn them on in the UI's Automation tab (the daemon runs with `dagster dev`).
         schedules=[retrain_schedule],
         sensors=[source_data_sensor],
-        resources=resources_for_profile(profile, data_dir, report_page_path=(
-            f"/experiments/{key_prefix}/reports/report.html" if key_prefix else "/reports/report.html")),
+        resources=resources_for_profile(profile, data_dir, report_page_path=report_page_path(key_prefix)),
         # Multiprocess locally (each step its own process, GPU memory returned between steps); k8s_job_executor
         # with VLMRL_EXECUTOR=k8s. GPU steps also share the instance's "gpu" pool (limit 1, dagster_home).
         executor=executor_for_environment(),

@@ -15,17 +15,12 @@ prefix, with their own materializations, metadata plots and staleness, beside th
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
 from dagster import Definitions
 
-from vlmrl_pipeline.core.experiments import experiment_profile, load_experiments
+from vlmrl_pipeline.core.experiments import experiment_dir, experiment_profile, load_experiments
 from vlmrl_pipeline.definitions import build_definitions
 from vlmrl_pipeline.resources import default_data_dir, experiments_file
-
-
-def experiment_data_dir(name: str) -> str:
-    return str(Path(default_data_dir()) / "experiments" / name)
 
 
 @cache
@@ -35,8 +30,8 @@ def experiment_definitions(name: str) -> Definitions:
     experiments = load_experiments(path)
     if name not in experiments:
         raise ValueError(f"no experiment {name!r} in {path}; declared: {sorted(experiments) or 'none'}")
-    return build_definitions(experiment_profile(experiments[name]), data_dir=experiment_data_dir(name),
-                             key_prefix=name)
+    data_dir = str(experiment_dir(default_data_dir(), name))
+    return build_definitions(experiment_profile(experiments[name]), data_dir=data_dir, key_prefix=name)
 
 
 def __getattr__(name: str) -> Definitions:

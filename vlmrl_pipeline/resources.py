@@ -95,6 +95,12 @@ def _config_type(tp: Any, value: Any) -> Any:
     return tp
 
 
+def _nested_field(config_type: type, description: str) -> tuple[type, Any]:
+    """A nested config field whose defaults are its class's (the annotation, not the factory, is what Dagster
+    reads the defaults from)."""
+    return config_type, Field(default_factory=config_type, description=description)
+
+
 def settings_config_class(core_cls: type, values: Any, base: type[Config], name: str,
                           doc: str | None = None, extra: dict | None = None) -> type:
     """A Dagster config class (``base``: ``Config`` or a settings resource) with one field per field of the core
@@ -108,7 +114,7 @@ def settings_config_class(core_cls: type, values: Any, base: type[Config], name:
         tp, value, help_text = hints[f.name], values[f.name], f.metadata.get("help", "")
         config_type = _config_type(tp, value)
         if isinstance(config_type, type) and issubclass(config_type, Config):
-            config_fields[f.name] = (config_type, Field(default_factory=config_type, description=help_text))
+            config_fields[f.name] = _nested_field(config_type, help_text)
         else:
             default = list(value) if isinstance(value, tuple) else value
             config_fields[f.name] = (config_type, Field(default=default, description=help_text))
@@ -143,10 +149,8 @@ class SettingsResource(ConfigurableResource):
         """This resource class with ``values`` (a core dataclass instance) as its defaults: what the active
         profile binds, so the launchpad shows the profile's values and a run overrides only what it names.
         ``extra_defaults``: fields beyond the core class's (``model_settings.warm_start``)."""
-        extra = {}
-        for key, value in extra_defaults.items():
-            nested = _config_type(type(value), value)
-            extra[key] = (nested, Field(default_factory=nested, description=cls.model_fields[key].description))
+        extra = {key: _nested_field(_config_type(type(value), value), cls.model_fields[key].description)
+                 for key, value in extra_defaults.items()}
         return settings_config_class(cls.core_class, values, base=cls, name=cls.__name__, extra=extra)
 
 
@@ -179,10 +183,8 @@ _WarmStartConfig = _config_type(WarmStartSettings, WarmStartSettings())
 class ModelSettingsResource(_settings_resource(
         ModelSettings, "ModelSettingsBase",
         "The base policy and its LoRA (``core.profiles.ModelSettings``); ``warm_start`` applies to the demo model.",
-        extra={"warm_start": (_WarmStartConfig, Field(
-            default_factory=_WarmStartConfig,
-            description="The demo model's supervised warm start (``core.warmstart.WarmStartSettings``).")),
-        })):
+        extra={"warm_start": _nested_field(
+            _WarmStartConfig, "The demo model's supervised warm start (``core.warmstart.WarmStartSettings``).")})):
     """The base policy and its LoRA (``core.profiles.ModelSettings``); ``warm_start`` applies to the demo model."""
 
     def to_core(self) -> ModelSettings:

@@ -2,19 +2,18 @@
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 from dagster import AssetKey, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
 from vlmrl_pipeline.assets.provenance import environment_metadata
 from vlmrl_pipeline.assets.report import eval_diff_report
-from vlmrl_pipeline.core.experiments import comparison_markdown, comparison_rows
+from vlmrl_pipeline.core.experiments import comparison_markdown, comparison_rows, experiment_dir
 from vlmrl_pipeline.core.files import write_json_atomic
 from vlmrl_pipeline.core.plots import experiments_png, png_markdown
 from vlmrl_pipeline.execution import CPU_TAGS
 from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore
 
-REPORT_JSON = Path("eval_diff_report") / "report.json"
+REPORT_NAME = "report.json"
 
 
 def build_experiment_comparison(main_name: str, experiment_names: Sequence[str]) -> AssetsDefinition:
@@ -30,12 +29,12 @@ def build_experiment_comparison(main_name: str, experiment_names: Sequence[str])
         95% interval, for this location's lineage and every experiment declared in ``experiments.yaml``, as one
         table and one chart (``comparison.{json,md,png}``). An experiment not materialized yet is a row that
         says so."""
-        own = Path(artifacts.root) / REPORT_JSON
+        own = artifacts.asset_dir(eval_diff_report.key.path[-1]) / REPORT_NAME
         if not own.is_file():
             raise FileNotFoundError(f"no report at {own}: materialize eval_diff_report first")
         reports: dict[str, dict | None] = {main_name: json.loads(own.read_text())}
         for name in experiment_names:
-            path = Path(artifacts.root) / "experiments" / name / REPORT_JSON
+            path = experiment_dir(artifacts.root, name) / eval_diff_report.key.path[-1] / REPORT_NAME
             reports[name] = json.loads(path.read_text()) if path.is_file() else None
         rows = comparison_rows(reports)
         table = comparison_markdown(rows)

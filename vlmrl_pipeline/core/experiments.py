@@ -19,12 +19,27 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vlmrl_pipeline.core.profiles import PROFILES, Profile
+if TYPE_CHECKING:
+    from vlmrl_pipeline.core.profiles import Profile
 
-NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+NAME = r"[A-Za-z][A-Za-z0-9_]*"
+NAME_PATTERN = re.compile(f"^{NAME}$")
 GROUPS = ("data", "model", "warm_start", "gspo", "generation", "export")
+EXPERIMENTS_DIR = "experiments"
+"""Under the data folder: one folder per experiment, holding its asset folders."""
+
+
+def experiment_dir(data_dir: str | Path, name: str) -> Path:
+    """Experiment ``name``'s artifact folder under the data folder ``data_dir``."""
+    return Path(data_dir) / EXPERIMENTS_DIR / name
+
+
+def report_page_path(name: str | None = None) -> str:
+    """Where the report server (``vlmrl-playground --data-dir``) serves the report of experiment ``name``, or of
+    the main location when None."""
+    return f"/{EXPERIMENTS_DIR}/{name}/reports/report.html" if name else "/reports/report.html"
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,8 @@ def experiment_profile(experiment: Experiment) -> Profile:
     >>> experiment_profile(Experiment("small", "demo", {"data": {"eval_size": 30}})).data.eval_size
     30
     """
+    from vlmrl_pipeline.core.profiles import PROFILES  # the settings stack, only when an experiment is built
+
     if experiment.profile not in PROFILES:
         raise ValueError(f"experiment {experiment.name}: unknown profile {experiment.profile!r}; "
                          f"choose one of {sorted(PROFILES)}")

@@ -44,6 +44,8 @@ SETTINGS_FEEDING: dict[str, dict[str, tuple[str, ...] | None]] = {
     "eval_diff_report": {},
 }
 """Asset -> settings group -> the fields of it that change the asset's artifact."""
+DEMO_ONLY = {("base_model", "warm_start"), ("base_model", "data")}
+"""Feeds only when the demo model is built and warm-started here; a hub model is only named."""
 
 NOT_RESULTS = {
     "gspo": KEY_EXCLUDED_SETTINGS,  # logging and checkpoint cadence: the same adapter either way
@@ -73,9 +75,8 @@ def feeding_settings(profile: Profile, asset: str) -> dict[str, dict[str, Any]]:
             names = tuple(k for k in values if k not in NOT_RESULTS.get(group, ()))
         if asset == "mathvista_filtered" and profile.data.source == SYNTHETIC_SOURCE:
             names = names + SYNTHETIC_FIELDS
-        if group in ("warm_start",) or (asset == "base_model" and group == "data"):
-            if not profile.model.is_demo:  # a hub model is neither built nor warm-started here
-                continue
+        if (asset, group) in DEMO_ONLY and not profile.model.is_demo:
+            continue
         out[group] = {name: values[name] for name in names}
     return out
 

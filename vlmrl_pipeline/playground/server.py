@@ -24,6 +24,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from vlmrl_pipeline.core.experiments import EXPERIMENTS_DIR, experiment_dir
+from vlmrl_pipeline.core.experiments import NAME as EXPERIMENT_NAME
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
 from vlmrl_pipeline.playground.i18n import STRINGS
 from vlmrl_pipeline.playground.presets import PRESETS
@@ -44,7 +46,7 @@ _PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-
 _DATA_MARKER = "__PLAYGROUND_DATA__"
 
 REPORTS_PREFIX = "/reports/"
-EXPERIMENT_REPORTS = re.compile(r"^/experiments/([A-Za-z][A-Za-z0-9_]*)/reports/([^/]+)$")
+EXPERIMENT_REPORTS = re.compile(f"^/{EXPERIMENTS_DIR}/({EXPERIMENT_NAME})/reports/([^/]+)$")
 """An experiment's report (``core.experiments``): its folder is ``experiments/<name>/`` under the data folder."""
 REPORT_ASSET = "eval_diff_report"
 """The asset folder (under the data folder) whose files ``/reports/`` serves."""
@@ -147,7 +149,7 @@ class PlaygroundHandler(BaseHTTPRequestHandler):
             elif path.startswith(REPORTS_PREFIX):
                 self._report_file(path[len(REPORTS_PREFIX):])
             elif match := EXPERIMENT_REPORTS.match(path):
-                self._report_file(match.group(2), Path("experiments") / match.group(1))
+                self._report_file(match.group(2), experiment_dir("", match.group(1)))
             elif path == "/api/score":
                 self._score()
             elif path == "/api/presets":
