@@ -122,13 +122,13 @@ def versions() -> dict[str, str | None]:
 
 
 def synthetic_rows(n: int, image_size: int, seed: int):
-    from vlmrl_pipeline.core.synthetic import generate_synthetic_mathvista
+    from vlmrl_pipeline.core.demo.synthetic import generate_synthetic_mathvista
 
     return generate_synthetic_mathvista(num_rows=n, seed=seed, image_size=image_size)
 
 
 def prompt_texts(rows) -> list[str]:
-    from vlmrl_pipeline.core.datasets import build_prompt_text
+    from vlmrl_pipeline.core.prompts import build_prompt_text
 
     return [build_prompt_text(r, "query") for r in rows.to_dict(orient="records")]
 
@@ -136,7 +136,7 @@ def prompt_texts(rows) -> list[str]:
 def build_processor(image_size: int, vocab: int):
     """The project's offline Qwen3-VL processor (BPE trained on synthetic MathVista prompts), images up to
     ``image_size`` px per side (512 px -> 32x32 patches -> 256 image tokens after the 2x2 merge)."""
-    from vlmrl_pipeline.core.modeling import TinyModelSpec, build_tiny_processor
+    from vlmrl_pipeline.core.demo.tiny_model import TinyModelSpec, build_tiny_processor
 
     rows = synthetic_rows(200, 64, seed=123)
     corpus = prompt_texts(rows) + ["<REASONING> </REASONING> <SOLUTION> </SOLUTION>", "0123456789 .-,%"]
@@ -158,7 +158,7 @@ def train_dataset(n: int, image_size: int, folder: Path):
     """TRL's VLM format, as ``samples.trl_dataset`` builds it: ``prompt`` (chat), ``image`` (lazy), ``answer``."""
     import datasets
 
-    from vlmrl_pipeline.core.datasets import chat_prompt
+    from vlmrl_pipeline.core.prompts import chat_prompt
 
     rows = synthetic_rows(n, image_size, seed=0)
     paths = write_images(rows, folder)
@@ -176,7 +176,7 @@ def eval_inputs(n: int, image_size: int):
 
     from PIL import Image
 
-    from vlmrl_pipeline.core.datasets import chat_prompt
+    from vlmrl_pipeline.core.prompts import chat_prompt
 
     rows = synthetic_rows(n, image_size, seed=7)
     images = [Image.open(io.BytesIO(r["decoded_image"]["bytes"])).convert("RGB") for r in rows.to_dict("records")]
@@ -424,9 +424,10 @@ def child_gspo(spec: dict) -> dict:
         import unsloth  # noqa: F401  -- first, so that it patches transformers and TRL before they are imported
     import torch
 
+    from vlmrl_pipeline.core.gspo_config import GSPOSettings, build_grpo_config
     from vlmrl_pipeline.core.modeling import LoraSettings, apply_lora, load_model, peft_lora_config, vision_token_ids
     from vlmrl_pipeline.core.rewards import REWARD_FUNCTIONS, REWARD_WEIGHTS
-    from vlmrl_pipeline.core.training import GSPOSettings, build_grpo_config, train_gspo
+    from vlmrl_pipeline.core.training import train_gspo
 
     on_gpu = torch.cuda.is_available()
     result: dict = {}

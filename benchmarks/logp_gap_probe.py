@@ -161,7 +161,7 @@ def vllm_versus_transformers(name: str, checkpoint: str, args) -> dict:
               logprobs_mode="processed_logprobs", **engine_kwargs)
     bias = {}
     if args.vllm_as_trl:
-        from vlmrl_pipeline.core.training import suppressed_token_kwargs
+        from vlmrl_pipeline.core.gspo_config import suppressed_token_kwargs
 
         bias = suppressed_token_kwargs(processor, "vllm").get("logit_bias", {})
     params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_tokens=args.new_tokens,

@@ -70,11 +70,11 @@ def build_checkpoint(arch: str, image_size: int, tokenizer_vocab: int, ckpt: Pat
 
 
 def profile_for(args, ckpt: Path, on_gpu: bool):
+    from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
     from vlmrl_pipeline.core.generation import GenerationSettings
+    from vlmrl_pipeline.core.gspo_config import GSPOSettings
     from vlmrl_pipeline.core.modeling import LoraSettings
     from vlmrl_pipeline.core.profiles import SYNTHETIC_SOURCE, DataSettings, ModelSettings, Profile
-    from vlmrl_pipeline.core.training import GSPOSettings
-    from vlmrl_pipeline.core.warmstart import WarmStartSettings
 
     return Profile(
         name="multi-gpu-benchmark",

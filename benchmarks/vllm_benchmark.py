@@ -147,7 +147,7 @@ def math_questions(n: int, seed: int, two_digit: bool = False) -> tuple[list[str
 
 def chat_inputs(n: int, image_size: int, seed: int, two_digit: bool = False):
     """``(chat prompts, images)``: ``[{"role": "user", "content": [image, text]}]`` each, TRL's VLM format."""
-    from vlmrl_pipeline.core.datasets import chat_prompt
+    from vlmrl_pipeline.core.prompts import chat_prompt
 
     questions, _ = math_questions(n, seed, two_digit)
     return [chat_prompt(q) for q in questions], noise_images(n, image_size, seed)
@@ -487,9 +487,10 @@ def child_gspo(spec: dict) -> dict:
     import torch
     from transformers import TrainerCallback
 
+    from vlmrl_pipeline.core.gspo_config import GSPOSettings
     from vlmrl_pipeline.core.modeling import LoraSettings, load_model, peft_lora_config
     from vlmrl_pipeline.core.rehearsal import ascii_share_reward
-    from vlmrl_pipeline.core.training import GSPOSettings, rollout_summary, train_gspo
+    from vlmrl_pipeline.core.training import rollout_summary, train_gspo
 
     use_vllm = spec["engine"] == "vllm"
     on_gpu = torch.cuda.is_available()

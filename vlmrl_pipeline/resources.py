@@ -14,15 +14,15 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union, get_args, get_origin, get_type_hints
 
-from dagster import Config, ConfigurableResource
+from dagster import AssetKey, AssetsDefinition, Config, ConfigurableResource
 from pydantic import Field, create_model
 
 from vlmrl_pipeline.core.atomic import atomic_dir, exclusive, remove_dead_staging
-from vlmrl_pipeline.core.export import ExportSettings
+from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
+from vlmrl_pipeline.core.export.settings import ExportSettings
 from vlmrl_pipeline.core.generation import GenerationSettings
+from vlmrl_pipeline.core.gspo_config import GSPOSettings
 from vlmrl_pipeline.core.profiles import DataSettings, ModelSettings, Profile
-from vlmrl_pipeline.core.training import GSPOSettings
-from vlmrl_pipeline.core.warmstart import WarmStartSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR_ENV_VAR = "VLMRL_DATA_DIR"
@@ -46,8 +46,32 @@ def experiments_file() -> Path:
     return Path(os.environ.get(EXPERIMENTS_FILE_ENV_VAR) or Path(default_data_dir()) / "experiments.yaml")
 
 
+AssetRef = AssetKey | AssetsDefinition | str
+"""What names an asset's folder: its key (``context.asset_key``), its definition (a single asset, e.g. the upstream
+``resized_images`` an asset lists in ``deps``), or a folder name as given (tests, and folders beside the assets')."""
+
+
+def asset_folder(asset: AssetRef) -> str:
+    """The folder name of ``asset`` under a data folder: its key's last component.
+
+    An experiment's location prefixes its keys (``exp1/resized_images``) and has a data folder of its own
+    (``core.experiments.experiment_dir``), so the prefix is never a subfolder. A str is taken as it is.
+
+    >>> asset_folder(AssetKey(["exp1", "resized_images"])), asset_folder("lora_adapter_checkpoints")
+    ('resized_images', 'lora_adapter_checkpoints')
+    """
+    if isinstance(asset, AssetsDefinition):
+        asset = asset.key  # a multi-asset has no one folder: Dagster refuses it here
+    if isinstance(asset, AssetKey):
+        return asset.path[-1]
+    if isinstance(asset, str):
+        return asset
+    raise TypeError(f"an asset's folder is named by an AssetKey, an AssetsDefinition or a str, not {asset!r}")
+
+
 class ArtifactStore(ConfigurableResource):
-    """A folder per asset under ``root``; every artifact is written to a temp folder and moved into place."""
+    """A folder per asset under ``root``, named by the asset's key (``asset_folder``); every artifact is written to
+    a temp folder and moved into place."""
 
     root: str
     report_server_url: str = "http://127.0.0.1:8765"
@@ -56,28 +80,30 @@ class ArtifactStore(ConfigurableResource):
     report_page_path: str = "/reports/report.html"
     """The report's path on that server: ``/experiments/<name>/reports/report.html`` for an experiment's."""
 
-    def asset_dir(self, name: str) -> Path:
-        path = Path(self.root) / name
+    def asset_dir(self, asset: AssetRef) -> Path:
+        """``root / asset_folder(asset)``: ``asset_dir(context.asset_key)`` for an asset's own folder,
+        ``asset_dir(resized_images)`` for an upstream one's."""
+        path = Path(self.root) / asset_folder(asset)
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def lock(self, name: str) -> AbstractContextManager[None]:
-        """Be the only writer of ``asset_dir(name)`` while inside; another live writer makes this fail at once
+    def lock(self, asset: AssetRef) -> AbstractContextManager[None]:
+        """Be the only writer of ``asset_dir(asset)`` while inside; another live writer makes this fail at once
         (``core.atomic.exclusive``). ``staging`` takes it too; take it earlier when an asset prepares files
         outside its staging folder (``lora_adapter``'s checkpoints)."""
-        return exclusive(self.asset_dir(name))
+        return exclusive(self.asset_dir(asset))
 
     @contextmanager
-    def staging(self, name: str) -> Iterator[Path]:
-        """An empty temp folder beside ``asset_dir(name)``; on success it replaces that folder whole.
+    def staging(self, asset: AssetRef) -> Iterator[Path]:
+        """An empty temp folder beside ``asset_dir(asset)``; on success it replaces that folder whole.
 
         A failed or cancelled materialization leaves the previous artifact untouched and no half-written one. The
         asset's lock is held throughout, and staging folders left by killed writers of this asset are removed
         first (with the lock held, none of them can belong to a live writer).
         """
-        with self.lock(name):
-            remove_dead_staging(self.asset_dir(name))
-            with atomic_dir(self.asset_dir(name)) as tmp:
+        with self.lock(asset):
+            remove_dead_staging(self.asset_dir(asset))
+            with atomic_dir(self.asset_dir(asset)) as tmp:
                 yield tmp
 
 
@@ -167,7 +193,7 @@ DataSettingsResource = _settings_resource(
 TrainingSettingsResource = _settings_resource(
     GSPOSettings, "TrainingSettingsResource",
     "GSPO options passed to TRL's ``GRPOConfig``, plus checkpointing and the launch (processes, ddp/fsdp) "
-    "(``core.training.GSPOSettings``).")
+    "(``core.gspo_config.GSPOSettings``).")
 
 EvalSettingsResource = _settings_resource(
     GenerationSettings, "EvalSettingsResource",
@@ -175,7 +201,7 @@ EvalSettingsResource = _settings_resource(
 
 ExportSettingsResource = _settings_resource(
     ExportSettings, "ExportSettingsResource",
-    "What the export stage writes: merged checkpoints and GGUF types (``core.export.ExportSettings``).")
+    "What the export stage writes: merged checkpoints and GGUF types (``core.export.settings.ExportSettings``).")
 
 _WarmStartConfig = _config_type(WarmStartSettings, WarmStartSettings())
 
@@ -184,7 +210,7 @@ class ModelSettingsResource(_settings_resource(
         ModelSettings, "ModelSettingsBase",
         "The base policy and its LoRA (``core.profiles.ModelSettings``); ``warm_start`` applies to the demo model.",
         extra={"warm_start": _nested_field(
-            _WarmStartConfig, "The demo model's supervised warm start (``core.warmstart.WarmStartSettings``).")})):
+            _WarmStartConfig, "The demo model's supervised warm start (``core.demo.warmstart.WarmStartSettings``).")})):
     """The base policy and its LoRA (``core.profiles.ModelSettings``); ``warm_start`` applies to the demo model."""
 
     def to_core(self) -> ModelSettings:

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
+from vlmrl_pipeline.core.demo.tiny_model import TinyModelSpec
+from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
 from vlmrl_pipeline.core.generation import GenerationSettings
-from vlmrl_pipeline.core.modeling import TinyModelSpec
 from vlmrl_pipeline.core.profiles import Profile, demo_profile
-from vlmrl_pipeline.core.warmstart import WarmStartSettings
 
 TINY_IMAGE = 64  # 4x4 patches of 16 px -> 4 image tokens: keeps every forward pass cheap
 
@@ -44,7 +44,7 @@ def tiny_profile_fixture() -> Profile:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
     """A randomly initialised tiny Qwen3-VL checkpoint folder (model + processor)."""
-    from vlmrl_pipeline.core.modeling import build_tiny_qwen3vl
+    from vlmrl_pipeline.core.demo.tiny_model import build_tiny_qwen3vl
 
     spec = tiny_profile().model.tiny_model
     corpus = ["What is the value of the bar? <REASONING>look</REASONING><SOLUTION>12</SOLUTION> The answer is 3.5"] * 20

@@ -10,7 +10,7 @@ import dataclasses
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from vlmrl_pipeline.core.warmstart import WarmStartSettings
+from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
 from vlmrl_pipeline.definitions import all_assets, all_checks
 from vlmrl_pipeline.execution import executor_for_environment
 from vlmrl_pipeline.resources import resources_for_profile

@@ -53,6 +53,8 @@ def test_a_reward_change_rescores_stored_completions_without_generating_or_train
     resources = resources_for_profile(tiny_profile(), str(tmp_path))
     assert materialize([*all_assets, *all_checks], resources=resources, instance=instance).success
     assert set(_statuses(instance, all_assets, resources).values()) == {StaleStatus.FRESH}
+    # Every asset wrote its folder, named by its key.
+    assert {key.path[-1] for a in all_assets for key in a.keys} <= {p.name for p in tmp_path.iterdir() if p.is_dir()}
 
     edited = _with_new_reward_code(all_assets)
     statuses = _statuses(instance, edited, resources)

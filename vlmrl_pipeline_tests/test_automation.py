@@ -24,9 +24,9 @@ from vlmrl_pipeline.automation import (
     source_data_sensor,
     vlmrl_lineage_job,
 )
+from vlmrl_pipeline.core.demo.synthetic import write_synthetic_mathvista
 from vlmrl_pipeline.core.lineage import source_fingerprint
 from vlmrl_pipeline.core.profiles import DataSettings, get_profile
-from vlmrl_pipeline.core.synthetic import write_synthetic_mathvista
 from vlmrl_pipeline.resources import DataSettingsResource, resources_for_profile
 
 

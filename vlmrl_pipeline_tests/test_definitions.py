@@ -62,3 +62,16 @@ def test_gpu_steps_share_the_gpu_pool_and_carry_the_compute_tag():
         name = key.to_user_string()
         assert node.tags.get("compute") == ("gpu" if name in gpu else "cpu"), name
         assert (node.pools == {"gpu"}) == (name in gpu), name
+
+
+def test_asset_names_that_dagster_free_code_needs_are_the_assets_keys():
+    """The report server (no Dagster) serves the folder named by ``core.experiments.REPORT_ASSET``; the rehearsal's
+    stages name the assets they select. A renamed asset must fail here, not leave the server 404ing."""
+    from vlmrl_pipeline.assets.report import eval_diff_report
+    from vlmrl_pipeline.core.experiments import REPORT_ASSET
+    from vlmrl_pipeline.definitions import all_assets
+    from vlmrl_pipeline.rehearse import STAGES
+
+    assert eval_diff_report.key == AssetKey(REPORT_ASSET)
+    lineage = sorted(key.to_user_string() for a in all_assets for key in a.keys)
+    assert sorted(name for names in STAGES.values() for name in names) == lineage

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
-from vlmrl_pipeline.core.datasets import BOXED_SYSTEM_PROMPT
 from vlmrl_pipeline.core.environment import environment_fingerprint
 from vlmrl_pipeline.core.files import sha256_file
 from vlmrl_pipeline.core.modeling import load_model
 from vlmrl_pipeline.core.profiles import demo_profile
+from vlmrl_pipeline.core.prompts import BOXED_SYSTEM_PROMPT
 from vlmrl_pipeline.definitions import all_assets, all_checks
 from vlmrl_pipeline.resources import resources_for_profile
 from vlmrl_pipeline_tests.conftest import tiny_profile

@@ -8,16 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmrl_pipeline.core.export import (
-    ExportSettings,
-    export_gguf,
-    gguf_greedy_tokens,
+from vlmrl_pipeline.core.export.gguf import export_gguf, gguf_greedy_tokens, llama_cpp_runtime_available, verify_gguf
+from vlmrl_pipeline.core.export.merge import (
     inspect_lora_adapter,
-    llama_cpp_runtime_available,
     merge_adapter_4bit_unsloth,
     merge_adapter_to_checkpoint,
-    verify_gguf,
 )
+from vlmrl_pipeline.core.export.settings import ExportSettings
 from vlmrl_pipeline.core.files import sha256_dir, sha256_file
 from vlmrl_pipeline.core.generation import GenerationSettings, generate_completions, greedy_token_ids
 from vlmrl_pipeline.core.llama_cpp import (
@@ -95,7 +92,7 @@ def merged_f32(tiny_checkpoint, tmp_path_factory):
 def test_gpt2_tokenizer_option_is_llama_cpps_gpt2_and_tokenizes_like_llama_cpp():
     import dataclasses
 
-    from vlmrl_pipeline.core.modeling import build_tiny_processor
+    from vlmrl_pipeline.core.demo.tiny_model import build_tiny_processor
     from vlmrl_pipeline_tests.conftest import tiny_profile
 
     tools = llama_cpp_tools()

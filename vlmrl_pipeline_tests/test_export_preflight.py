@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 from dagster import DagsterInstance, materialize
 
-from vlmrl_pipeline.core.export import (
-    ExportSettings,
-    converter_architectures,
-    count_parameters,
-    export_problems,
-    export_requirements,
-)
+from vlmrl_pipeline.core.export.merge import count_parameters
+from vlmrl_pipeline.core.export.preflight import converter_architectures, export_problems, export_requirements
+from vlmrl_pipeline.core.export.settings import ExportSettings
 from vlmrl_pipeline.core.llama_cpp import llama_cpp_tools
 from vlmrl_pipeline.core.memory import peak_memory
 from vlmrl_pipeline.definitions import all_assets, all_checks

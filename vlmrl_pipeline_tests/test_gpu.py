@@ -11,15 +11,20 @@ import pandas as pd
 import pytest
 from dagster import DagsterInstance, materialize
 
+from vlmrl_pipeline.core.demo.synthetic import generate_synthetic_mathvista
 from vlmrl_pipeline.core.evaluation import evaluate_policy
-from vlmrl_pipeline.core.export import inspect_lora_adapter, merge_adapter_4bit_unsloth, merge_adapter_to_checkpoint
+from vlmrl_pipeline.core.export.merge import (
+    inspect_lora_adapter,
+    merge_adapter_4bit_unsloth,
+    merge_adapter_to_checkpoint,
+)
 from vlmrl_pipeline.core.generation import GenerationSettings
+from vlmrl_pipeline.core.gspo_config import GSPOSettings, paper_gspo_settings
 from vlmrl_pipeline.core.modeling import apply_lora, load_model, load_policy
 from vlmrl_pipeline.core.profiles import demo_gpu_profile
 from vlmrl_pipeline.core.rewards import REWARD_FUNCTIONS, REWARD_WEIGHTS
 from vlmrl_pipeline.core.samples import trl_dataset
-from vlmrl_pipeline.core.synthetic import generate_synthetic_mathvista
-from vlmrl_pipeline.core.training import GSPOSettings, paper_gspo_settings, train_gspo
+from vlmrl_pipeline.core.training import train_gspo
 from vlmrl_pipeline.definitions import all_assets, all_checks
 from vlmrl_pipeline.resources import resources_for_profile
 from vlmrl_pipeline_tests.conftest import TINY_IMAGE
@@ -35,7 +40,7 @@ def _needs_unsloth():
 
 def _rows(tmp_path, n: int) -> pd.DataFrame:
     """Synthetic MathVista-format rows with their images written out, as the manifest holds them."""
-    from vlmrl_pipeline.core.datasets import prepare_images
+    from vlmrl_pipeline.core.data.images import prepare_images
 
     raw = generate_synthetic_mathvista(num_rows=n, seed=1, image_size=TINY_IMAGE)
     rows, skipped = prepare_images(raw, tmp_path / "images", TINY_IMAGE)

@@ -8,7 +8,9 @@ import shutil
 
 import pytest
 
-from vlmrl_pipeline.core.datasets import load_mathvista, load_rlinf
+from vlmrl_pipeline.core.data.mathvista import load_mathvista
+from vlmrl_pipeline.core.data.rlinf import load_rlinf
+from vlmrl_pipeline.core.demo.synthetic import write_synthetic_mathvista
 from vlmrl_pipeline.core.lineage import (
     model_load_path,
     read_model_ref,
@@ -16,7 +18,6 @@ from vlmrl_pipeline.core.lineage import (
     source_fingerprint,
     write_model_ref,
 )
-from vlmrl_pipeline.core.synthetic import write_synthetic_mathvista
 
 
 def test_a_built_checkpoint_is_found_relative_to_the_asset_folder(tmp_path):

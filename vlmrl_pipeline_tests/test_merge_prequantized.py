@@ -16,7 +16,7 @@ import torch
 from dagster import DagsterInstance, materialize
 from PIL import Image
 
-from vlmrl_pipeline.core.export import (
+from vlmrl_pipeline.core.export.merge import (
     MERGE_LOGIT_TOLERANCE,
     bnb_quantization,
     checkpoint_has_4bit_layers,

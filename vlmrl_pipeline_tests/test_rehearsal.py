@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vlmrl_pipeline.core.export import checkpoint_has_4bit_layers
+from vlmrl_pipeline.core.export.merge import checkpoint_has_4bit_layers
 from vlmrl_pipeline.core.profiles import get_profile
 from vlmrl_pipeline.core.rehearsal import (
     REHEARSAL_STANDINS,
@@ -51,7 +51,8 @@ def test_rehearsal_profile_shortens_lengths_only(tmp_path):
 
 
 def test_local_data_copies_load_as_their_profiles_expect(tmp_path):
-    from vlmrl_pipeline.core.datasets import load_mathvista, load_rlinf
+    from vlmrl_pipeline.core.data.mathvista import load_mathvista
+    from vlmrl_pipeline.core.data.rlinf import load_rlinf
 
     mathvista = load_mathvista(str(write_mathvista_layout(tmp_path / "mv", num_rows=6)), "testmini")
     assert len(mathvista) == 6 and mathvista["query"].str.len().min() > 0

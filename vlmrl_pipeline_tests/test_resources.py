@@ -1,17 +1,20 @@
 """Settings resources come from the core dataclasses with the profile's defaults; the artifact store writes whole
 artifacts or nothing."""
 
+import ast
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from vlmrl_pipeline import resources as res
-from vlmrl_pipeline.core.export import ExportSettings
+from vlmrl_pipeline.core.demo.tiny_model import TinyModelSpec
+from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
+from vlmrl_pipeline.core.export.settings import ExportSettings
 from vlmrl_pipeline.core.generation import GenerationSettings
-from vlmrl_pipeline.core.modeling import LoraSettings, TinyModelSpec
+from vlmrl_pipeline.core.gspo_config import GSPOSettings
+from vlmrl_pipeline.core.modeling import LoraSettings
 from vlmrl_pipeline.core.profiles import PROFILES, DataSettings, ModelSettings
-from vlmrl_pipeline.core.training import GSPOSettings
-from vlmrl_pipeline.core.warmstart import WarmStartSettings
 
 SETTINGS_CLASSES = [DataSettings, ModelSettings, LoraSettings, TinyModelSpec, WarmStartSettings, GSPOSettings,
                     GenerationSettings, ExportSettings]
@@ -76,3 +79,86 @@ def test_artifact_staging_replaces_whole_or_not_at_all(tmp_path):
     # no staging folder left; the lock file stays (released, empty) for the next writer
     assert sorted(p.name for p in tmp_path.iterdir()) == [".thing.lock", "thing"]
     assert (tmp_path / ".thing.lock").read_text() == ""
+
+
+def test_doctests():
+    import doctest
+
+    assert doctest.testmod(res).failed == 0
+
+
+def test_an_assets_folder_is_the_last_part_of_its_key(tmp_path):
+    """Key, prefixed key (an experiment's location, which has a data folder of its own), definition or str: the
+    same folder, so an asset reads and writes where its experiment's lineage keeps it."""
+    from dagster import AssetKey, AssetOut, asset, multi_asset
+
+    @asset(name="resized_images")
+    def plain() -> None: ...
+
+    @asset(name="resized_images", key_prefix="exp1")
+    def prefixed() -> None: ...
+
+    store = res.ArtifactStore(root=str(tmp_path))
+    folder = tmp_path / "resized_images"
+    for ref in ("resized_images", AssetKey("resized_images"), AssetKey(["exp1", "resized_images"]), plain, prefixed):
+        assert store.asset_dir(ref) == folder, ref
+        assert res.asset_folder(ref) == "resized_images", ref
+    with store.staging(AssetKey(["exp1", "resized_images"])) as tmp:
+        (tmp / "a.txt").write_text("one")
+    with store.lock(prefixed):
+        assert (store.asset_dir(plain) / "a.txt").read_text() == "one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".resized_images.lock", "resized_images"]
+    # A str is a folder name as given: folders beside the assets' (the training's checkpoints, a cache file).
+    assert store.asset_dir(".cache/hashes.json") == tmp_path / ".cache" / "hashes.json"
+
+    @multi_asset(outs={"one": AssetOut(), "two": AssetOut()})
+    def both() -> tuple[None, None]: ...
+
+    with pytest.raises(Exception, match="multiple asset keys"):  # no one folder for two assets
+        store.asset_dir(both)
+    with pytest.raises(TypeError, match="AssetKey, an AssetsDefinition or a str"):
+        store.asset_dir(3)
+
+
+ASSETS_DIR = Path(res.__file__).parent / "assets"
+FOLDER_METHODS = {"asset_dir", "staging", "lock"}
+
+
+def _typed_folder_names(path: Path, asset_names: set[str]) -> tuple[int, list[str]]:
+    """How many ``asset_dir``/``staging``/``lock`` calls ``path`` makes, and where one names a folder by a string
+    (a literal, an f-string or sum, or a module constant holding an asset's name), or an ``AssetKey`` is built
+    from a literal."""
+    tree = ast.parse(path.read_text())
+    constants = {target.id: node.value.value for node in tree.body
+                 if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                 and isinstance(node.value.value, str) for target in node.targets if isinstance(target, ast.Name)}
+    calls, typed = 0, []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        where = f"{path.name}:{node.lineno}"
+        if isinstance(node.func, ast.Name) and node.func.id == "AssetKey":
+            if any(isinstance(n, ast.Constant) and isinstance(n.value, str) for arg in node.args for n in ast.walk(arg)):
+                typed.append(where)
+        elif isinstance(node.func, ast.Attribute) and node.func.attr in FOLDER_METHODS and node.args:
+            calls += 1
+            arg = node.args[0]
+            if isinstance(arg, (ast.Constant, ast.JoinedStr, ast.BinOp)) or (
+                    isinstance(arg, ast.Name) and constants.get(arg.id) in asset_names):
+                typed.append(where)
+    return calls, typed
+
+
+def test_every_asset_folder_is_named_by_a_key_or_a_definition_not_a_string():
+    """Each asset names its own folder by ``context.asset_key`` and an upstream one by the definition it depends on
+    (``asset_dir(resized_images)``): renaming an asset moves its folder with it, and nothing can read a folder by a
+    name that no asset has any more."""
+    from vlmrl_pipeline.definitions import defs
+
+    asset_names = {key.path[-1] for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    calls, typed = 0, []
+    for path in sorted(ASSETS_DIR.glob("*.py")):
+        found, where = _typed_folder_names(path, asset_names)
+        calls, typed = calls + found, typed + where
+    assert calls > 30, "the asset modules moved: point ASSETS_DIR at them"
+    assert typed == [], f"asset folders named by a string at {typed}"

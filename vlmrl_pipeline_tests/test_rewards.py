@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import hashlib
 import inspect
 import pathlib
@@ -19,6 +20,7 @@ from vlmrl_pipeline.core.rewards import (
     REWARD_WEIGHTS,
     RewardSet,
     boxed_reward,
+    boxed_reward_valued,
     correctness_reward,
     formatting_reward,
     reward_breakdown,
@@ -126,15 +128,23 @@ def test_rewards_return_python_floats():
 @pytest.mark.parametrize("completions", [None, [], ()])
 def test_empty_batches(completions):
     assert formatting_reward(completions) == []
-    assert correctness_reward(completions, answer=["991"]) == []
+    assert correctness_reward(completions, answer=[]) == []
+    # a structural mismatch: one answer for no completions
+    with pytest.raises(ValueError, match=r"correctness_reward got 0 completions but 1 answers"):
+        correctness_reward(completions, answer=["991"])
 
 
 def test_correctness_answer_column_edge_cases():
     batch = [GOOD, GOOD, GOOD]
-    assert correctness_reward(batch) == [0.0, 0.0, 0.0]  # no answer column at all
-    assert correctness_reward(batch, answer=None) == [0.0, 0.0, 0.0]
-    assert correctness_reward(batch, answer=["991"]) == [2.0, 0.0, 0.0]  # shorter column
-    assert correctness_reward(batch, answer=["991", "1", "991", "991"]) == [2.0, 0.0, 2.0]  # longer
+    # structural mismatches raise, naming the reward and what is wrong
+    with pytest.raises(ValueError, match=r"correctness_reward needs the dataset's 'answer' column \(got none\)"):
+        correctness_reward(batch)  # no answer column at all
+    with pytest.raises(ValueError, match=r"correctness_reward needs the dataset's 'answer' column \(got none\)"):
+        correctness_reward(batch, answer=None)
+    with pytest.raises(ValueError, match=r"correctness_reward got 3 completions but 1 answers"):
+        correctness_reward(batch, answer=["991"])  # shorter column
+    with pytest.raises(ValueError, match=r"correctness_reward got 3 completions but 4 answers"):
+        correctness_reward(batch, answer=["991", "1", "991", "991"])  # longer
     assert correctness_reward(batch, answer=[None, float("nan"), 991]) == [0.0, 0.0, 2.0]
     assert correctness_reward(batch, answer=("991", "991", "991")) == [2.0, 2.0, 2.0]
     assert correctness_reward(batch, answer="991") == [2.0, 2.0, 2.0]  # bare gold broadcasts
@@ -246,11 +256,15 @@ def test_boxed_reward_chat_format(wrap):
 def test_boxed_reward_trl_signature_and_answer_column():
     batch = [r"\boxed{3}", r"\boxed{3.0}", "3"]
     assert boxed_reward(completions=batch, answer=["3"] * 3, prompts=None, trainer_state=object()) == [1.0, 1.0, 0.0]
-    assert boxed_reward(batch) == [0.0, 0.0, 0.0]  # no answer column
+    with pytest.raises(ValueError, match=r"boxed_reward needs the dataset's 'answer' column \(got none\)"):
+        boxed_reward(batch)  # no answer column
     assert boxed_reward(batch, answer="3") == [1.0, 1.0, 0.0]  # bare gold broadcasts
-    assert boxed_reward(batch, answer=["3"]) == [1.0, 0.0, 0.0]  # shorter column
+    with pytest.raises(ValueError, match=r"boxed_reward got 3 completions but 1 answers"):
+        boxed_reward(batch, answer=["3"])  # shorter column
     assert boxed_reward(r"\boxed{3}", answer="3") == [1.0]  # one bare completion
-    assert boxed_reward(None) == []
+    assert boxed_reward(None, answer=[]) == []
+    with pytest.raises(ValueError, match=r"boxed_reward needs the dataset's 'answer' column"):
+        boxed_reward(None)  # no completions, but no answer column either
     assert [type(s) for s in boxed_reward(batch, answer=["3"] * 3)] == [float] * 3
 
 
@@ -318,7 +332,7 @@ def test_reward_breakdown_formats_agree_with_batch_functions():
 
 # Property tests need hypothesis; without it only they are skipped (importorskip would skip the whole module).
 try:
-    from hypothesis import given, settings
+    from hypothesis import assume, given, settings
     from hypothesis import strategies as st
 except ImportError:  # pragma: no cover - depends on the environment
     st = None
@@ -344,9 +358,14 @@ if st is not None:
 
 
     @settings(max_examples=300, deadline=None)
-    @given(completions=st.one_of(st.none(), st.lists(_nested, max_size=8)), answer=_answers)
-    def test_rewards_total_on_arbitrary_input(completions, answer):
+    @given(data=st.data())
+    def test_rewards_total_on_arbitrary_input(data):
+        # Any completions, and an answer column of the right shape (one cell each, or one bare gold for all) whose
+        # cells are anything: odd text and odd golds score, they never raise.
+        completions = data.draw(st.one_of(st.none(), st.lists(_nested, max_size=8)), label="completions")
         n = len(completions or [])
+        answer = data.draw(st.one_of(_scalar.filter(lambda a: a is not None), st.lists(_scalar, min_size=n, max_size=n)),
+                           label="answer")
         fmt = formatting_reward(completions, answer=answer, prompts=None)
         corr = correctness_reward(completions, answer=answer)
         boxed = boxed_reward(completions, answer=answer)
@@ -355,6 +374,16 @@ if st is not None:
         assert set(fmt) <= {-2.0, -1.0, 0.0, 1.0, 2.0}
         assert set(corr) <= {0.0, 1.5, 2.0}
         assert set(boxed) <= {0.0, 1.0}
+
+
+    @settings(max_examples=100, deadline=None)
+    @given(completions=st.lists(_nested, max_size=8), answer=st.one_of(st.none(), st.lists(_scalar, max_size=12)))
+    def test_a_missing_or_mismatched_answer_column_raises(completions, answer):
+        assume(answer is None or len(answer) != len(completions))
+        assert len(formatting_reward(completions, answer=answer)) == len(completions)  # it reads no answers
+        for reward in (correctness_reward, boxed_reward):
+            with pytest.raises(ValueError, match=f"^{reward.__name__} (needs|got)"):
+                reward(completions, answer=answer)
 
 
     @settings(max_examples=300, deadline=None)
@@ -384,3 +413,75 @@ def test_a_multiple_choice_letter_earns_the_exact_score_only_for_the_gold_choice
                               question_type=["free_form"]) == [0.0]
     total = reward_breakdown(completions[0], "145°", choices=choices[0], question_type="multi_choice")
     assert total["correctness_reward"] == 2.0
+
+
+# --- docstring examples and batch shapes -------------------------------------------------------------------------
+
+def test_docstring_examples_run():
+    # pytest runs without --doctest-modules, so the examples in the rewards' docstrings are run here.
+    results = doctest.testmod(rewards, optionflags=doctest.ELLIPSIS)
+    assert results.failed == 0
+    assert results.attempted > 0
+    for public in (formatting_reward, correctness_reward, boxed_reward, boxed_reward_valued, reward_breakdown,
+                   reward_set):
+        assert ">>> " in public.__doc__, public.__name__
+
+
+# The rewards that read the answer column; boxed_reward_valued's function keeps boxed_reward's name (and messages).
+ANSWER_REWARDS = [correctness_reward, boxed_reward, boxed_reward_valued(2.0, -1.0)]
+_IDS = ["correctness", "boxed", "boxed_valued"]
+
+
+@pytest.mark.parametrize("reward", ANSWER_REWARDS, ids=_IDS)
+@pytest.mark.parametrize("answers", [[], ["3"], ["3"] * 3, ["3"] * 5], ids=["empty", "short", "short-by-one", "long"])
+def test_an_answer_column_of_another_length_raises(reward, answers):
+    batch = [r"\boxed{3}", "<SOLUTION>3</SOLUTION>", "3", "x"]
+    with pytest.raises(ValueError, match=rf"^{reward.__name__} got 4 completions but {len(answers)} answers"):
+        reward(batch, answer=answers)
+    with pytest.raises(ValueError, match=rf"^{reward.__name__} got 4 completions but {len(answers)} answers"):
+        reward(batch, answer=tuple(answers))  # any list-like column is checked
+
+
+@pytest.mark.parametrize("reward", ANSWER_REWARDS, ids=_IDS)
+def test_a_missing_answer_column_raises(reward):
+    message = rf"^{reward.__name__} needs the dataset's 'answer' column \(got none\)$"
+    with pytest.raises(ValueError, match=message):
+        reward([GOOD, GOOD])
+    with pytest.raises(ValueError, match=message):
+        reward(completions=[GOOD], answer=None, prompts=None, trainer_state=object())
+
+
+def test_choices_and_question_type_columns_are_checked_when_given():
+    batch = [GOOD, GOOD]
+    with pytest.raises(ValueError, match=r"correctness_reward got 2 completions but 1 choice lists"):
+        correctness_reward(batch, answer=["991", "991"], choices=[["991"]], question_type=["free_form"] * 2)
+    with pytest.raises(ValueError, match=r"correctness_reward got 2 completions but 3 question types"):
+        correctness_reward(batch, answer=["991", "991"], question_type=["free_form"] * 3)
+    # absent (a dataset without them, e.g. geo3k) they are optional
+    assert correctness_reward(batch, answer=["991", "991"]) == [2.0, 2.0]
+
+
+def test_formatting_reward_ignores_the_answer_column():
+    assert formatting_reward([GOOD, GOOD], answer=["991"]) == [2.0, 2.0]
+    assert formatting_reward([GOOD]) == [2.0]
+
+
+def test_odd_completion_text_still_scores_as_floats():
+    class Broken:
+        def __str__(self):
+            raise RuntimeError("boom")
+
+    odd = [None, 991, 3.5, {"a": [1]}, [[["deep"]]], [{"role": "assistant", "content": None}], Broken(),
+           "\x00garbage\uffff", SPAM, "<SOLUTION>" * 1000, r"\boxed{" * 1000, b"<SOLUTION>3</SOLUTION>"]
+    golds = ["3", None, float("nan"), "", Broken(), object(), 3, "3", "3", "3", "3", "3"]
+    for scores in (formatting_reward(odd), correctness_reward(odd, answer=golds), boxed_reward(odd, answer=golds),
+                   boxed_reward_valued(2.0, -1.0)(odd, answer=golds)):
+        assert len(scores) == len(odd)
+        assert all(type(s) is float for s in scores)
+    assert formatting_reward(odd)[odd.index(SPAM)] == -2.0
+    assert correctness_reward(odd, answer=golds)[-1] == 2.0  # bytes are str()-ed, and the block still reads 3
+    for completion, gold in zip(odd, golds, strict=True):  # the per-row breakdown never raises either
+        for answer_format in ("tags", "boxed"):
+            assert set(reward_breakdown(completion, gold, answer_format)) == {"format_reward", "correctness_reward",
+                                                                               "total_reward"}
+

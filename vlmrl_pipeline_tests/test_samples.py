@@ -6,10 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from vlmrl_pipeline.core.prompts import PromptStyle, chat_prompts
 from vlmrl_pipeline.core.samples import (
     MANIFEST_NAME,
-    PromptStyle,
-    chat_prompts,
     filter_context_overflow,
     open_images,
     prompt_token_counts,

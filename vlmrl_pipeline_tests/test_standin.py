@@ -1,4 +1,4 @@
-"""Stand-in checkpoints (core/standin.py): hub models with their real configs, packaging, processors, chat templates
+"""Stand-in checkpoints (core/standin/): hub models with their real configs, packaging, processors, chat templates
 and vocabularies, random weights. Tiny sizes here; the full sizes are checked on the meta device."""
 
 from __future__ import annotations

@@ -9,21 +9,23 @@ import pytest
 from PIL import Image
 
 from vlmrl_pipeline.core.checkpoints import latest_checkpoint
-from vlmrl_pipeline.core.export import inspect_lora_adapter
+from vlmrl_pipeline.core.export.merge import inspect_lora_adapter
+from vlmrl_pipeline.core.gspo_config import (
+    GSPOSettings,
+    build_grpo_config,
+    paper_gspo_settings,
+    report_to_problems,
+    resolve_optim,
+)
 from vlmrl_pipeline.core.modeling import LoraSettings, load_model, peft_lora_config, vision_token_ids
 from vlmrl_pipeline.core.profiles import qwen3vl_8b_profile
 from vlmrl_pipeline.core.rewards import REWARD_FUNCTIONS, REWARD_WEIGHTS
 from vlmrl_pipeline.core.training import (
-    GSPOSettings,
     NonFiniteLossError,
     TrainingOutOfMemoryError,
     _progress_callback,
-    build_grpo_config,
     explain_out_of_memory,
     is_out_of_memory,
-    paper_gspo_settings,
-    report_to_problems,
-    resolve_optim,
     train_gspo,
 )
 

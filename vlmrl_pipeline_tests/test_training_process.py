@@ -22,7 +22,7 @@ from vlmrl_pipeline.core.checkpoints import (
     latest_checkpoint,
     training_inputs,
 )
-from vlmrl_pipeline.core.warmstart import WarmStartSettings
+from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
 from vlmrl_pipeline.definitions import all_assets
 from vlmrl_pipeline.resources import resources_for_profile
 from vlmrl_pipeline_tests.conftest import tiny_profile

@@ -19,12 +19,13 @@ from dagster import DagsterInstance, materialize
 
 from vlmrl_pipeline.core.evaluation import generate_for_rows, generate_for_rows_vllm
 from vlmrl_pipeline.core.generation import GenerationSettings
+from vlmrl_pipeline.core.gspo_config import GSPOSettings
 from vlmrl_pipeline.core.lineage import model_load_path, read_model_ref
 from vlmrl_pipeline.core.modeling import LoraSettings, load_model, load_policy, peft_lora_config
 from vlmrl_pipeline.core.rehearsal import ascii_share_reward
 from vlmrl_pipeline.core.rewards import REWARD_FUNCTIONS, REWARD_WEIGHTS
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, SPLIT_TRAIN, read_manifest, split_rows, trl_dataset
-from vlmrl_pipeline.core.training import GSPOSettings, rollout_summary, train_gspo
+from vlmrl_pipeline.core.training import rollout_summary, train_gspo
 from vlmrl_pipeline.definitions import all_assets, all_checks
 from vlmrl_pipeline.resources import resources_for_profile
 from vlmrl_pipeline_tests.conftest import tiny_profile
@@ -143,7 +144,7 @@ def test_vllm_rollouts_come_from_the_trainers_prompt_on_random_weights(tmp_path)
     import numpy as np
     from PIL import Image
 
-    from vlmrl_pipeline.core.datasets import chat_prompt
+    from vlmrl_pipeline.core.prompts import chat_prompt
     from vlmrl_pipeline.core.standin import build_standin
 
     ckpt = build_standin("qwen3vl-2b", tmp_path / "standin", packaging="bf16", device="cuda")

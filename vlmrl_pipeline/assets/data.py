@@ -12,20 +12,16 @@ from dagster import (
     asset_check,
 )
 
-from vlmrl_pipeline.assets.provenance import environment_metadata, table_metadata
-from vlmrl_pipeline.core.datasets import (
-    MATHVISTA_COLUMNS,
-    count_skips,
-    filter_rows,
-    load_mathvista,
-    load_rlinf,
-    prepare_images,
-    split_train_eval,
-)
+from vlmrl_pipeline.assets.metadata import environment_metadata, table_metadata
+from vlmrl_pipeline.core.data.filtering import filter_rows, split_train_eval
+from vlmrl_pipeline.core.data.images import count_skips, prepare_images
+from vlmrl_pipeline.core.data.mathvista import load_mathvista
+from vlmrl_pipeline.core.data.rlinf import load_rlinf
+from vlmrl_pipeline.core.data.schema import MATHVISTA_COLUMNS
+from vlmrl_pipeline.core.demo.synthetic import write_synthetic_mathvista
 from vlmrl_pipeline.core.files import sha256_file, write_json_atomic
 from vlmrl_pipeline.core.profiles import SYNTHETIC_SOURCE
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_EVAL, SPLIT_TRAIN
-from vlmrl_pipeline.core.synthetic import write_synthetic_mathvista
 from vlmrl_pipeline.execution import CPU_TAGS
 from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore, DataSettingsResource
 
@@ -33,6 +29,8 @@ FILTERED_NAME = "filtered.parquet"
 FILTER_COUNTS_NAME = "filter_counts.json"
 SKIPPED_NAME = "skipped.json"
 DROPPED_NAME = "dropped.json"
+SYNTHETIC_DIR = "synthetic_mathvista"
+"""Beside the asset folders: the synthetic source, rendered there in the hub's layout (not an asset of its own)."""
 """Beside the filter's counts: one entry per dropped row, ``{"row", "pid", "column", "kind", "reason"}``."""
 LOST_KINDS = ("unreadable", "missing_pid", "missing_answer", "duplicate_pid")
 """Drops caused by bad input (``few_rows_lost`` counts them), as opposed to the filters' deliberate choices."""
@@ -56,7 +54,7 @@ def mathvista_filtered(
     are dropped too. Every drop is counted in the metadata and named (row, pid, column, why) in ``dropped.json``.
     """
     # Held from the start: the synthetic source is rendered into its folder before the staging step.
-    with artifacts.lock("mathvista_filtered"):
+    with artifacts.lock(context.asset_key):
         return _filter_source(context, artifacts, data_settings)
 
 
@@ -66,7 +64,7 @@ def _filter_source(context: AssetExecutionContext, artifacts: ArtifactStore,
     source = settings.source
     if source == SYNTHETIC_SOURCE:
         # Rendered into the hub's folder layout, then read back through the same loader a local copy uses.
-        folder = artifacts.asset_dir("synthetic_mathvista")
+        folder = artifacts.asset_dir(SYNTHETIC_DIR)
         write_synthetic_mathvista(folder, num_rows=settings.synthetic_rows, seed=settings.seed,
                                   image_size=settings.image_size, split=settings.split,
                                   tasks=settings.synthetic_tasks)
@@ -82,7 +80,7 @@ def _filter_source(context: AssetExecutionContext, artifacts: ArtifactStore,
                                         free_form_only=settings.free_form_only)
     if kept.empty:
         raise ValueError(f"no rows left after filtering {settings.source!r} ({counts}); first drops: {dropped[:5]}")
-    with artifacts.staging("mathvista_filtered") as tmp:
+    with artifacts.staging(context.asset_key) as tmp:
         kept.to_parquet(tmp / FILTERED_NAME, index=False)
         write_json_atomic(tmp / FILTER_COUNTS_NAME, counts)
         write_json_atomic(tmp / DROPPED_NAME, dropped)
@@ -96,7 +94,7 @@ def _filter_source(context: AssetExecutionContext, artifacts: ArtifactStore,
         metadata={
             **environment_metadata(),
             **table_metadata(kept),
-            "path": MetadataValue.path(str(artifacts.asset_dir("mathvista_filtered") / FILTERED_NAME)),
+            "path": MetadataValue.path(str(artifacts.asset_dir(context.asset_key) / FILTERED_NAME)),
             "source": settings.source,
             "split": settings.split,
             "dataset_format": settings.dataset_format,
@@ -117,7 +115,7 @@ def _filter_source(context: AssetExecutionContext, artifacts: ArtifactStore,
 def filtered_rows_valid(artifacts: ArtifactStore) -> AssetCheckResult:
     """The filtered table is what every later stage assumes: rows exist, the schema is MathVista's, every row has
     an answer and a distinct pid. A violation stops the run before images are prepared."""
-    table = pd.read_parquet(artifacts.asset_dir("mathvista_filtered") / FILTERED_NAME)
+    table = pd.read_parquet(artifacts.asset_dir(mathvista_filtered) / FILTERED_NAME)
     missing_columns = [c for c in MATHVISTA_COLUMNS if c not in table.columns]
     blank_answers = int(table["answer"].isna().sum() + (table["answer"].astype(str).str.strip() == "").sum()) \
         if "answer" in table.columns else len(table)
@@ -143,9 +141,9 @@ def resized_images(
     and no image identical to one of theirs, is ever trained on.
     """
     settings = data_settings.to_core()
-    filtered = pd.read_parquet(artifacts.asset_dir("mathvista_filtered") / FILTERED_NAME)
-    final_dir = artifacts.asset_dir("resized_images")
-    with artifacts.staging("resized_images") as tmp:
+    filtered = pd.read_parquet(artifacts.asset_dir(mathvista_filtered) / FILTERED_NAME)
+    final_dir = artifacts.asset_dir(context.asset_key)
+    with artifacts.staging(context.asset_key) as tmp:
         prepared, skipped = prepare_images(filtered, tmp / "images", settings.image_size)
         if prepared.empty:
             raise ValueError(f"all {len(filtered)} images failed to load: {skipped[:5]}")
@@ -177,7 +175,7 @@ def resized_images(
 
 
 def _load_manifest_splits(artifacts: ArtifactStore) -> tuple[pd.DataFrame, pd.DataFrame]:
-    manifest = pd.read_parquet(artifacts.asset_dir("resized_images") / MANIFEST_NAME)
+    manifest = pd.read_parquet(artifacts.asset_dir(resized_images) / MANIFEST_NAME)
     return manifest[manifest["split"] == SPLIT_TRAIN], manifest[manifest["split"] == SPLIT_EVAL]
 
 
@@ -206,8 +204,8 @@ def few_rows_lost(artifacts: ArtifactStore, data_settings: DataSettingsResource)
     Rows the filters remove on purpose (non-numeric answers, multiple choice) are not losses; a missing pid or
     answer, undecodable text, a repeated pid and an unusable image are.
     """
-    counts = json.loads((artifacts.asset_dir("mathvista_filtered") / FILTER_COUNTS_NAME).read_text())
-    skipped = json.loads((artifacts.asset_dir("resized_images") / SKIPPED_NAME).read_text())
+    counts = json.loads((artifacts.asset_dir(mathvista_filtered) / FILTER_COUNTS_NAME).read_text())
+    skipped = json.loads((artifacts.asset_dir(resized_images) / SKIPPED_NAME).read_text())
     train, held_out = _load_manifest_splits(artifacts)
     lost = sum(counts.get(f"dropped_{kind}", 0) for kind in LOST_KINDS) + len(skipped)
     fraction = lost / counts["rows_in"] if counts["rows_in"] else 1.0

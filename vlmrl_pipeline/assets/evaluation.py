@@ -14,6 +14,7 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
+    AssetsDefinition,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -21,8 +22,9 @@ from dagster import (
 )
 
 from vlmrl_pipeline.assets.data import mathvista_filtered, resized_images
+from vlmrl_pipeline.assets.metadata import environment_metadata, table_metadata
 from vlmrl_pipeline.assets.model import base_model, base_model_path
-from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS, environment_metadata, lineage, table_metadata
+from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS, lineage
 from vlmrl_pipeline.assets.training import lora_adapter
 from vlmrl_pipeline.core.environment import environment_fingerprint
 from vlmrl_pipeline.core.evaluation import (
@@ -41,9 +43,11 @@ from vlmrl_pipeline.execution import CPU_TAGS, GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import (
     NO_OP_CONFIG,
     ArtifactStore,
+    AssetRef,
     DataSettingsResource,
     EvalSettingsResource,
     ModelSettingsResource,
+    asset_folder,
 )
 
 GENERATION_CODE_VERSION = "generation-1"
@@ -51,8 +55,13 @@ PREVIEW_COLUMNS = ["pid", "answer", "pred", "correct", "correct_numeric", "corre
                    "total_reward"]
 
 
+def records_file(artifacts: ArtifactStore, records: AssetRef, suffix: str) -> Path:
+    """What a records asset saved (``save_records``, its folder's name as the stem): ``suffix`` ``.parquet`` for
+    the table, ``.json`` for the records with their provenance."""
+    return artifacts.asset_dir(records) / f"{asset_folder(records)}{suffix}"
+
+
 def _generate(
-    name: str,
     context: AssetExecutionContext,
     artifacts: ArtifactStore,
     model_settings: ModelSettingsResource,
@@ -60,11 +69,12 @@ def _generate(
     eval_settings: EvalSettingsResource,
     adapter_dir: Path | None,
 ) -> MaterializeResult:
+    name = asset_folder(context.asset_key)
     model_cfg = model_settings.to_core()
     data = data_settings.to_core()
     settings = eval_settings.to_core()
     load_path, ref = base_model_path(artifacts)
-    rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL)
+    rows = split_rows(read_manifest(artifacts.asset_dir(resized_images)), SPLIT_EVAL)
     if settings.engine == "vllm":
         model, processor, backend = None, load_processor(load_path, revision=ref.get("revision")), "vllm"
     else:
@@ -83,7 +93,7 @@ def _generate(
     progress = lambda done, total: context.log.info(f"{name}: generated {done}/{total}")  # noqa: E731
     engine_info: dict = {"engine": settings.engine}
     if settings.engine == "vllm":
-        scratch = artifacts.asset_dir(name).parent / f".{name}.vllm-scratch"
+        scratch = artifacts.asset_dir(context.asset_key).parent / f".{name}.vllm-scratch"
         completions, seconds, engine_info = generate_for_rows_vllm(
             load_path, processor, rows, settings, data.prompt_style, model_cfg.max_seq_length,
             adapter_dir=adapter_dir, scratch_dir=scratch, dtype=vllm_dtype(model_cfg.dtype),
@@ -109,12 +119,12 @@ def _generate(
         "dropped_context_overflow": overflow,
         "environment": environment_fingerprint(),
     }
-    with artifacts.staging(name) as tmp:
+    with artifacts.staging(context.asset_key) as tmp:
         save_completions(tmp, rows["pid"].tolist(), completions, info)
     return MaterializeResult(
         metadata={
             **environment_metadata(),
-            "path": MetadataValue.path(str(artifacts.asset_dir(name))),
+            "path": MetadataValue.path(str(artifacts.asset_dir(context.asset_key))),
             "num_completions": len(completions),
             "num_context_overflow": len(overflow),
             "generation_seconds": round(seconds, 2),
@@ -126,22 +136,22 @@ def _generate(
     )
 
 
-def _score(name: str, completions_asset: str, artifacts: ArtifactStore,
+def _score(context: AssetExecutionContext, completions_asset: AssetsDefinition, artifacts: ArtifactStore,
            data_settings: DataSettingsResource) -> MaterializeResult:
     data = data_settings.to_core()
     completions, info = load_completions(artifacts.asset_dir(completions_asset))
-    rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL)
+    rows = split_rows(read_manifest(artifacts.asset_dir(resized_images)), SPLIT_EVAL)
     records = score_stored_completions(rows, completions, data.answer_format)
     summary = summarize_records(records)
     provenance = {**info, "reward_version": REWARD_VERSION, "answer_format": data.answer_format,
-                  "completions_from": completions_asset, "summary": summary}
-    with artifacts.staging(name) as tmp:
-        save_records(records, tmp, name, provenance)
+                  "completions_from": asset_folder(completions_asset), "summary": summary}
+    with artifacts.staging(context.asset_key) as tmp:
+        save_records(records, tmp, asset_folder(context.asset_key), provenance)
     return MaterializeResult(
         metadata={
             **environment_metadata(),
             **table_metadata(records),
-            "path": MetadataValue.path(str(artifacts.asset_dir(name) / f"{name}.json")),
+            "path": MetadataValue.path(str(records_file(artifacts, context.asset_key, ".json"))),
             **{k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in summary.items()
                if k not in ("top_answer", "collapse")},
             "top_answer": str(summary["top_answer"]),
@@ -171,9 +181,8 @@ def baseline_completions(
     records can be re-scored after a reward change without generating again. Prompts that would overflow the
     model's context are dropped and listed.
     """
-    with artifacts.lock("baseline_completions"):  # a second writer fails now, not after generating
-        return _generate("baseline_completions", context, artifacts, model_settings, data_settings, eval_settings,
-                         None)
+    with artifacts.lock(context.asset_key):  # a second writer fails now, not after generating
+        return _generate(context, artifacts, model_settings, data_settings, eval_settings, None)
 
 
 @asset(config_schema=NO_OP_CONFIG,
@@ -188,15 +197,16 @@ def after_completions(
     eval_settings: EvalSettingsResource,
 ) -> MaterializeResult:
     """The same completions as ``baseline_completions``, from the base policy plus the trained LoRA adapter."""
-    with artifacts.lock("after_completions"):  # a second writer fails now, not after generating
-        return _generate("after_completions", context, artifacts, model_settings, data_settings, eval_settings,
-                         artifacts.asset_dir("lora_adapter"))
+    with artifacts.lock(context.asset_key):  # a second writer fails now, not after generating
+        return _generate(context, artifacts, model_settings, data_settings, eval_settings,
+                         artifacts.asset_dir(lora_adapter))
 
 
 @asset(config_schema=NO_OP_CONFIG,
        group_name="evaluation", deps=[baseline_completions, resized_images], kinds={"pandas"},
        code_version=REWARD_VERSION, tags=CPU_TAGS)
-def baseline_records(artifacts: ArtifactStore, data_settings: DataSettingsResource) -> MaterializeResult:
+def baseline_records(context: AssetExecutionContext, artifacts: ArtifactStore,
+                     data_settings: DataSettingsResource) -> MaterializeResult:
     """Per-sample records of the base policy: completion, ``pred``, ``correct`` (strict, the seed's metric),
     ``correct_numeric``, ``correct_mathvista`` (MathVista's rules), ``format_ok`` and the reward values, saved as
     ``baseline_records.json`` (with provenance) and ``.parquet``.
@@ -204,21 +214,23 @@ def baseline_records(artifacts: ArtifactStore, data_settings: DataSettingsResour
     This is the "before" of the comparison. It only scores stored completions, so its code version is the
     rewards' source hash: a reward change re-runs this in seconds, not the generation.
     """
-    return _score("baseline_records", "baseline_completions", artifacts, data_settings)
+    return _score(context, baseline_completions, artifacts, data_settings)
 
 
 @asset(config_schema=NO_OP_CONFIG,
        group_name="evaluation", deps=[after_completions, resized_images], kinds={"pandas"},
        code_version=REWARD_VERSION, tags=CPU_TAGS)
-def after_records(artifacts: ArtifactStore, data_settings: DataSettingsResource) -> MaterializeResult:
+def after_records(context: AssetExecutionContext, artifacts: ArtifactStore,
+                  data_settings: DataSettingsResource) -> MaterializeResult:
     """The same records as ``baseline_records``, for the policy after GSPO (base plus the LoRA adapter)."""
-    return _score("after_records", "after_completions", artifacts, data_settings)
+    return _score(context, after_completions, artifacts, data_settings)
 
 
-def _records_complete(artifacts: ArtifactStore, name: str, completions_asset: str) -> AssetCheckResult:
-    records = pd.read_parquet(artifacts.asset_dir(name) / f"{name}.parquet")
+def _records_complete(artifacts: ArtifactStore, records_asset: AssetsDefinition,
+                      completions_asset: AssetsDefinition) -> AssetCheckResult:
+    records = pd.read_parquet(records_file(artifacts, records_asset, ".parquet"))
     _, info = load_completions(artifacts.asset_dir(completions_asset))
-    eval_rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL)
+    eval_rows = split_rows(read_manifest(artifacts.asset_dir(resized_images)), SPLIT_EVAL)
     dropped = {item["pid"] for item in info["dropped_context_overflow"]}
     expected = set(eval_rows["pid"].astype(str)) - dropped
     got = records["pid"].astype(str)
@@ -235,10 +247,10 @@ def _records_complete(artifacts: ArtifactStore, name: str, completions_asset: st
 @asset_check(asset=baseline_records, blocking=True,
              description="One record per held-out sample (less prompts dropped for overflowing the context)")
 def baseline_records_complete(artifacts: ArtifactStore) -> AssetCheckResult:
-    return _records_complete(artifacts, "baseline_records", "baseline_completions")
+    return _records_complete(artifacts, baseline_records, baseline_completions)
 
 
 @asset_check(asset=after_records, blocking=True,
              description="One record per held-out sample (less prompts dropped for overflowing the context)")
 def after_records_complete(artifacts: ArtifactStore) -> AssetCheckResult:
-    return _records_complete(artifacts, "after_records", "after_completions")
+    return _records_complete(artifacts, after_records, after_completions)

@@ -3,15 +3,15 @@
 import json
 from collections.abc import Sequence
 
-from dagster import AssetKey, AssetsDefinition, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
-from vlmrl_pipeline.assets.provenance import environment_metadata
+from vlmrl_pipeline.assets.metadata import environment_metadata
 from vlmrl_pipeline.assets.report import eval_diff_report
 from vlmrl_pipeline.core.experiments import comparison_markdown, comparison_rows, experiment_dir
 from vlmrl_pipeline.core.files import write_json_atomic
 from vlmrl_pipeline.core.plots import experiments_png, png_markdown
 from vlmrl_pipeline.execution import CPU_TAGS
-from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore
+from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore, asset_folder
 
 REPORT_NAME = "report.json"
 
@@ -22,30 +22,30 @@ def build_experiment_comparison(main_name: str, experiment_names: Sequence[str])
     of them changes."""
 
     @asset(config_schema=NO_OP_CONFIG, name="experiment_comparison", group_name="report", kinds={"markdown"},
-           deps=[eval_diff_report, *(AssetKey([name, "eval_diff_report"]) for name in experiment_names)],
+           deps=[eval_diff_report, *(eval_diff_report.key.with_prefix(name) for name in experiment_names)],
            code_version="comparison-1", tags=CPU_TAGS)
-    def experiment_comparison(artifacts: ArtifactStore) -> MaterializeResult:
+    def experiment_comparison(context: AssetExecutionContext, artifacts: ArtifactStore) -> MaterializeResult:
         """Accuracy (strict and MathVista's), format compliance before and after RL, and the accuracy change's
         95% interval, for this location's lineage and every experiment declared in ``experiments.yaml``, as one
         table and one chart (``comparison.{json,md,png}``). An experiment not materialized yet is a row that
         says so."""
-        own = artifacts.asset_dir(eval_diff_report.key.path[-1]) / REPORT_NAME
+        own = artifacts.asset_dir(eval_diff_report) / REPORT_NAME
         if not own.is_file():
             raise FileNotFoundError(f"no report at {own}: materialize eval_diff_report first")
         reports: dict[str, dict | None] = {main_name: json.loads(own.read_text())}
         for name in experiment_names:
-            path = experiment_dir(artifacts.root, name) / eval_diff_report.key.path[-1] / REPORT_NAME
+            path = experiment_dir(artifacts.root, name) / asset_folder(eval_diff_report) / REPORT_NAME
             reports[name] = json.loads(path.read_text()) if path.is_file() else None
         rows = comparison_rows(reports)
         table = comparison_markdown(rows)
         chart = experiments_png(rows)
-        with artifacts.staging("experiment_comparison") as tmp:
+        with artifacts.staging(context.asset_key) as tmp:
             write_json_atomic(tmp / "comparison.json", rows)
             (tmp / "comparison.md").write_text(table + "\n\n" + png_markdown(chart, "experiments") + "\n")
             (tmp / "comparison.png").write_bytes(chart)
         return MaterializeResult(metadata={
             **environment_metadata(),
-            "path": MetadataValue.path(str(artifacts.asset_dir("experiment_comparison") / "comparison.md")),
+            "path": MetadataValue.path(str(artifacts.asset_dir(context.asset_key) / "comparison.md")),
             "num_experiments": len(rows),
             "without_report": MetadataValue.json([r["experiment"] for r in rows if r["status"] != "ok"]),
             "comparison": MetadataValue.md(table),

@@ -12,23 +12,21 @@ from dagster import (
 )
 
 from vlmrl_pipeline.assets.data import resized_images
+from vlmrl_pipeline.assets.metadata import environment_metadata
 from vlmrl_pipeline.assets.model import base_model, base_model_path
-from vlmrl_pipeline.assets.provenance import environment_metadata, lineage
+from vlmrl_pipeline.assets.provenance import lineage
 from vlmrl_pipeline.assets.training import lora_adapter
-from vlmrl_pipeline.core.export import (
-    GGUF_QUANTIZER_TYPES,
+from vlmrl_pipeline.core.export.gguf import export_gguf, gguf_greedy_tokens, inspect_gguf, llama_cpp_runtime_available
+from vlmrl_pipeline.core.export.merge import (
     bnb_quantization,
     checkpoint_has_4bit_layers,
-    export_gguf,
-    gguf_greedy_tokens,
-    inspect_gguf,
-    llama_cpp_runtime_available,
     merge_adapter_4bit_unsloth,
     merge_adapter_to_checkpoint,
     merge_agreement,
     read_checkpoint_config,
     stored_dtype,
 )
+from vlmrl_pipeline.core.export.settings import GGUF_QUANTIZER_TYPES
 from vlmrl_pipeline.core.files import dir_size_bytes, sha256_dir, sha256_file, write_json_atomic
 from vlmrl_pipeline.core.generation import (
     GenerationSettings,
@@ -40,7 +38,8 @@ from vlmrl_pipeline.core.generation import (
 from vlmrl_pipeline.core.llama_cpp import LLAMA_CPP_PYTHON_VERSION, llama_cpp_tools
 from vlmrl_pipeline.core.memory import peak_memory
 from vlmrl_pipeline.core.modeling import load_model, load_policy
-from vlmrl_pipeline.core.samples import SPLIT_EVAL, chat_prompts, open_images, read_manifest, split_rows
+from vlmrl_pipeline.core.prompts import chat_prompts
+from vlmrl_pipeline.core.samples import SPLIT_EVAL, open_images, read_manifest, split_rows
 from vlmrl_pipeline.execution import CPU_TAGS, GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import (
     NO_OP_CONFIG,
@@ -82,12 +81,12 @@ def merged_model(
     settings = export_settings.to_core()
     model_cfg = model_settings.to_core()
     load_path, ref = base_model_path(artifacts)
-    adapter_dir = artifacts.asset_dir("lora_adapter")
-    rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL).head(MERGE_CHECK_PROMPTS)
+    adapter_dir = artifacts.asset_dir(lora_adapter)
+    rows = split_rows(read_manifest(artifacts.asset_dir(resized_images)), SPLIT_EVAL).head(MERGE_CHECK_PROMPTS)
     prompts, images = chat_prompts(rows, data_settings.to_core().prompt_style), open_images(rows)
     one = GenerationSettings(max_new_tokens=32, batch_size=1)
     metadata: dict = {}
-    with artifacts.staging("merged_model") as tmp, peak_memory() as usage:
+    with artifacts.staging(context.asset_key) as tmp, peak_memory() as usage:
         with peak_memory() as merge_usage:
             merge_adapter_to_checkpoint(load_path, adapter_dir, tmp / MERGED_16BIT_DIR, dtype=settings.merged_dtype,
                                         revision=ref.get("revision"))
@@ -141,7 +140,7 @@ def merged_model(
     return MaterializeResult(
         metadata={
             **environment_metadata(),
-            "path": MetadataValue.path(str(artifacts.asset_dir("merged_model") / MERGED_16BIT_DIR)),
+            "path": MetadataValue.path(str(artifacts.asset_dir(context.asset_key) / MERGED_16BIT_DIR)),
             "dtype": settings.merged_dtype,
             "merged_4bit": settings.merged_4bit,
             **lineage(artifacts, adapter_dir, with_rewards=False),
@@ -162,8 +161,8 @@ def _free_gpu(torch) -> None:
              description="The merged checkpoint computes what base + adapter computes (first-token logits)")
 def merged_matches_adapter(artifacts: ArtifactStore) -> AssetCheckResult:
     """A merge that dropped, doubled or mis-scaled the adapter, or dequantized the base wrongly, must not be
-    exported as the trained policy. Tolerance: ``core.export.MERGE_LOGIT_TOLERANCE`` of the logits' spread."""
-    check = json.loads((artifacts.asset_dir("merged_model") / MERGE_CHECK).read_text())
+    exported as the trained policy. Tolerance: ``core.export.merge.MERGE_LOGIT_TOLERANCE`` of the logits' spread."""
+    check = json.loads((artifacts.asset_dir(merged_model) / MERGE_CHECK).read_text())
     return AssetCheckResult(passed=bool(check["within_tolerance"]),
                             metadata={k: v for k, v in check.items() if isinstance(v, (int, float, str, bool))})
 
@@ -188,21 +187,21 @@ def gguf_model(
     compared with ``transformers``' on the merged checkpoint. Sizes and sha256 per file are in the metadata.
     """
     settings = export_settings.to_core()
-    checkpoint = artifacts.asset_dir("merged_model") / MERGED_16BIT_DIR
+    checkpoint = artifacts.asset_dir(merged_model) / MERGED_16BIT_DIR
     if any(t in GGUF_QUANTIZER_TYPES for t in settings.gguf_types) and not llama_cpp_runtime_available():
         raise RuntimeError(f"gguf_types {list(settings.gguf_types)} include a type only llama.cpp's quantizer "
                            "writes, and the llama.cpp runtime is not installed: pip install -e '.[gguf]', or drop "
                            f"{sorted(GGUF_QUANTIZER_TYPES)} from gguf_types")
     tools = llama_cpp_tools()
     runtime = settings.verify_with_llama_cpp and llama_cpp_runtime_available()
-    with artifacts.staging("gguf_model") as tmp, peak_memory() as usage:
+    with artifacts.staging(context.asset_key) as tmp, peak_memory() as usage:
         exports = export_gguf(checkpoint, tmp, settings.gguf_types, tools.converter, settings.mmproj_type,
                               log=context.log.info)
         summary = {"converter": f"llama.cpp from llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}",
                    "source_checkpoint": str(checkpoint), "exports": [e.summary() for e in exports]}
         if runtime:
             # The same held-out prompt through transformers and through llama.cpp, text only, greedy.
-            row = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL).head(1)
+            row = split_rows(read_manifest(artifacts.asset_dir(resized_images)), SPLIT_EVAL).head(1)
             prompt = chat_prompts(row, data_settings.to_core().prompt_style)[0]
             # In the dtype it was saved in: float32 would double an 8B model's host memory (33 GB).
             model, processor, _ = load_model(str(checkpoint), backend="transformers",
@@ -223,14 +222,14 @@ def gguf_model(
                                  f"({agree}/{len(expected)} greedy tokens as transformers)")
         (tmp / GGUF_SUMMARY).write_text(json.dumps(summary, indent=2))
     metadata: dict = {
-        "path": MetadataValue.path(str(artifacts.asset_dir("gguf_model"))),
+        "path": MetadataValue.path(str(artifacts.asset_dir(context.asset_key))),
         "gguf_types": ", ".join(settings.gguf_types),
         "converter": summary["converter"],
         "tokenizer_pre": exports[0].model_info["tokenizer_pre"],
         "architecture": exports[0].model_info["architecture"],
         "llama_cpp_runtime_check": "ran" if runtime else
         ("off" if not settings.verify_with_llama_cpp else "skipped: llama.cpp runtime not installed"),
-        **lineage(artifacts, artifacts.asset_dir("lora_adapter"), with_rewards=False),
+        **lineage(artifacts, artifacts.asset_dir(lora_adapter), with_rewards=False),
         **{f"peak_{k}": v for k, v in usage.items() if k != "host_start_gb"},
     }
     if exports[0].mmproj_file is not None:
@@ -254,7 +253,7 @@ def gguf_model(
 def gguf_files_intact(artifacts: ArtifactStore) -> AssetCheckResult:
     """Re-reads each GGUF file named in ``gguf.json`` and compares it with what the export recorded: a file that
     was truncated, replaced or corrupted after export must not be handed to llama.cpp as this model."""
-    folder = artifacts.asset_dir("gguf_model")
+    folder = artifacts.asset_dir(gguf_model)
     summary = json.loads((folder / GGUF_SUMMARY).read_text())
     problems: list[str] = []
     checked = 0

@@ -5,10 +5,10 @@ import time
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from vlmrl_pipeline.assets.data import resized_images
-from vlmrl_pipeline.assets.provenance import environment_metadata
+from vlmrl_pipeline.assets.metadata import environment_metadata
+from vlmrl_pipeline.core.demo.warmstart import build_demo_base_model
 from vlmrl_pipeline.core.lineage import check_model_available, write_model_ref
 from vlmrl_pipeline.core.samples import SPLIT_TRAIN, read_manifest, split_rows
-from vlmrl_pipeline.core.warmstart import build_demo_base_model
 from vlmrl_pipeline.execution import CPU_TAGS
 from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore, DataSettingsResource, ModelSettingsResource
 
@@ -36,9 +36,9 @@ def base_model(
     if not settings.is_demo:
         # Before anything is written: a name that cannot be loaded fails here and the previous artifact stays.
         metadata.update(check_model_available(settings.model_name, settings.revision))
-    with artifacts.staging("base_model") as tmp:
+    with artifacts.staging(context.asset_key) as tmp:
         if settings.is_demo:
-            train_rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_TRAIN)
+            train_rows = split_rows(read_manifest(artifacts.asset_dir(resized_images)), SPLIT_TRAIN)
             start = time.perf_counter()
             checkpoint, losses = build_demo_base_model(
                 train_rows, tmp / CHECKPOINT_DIR, settings.tiny_model, model_settings.warm_start_settings(),
@@ -59,7 +59,7 @@ def base_model(
         else:
             write_model_ref(tmp, model_name=settings.model_name, revision=settings.revision, is_demo=False,
                             checkpoint_dir=None)
-    metadata["path"] = MetadataValue.path(str(artifacts.asset_dir("base_model")))
+    metadata["path"] = MetadataValue.path(str(artifacts.asset_dir(context.asset_key)))
     return MaterializeResult(metadata={**metadata, **environment_metadata()})
 
 
@@ -67,6 +67,6 @@ def base_model_path(artifacts: ArtifactStore) -> tuple[str, dict]:
     """What to load for the base policy (checkpoint folder or hub id), and the model reference itself."""
     from vlmrl_pipeline.core.lineage import model_load_path, read_model_ref
 
-    folder = artifacts.asset_dir("base_model")
+    folder = artifacts.asset_dir(base_model)
     ref = read_model_ref(folder)
     return model_load_path(ref, folder), ref

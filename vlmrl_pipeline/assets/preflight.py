@@ -1,6 +1,6 @@
 """Checks a step runs before its expensive work, so that a setting that cannot work fails at once."""
 
-from vlmrl_pipeline.core.export import read_checkpoint_config
+from vlmrl_pipeline.core.export.merge import count_parameters, read_checkpoint_config
 from vlmrl_pipeline.core.llama_cpp import llama_cpp_tools
 from vlmrl_pipeline.core.modeling import unsloth_available
 from vlmrl_pipeline.resources import ArtifactStore, ExportSettingsResource
@@ -8,12 +8,12 @@ from vlmrl_pipeline.resources import ArtifactStore, ExportSettingsResource
 
 def export_preflight(artifacts: ArtifactStore, export_settings: ExportSettingsResource, load_path: str,
                      revision: str | None) -> dict:
-    """Refuse, before training, a lineage whose export cannot succeed (see ``core.export.export_problems``):
+    """Refuse, before training, a lineage whose export cannot succeed (see ``core.export.preflight.export_problems``):
     an unknown architecture for llama.cpp's converter, too little disk, too little host memory to merge.
     Returns the estimate, for the training step's metadata."""
     import torch
 
-    from vlmrl_pipeline.core.export import count_parameters, export_problems, export_requirements
+    from vlmrl_pipeline.core.export.preflight import export_problems, export_requirements
 
     settings = export_settings.to_core()
     config = read_checkpoint_config(load_path, revision)

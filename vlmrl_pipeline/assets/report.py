@@ -3,10 +3,12 @@
 import json
 
 import pandas as pd
-from dagster import MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from vlmrl_pipeline.assets.evaluation import after_records, baseline_records
-from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS, environment_metadata
+from vlmrl_pipeline.assets.data import resized_images
+from vlmrl_pipeline.assets.evaluation import after_records, baseline_records, records_file
+from vlmrl_pipeline.assets.metadata import environment_metadata
+from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS
 from vlmrl_pipeline.core.environment import environment_differences
 from vlmrl_pipeline.core.evaluation import diff_records, report_markdown
 from vlmrl_pipeline.core.files import write_json_atomic
@@ -21,7 +23,7 @@ from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore
 @asset(config_schema=NO_OP_CONFIG,
        group_name="report", deps=[baseline_records, after_records], kinds={"markdown"},
        code_version=f"report-2+rewards-{REWARD_VERSION}", tags=CPU_TAGS)
-def eval_diff_report(artifacts: ArtifactStore) -> MaterializeResult:
+def eval_diff_report(context: AssetExecutionContext, artifacts: ArtifactStore) -> MaterializeResult:
     """Accuracy (strict, numeric and MathVista's rules) and format compliance before vs after RL, how sure each
     change is (paired bootstrap 95% interval, exact McNemar p-value), and every sample that flipped.
 
@@ -29,12 +31,12 @@ def eval_diff_report(artifacts: ArtifactStore) -> MaterializeResult:
     self-contained page with image thumbnails, filterable to the samples that flipped; linked as ``report_page``).
     The headline numbers are float metadata, so the Dagster UI plots them across materializations.
     """
-    baseline = pd.read_parquet(artifacts.asset_dir("baseline_records") / "baseline_records.parquet")
-    after = pd.read_parquet(artifacts.asset_dir("after_records") / "after_records.parquet")
+    baseline = pd.read_parquet(records_file(artifacts, baseline_records, ".parquet"))
+    after = pd.read_parquet(records_file(artifacts, after_records, ".parquet"))
     diff = diff_records(baseline, after)
     # Lineage of the "after" numbers (the baseline's differs only by having no adapter).
-    after_info = json.loads((artifacts.asset_dir("after_records") / "after_records.json").read_text())
-    baseline_info = json.loads((artifacts.asset_dir("baseline_records") / "baseline_records.json").read_text())
+    after_info = json.loads(records_file(artifacts, after_records, ".json").read_text())
+    baseline_info = json.loads(records_file(artifacts, baseline_records, ".json").read_text())
     diff["provenance"] = {k: after_info.get(k) for k in LINEAGE_KEYS}
     # Generated where? A package or GPU change between the two evaluations moves the numbers too.
     diff["environment"] = {"before": baseline_info.get("environment"), "after": after_info.get("environment"),
@@ -42,24 +44,25 @@ def eval_diff_report(artifacts: ArtifactStore) -> MaterializeResult:
                                                                   after_info.get("environment"))}
     markdown = report_markdown(diff)
     chart = before_after_png(diff["headline"], diff["comparison"])
-    with artifacts.staging("eval_diff_report") as tmp:
+    with artifacts.staging(context.asset_key) as tmp:
         write_json_atomic(tmp / "report.json", diff)
         (tmp / "report.md").write_text(markdown + "\n" + png_markdown(chart, "before/after") + "\n")
         (tmp / "before_after.png").write_bytes(chart)
         # The page people open: headline with intervals, plot, per-sample table with thumbnails (self-contained).
-        eval_rows = split_rows(read_manifest(artifacts.asset_dir("resized_images")), SPLIT_EVAL)
+        eval_rows = split_rows(read_manifest(artifacts.asset_dir(resized_images)), SPLIT_EVAL)
         thumbnails = {str(pid): thumbnail_data_uri(path)
                       for pid, path in zip(eval_rows["pid"], eval_rows["image_path"])}
         (tmp / "report.html").write_text(render_report_html(diff, baseline, after, thumbnails, chart), encoding="utf-8")
+    folder = artifacts.asset_dir(context.asset_key)
     return MaterializeResult(
         metadata={
             **environment_metadata(),
-            "path": MetadataValue.path(str(artifacts.asset_dir("eval_diff_report") / "report.md")),
+            "path": MetadataValue.path(str(folder / "report.md")),
             # Over http: the UI is an http page, and browsers do not follow its file:// links.
             "report_page": MetadataValue.url(
                 f"{artifacts.report_server_url.rstrip('/')}{artifacts.report_page_path}" if artifacts.report_server_url
-                else (artifacts.asset_dir("eval_diff_report") / "report.html").resolve().as_uri()),
-            "report_file": MetadataValue.path(str(artifacts.asset_dir("eval_diff_report") / "report.html")),
+                else (folder / "report.html").resolve().as_uri()),
+            "report_file": MetadataValue.path(str(folder / "report.html")),
             **{k: round(float(v), 4) for k, v in diff["headline"].items()},
             **{f"{key}_{field}": round(float(c[field]), 4)
                for key, c in diff["comparison"].items() for field in ("difference", "ci_low", "ci_high", "p_value")},

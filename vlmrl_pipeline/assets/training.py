@@ -18,9 +18,10 @@ from dagster import (
 
 import vlmrl_pipeline
 from vlmrl_pipeline.assets.data import resized_images
+from vlmrl_pipeline.assets.metadata import environment_metadata
 from vlmrl_pipeline.assets.model import base_model, base_model_path
 from vlmrl_pipeline.assets.preflight import export_preflight
-from vlmrl_pipeline.assets.provenance import environment_metadata, lineage
+from vlmrl_pipeline.assets.provenance import lineage
 from vlmrl_pipeline.core.atomic import ArtifactBusyError, exclusive
 from vlmrl_pipeline.core.checkpoints import (
     latest_checkpoint,
@@ -30,8 +31,9 @@ from vlmrl_pipeline.core.checkpoints import (
     remove_work_dir,
     training_inputs,
 )
-from vlmrl_pipeline.core.export import inspect_lora_adapter
+from vlmrl_pipeline.core.export.merge import inspect_lora_adapter
 from vlmrl_pipeline.core.files import sha256_file
+from vlmrl_pipeline.core.gspo_config import report_targets, report_to_problems
 from vlmrl_pipeline.core.launch import (
     accelerate_command,
     accelerate_config,
@@ -47,7 +49,7 @@ from vlmrl_pipeline.core.plots import png_markdown, training_curves_png
 from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_set
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_TRAIN, read_manifest, split_rows
 from vlmrl_pipeline.core.settings_check import vllm_conflicts
-from vlmrl_pipeline.core.training import report_targets, report_to_problems, rollout_summary
+from vlmrl_pipeline.core.training import rollout_summary
 from vlmrl_pipeline.core.training_job import TRAINING_LOG, TrainingJob, TrainingProcessError, describe_failure
 from vlmrl_pipeline.core.vllm_engine import vllm_problems
 from vlmrl_pipeline.execution import GPU_POOL, GPU_TAGS, gpu_op_tags
@@ -96,7 +98,7 @@ def lora_adapter(
     per data folder at a time: a second one fails at once, naming the first (its checkpoint folder and launch
     files would be shared).
     """
-    with artifacts.lock("lora_adapter"):
+    with artifacts.lock(context.asset_key):
         return _train(context, artifacts, model_settings, data_settings, training_settings, export_settings)
 
 
@@ -108,7 +110,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     gspo = training_settings.to_core()
     reward_set(data.answer_format)  # an unknown format is refused here, before anything is launched
     load_path, ref = base_model_path(artifacts)
-    manifest_dir = artifacts.asset_dir("resized_images")
+    manifest_dir = artifacts.asset_dir(resized_images)
     split_rows(read_manifest(manifest_dir), SPLIT_TRAIN)  # no manifest or no training rows: say so now
     gpus = visible_gpu_count()
     processes = resolve_num_processes(gspo.num_processes, gpus)
@@ -153,7 +155,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     launch_dir = work / "launch"
     for old_error in (launch_dir / "errors").glob("rank-*.json"):
         old_error.unlink()
-    with artifacts.staging("lora_adapter") as tmp:
+    with artifacts.staging(context.asset_key) as tmp:
         job_file = TrainingJob(
             base_model_path=load_path, base_model_ref=ref, manifest_dir=str(manifest_dir), adapter_dir=str(tmp),
             work_dir=str(work), checkpoint_key=work.name, model=asdict(model_cfg), prompt_style=style,
@@ -185,7 +187,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     return MaterializeResult(
         metadata={
             **environment_metadata(),
-            "path": MetadataValue.path(str(artifacts.asset_dir("lora_adapter"))),
+            "path": MetadataValue.path(str(artifacts.asset_dir(context.asset_key))),
             **reported,  # from the training process: backend, train_rows, global_step, resumed_from_step, ...
             **lineage(artifacts),  # adapter_sha256 below: this run's adapter
             "first_logged_reward": logged[0] if logged else float("nan"),
@@ -195,7 +197,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             "lora_all_finite": stats["all_finite"],
             "rollout_engine": "vllm" if gspo.use_vllm else "model.generate",
             "report_to": gspo.report_to,
-            **({"tensorboard_logdir": MetadataValue.path(str(artifacts.asset_dir("lora_adapter") / TENSORBOARD_DIR))}
+            **({"tensorboard_logdir": MetadataValue.path(str(artifacts.asset_dir(context.asset_key) / TENSORBOARD_DIR))}
                if "tensorboard" in report_targets(gspo.report_to) else {}),
             **({"rollout_and_entropy": MetadataValue.json(rollout)} if rollout else {}),
             "training_curves": MetadataValue.md(png_markdown(curves, "GSPO training curves")),
@@ -216,7 +218,7 @@ def _child_env() -> dict[str, str]:
 def lora_weights_trained(artifacts: ArtifactStore) -> AssetCheckResult:
     """An adapter with NaN/inf weights, or whose B matrices are all still zero (PEFT's initialisation: the
     adapter changes nothing), must not be evaluated, merged or exported as if it were a trained policy."""
-    stats = inspect_lora_adapter(artifacts.asset_dir("lora_adapter"))
+    stats = inspect_lora_adapter(artifacts.asset_dir(lora_adapter))
     return AssetCheckResult(
         passed=bool(stats["all_finite"]) and stats["num_lora_b"] > 0 and stats["num_lora_b_nonzero"] > 0,
         metadata={

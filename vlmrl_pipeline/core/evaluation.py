@@ -15,8 +15,9 @@ import pandas as pd
 from vlmrl_pipeline.core.answers import choice_list, score_completion
 from vlmrl_pipeline.core.atomic import atomic_file
 from vlmrl_pipeline.core.files import write_json_atomic
+from vlmrl_pipeline.core.prompts import PromptStyle, chat_prompts
 from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_breakdown
-from vlmrl_pipeline.core.samples import PromptStyle, chat_prompts, open_images
+from vlmrl_pipeline.core.samples import open_images
 from vlmrl_pipeline.core.stats import paired_comparison
 
 RECORD_COLUMNS = (

@@ -29,11 +29,20 @@ NAME_PATTERN = re.compile(f"^{NAME}$")
 GROUPS = ("data", "model", "warm_start", "gspo", "generation", "export")
 EXPERIMENTS_DIR = "experiments"
 """Under the data folder: one folder per experiment, holding its asset folders."""
+REPORT_ASSET = "eval_diff_report"
+"""The report's asset name, so its folder in a data folder (an asset's folder is its key's last component): what
+the report server serves under ``/reports/`` and the experiments' comparison reads. The Dagster asset
+(``assets/report.py``) is tested to carry this name, so renaming one without the other fails a test."""
 
 
 def experiment_dir(data_dir: str | Path, name: str) -> Path:
     """Experiment ``name``'s artifact folder under the data folder ``data_dir``."""
     return Path(data_dir) / EXPERIMENTS_DIR / name
+
+
+def report_dir(data_dir: str | Path, name: str | None = None) -> Path:
+    """The report's folder: in the data folder ``data_dir``, or in experiment ``name``'s when given."""
+    return (experiment_dir(data_dir, name) if name else Path(data_dir)) / REPORT_ASSET
 
 
 def report_page_path(name: str | None = None) -> str:

@@ -95,7 +95,8 @@ def source_files(source: str | os.PathLike, split: str, dataset_format: str = "m
     ``split_files``); when a folder holds a split twice, both are listed and the loader reports the conflict.
     """
     # The loaders' own rules, so the two cannot drift.
-    from vlmrl_pipeline.core.datasets import mathvista_json_files, split_files
+    from vlmrl_pipeline.core.data.mathvista import mathvista_json_files
+    from vlmrl_pipeline.core.data.sources import split_files
 
     root = Path(source)
     files = split_files(root, split, ".parquet")
@@ -131,7 +132,7 @@ def source_fingerprint(source: str | os.PathLike, split: str, dataset_format: st
     Raises FileNotFoundError for a local-looking path that is not a folder, or a folder without any file for
     the split; ValueError for the synthetic source without its settings, or an unknown format.
     """
-    from vlmrl_pipeline.core.datasets import is_local_path
+    from vlmrl_pipeline.core.data.sources import is_local_path
     from vlmrl_pipeline.core.profiles import SYNTHETIC_SOURCE
 
     source = os.fspath(source)

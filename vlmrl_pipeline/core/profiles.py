@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
-from vlmrl_pipeline.core.datasets import BOXED_SYSTEM_PROMPT
-from vlmrl_pipeline.core.export import ExportSettings
+from vlmrl_pipeline.core.demo.tiny_model import TinyModelSpec
+from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
+from vlmrl_pipeline.core.export.settings import ExportSettings
 from vlmrl_pipeline.core.generation import GenerationSettings
-from vlmrl_pipeline.core.modeling import LoraSettings, TinyModelSpec
-from vlmrl_pipeline.core.samples import PromptStyle
-from vlmrl_pipeline.core.training import GSPOSettings, paper_gspo_settings
-from vlmrl_pipeline.core.warmstart import WarmStartSettings
+from vlmrl_pipeline.core.gspo_config import GSPOSettings, paper_gspo_settings
+from vlmrl_pipeline.core.modeling import LoraSettings
+from vlmrl_pipeline.core.prompts import BOXED_SYSTEM_PROMPT, PromptStyle
 
 # The model name that means "build the demo model here" rather than "load this hub id or folder".
 DEMO_MODEL_NAME = "demo:tiny-qwen3-vl"
@@ -66,7 +66,7 @@ class DataSettings:
     synthetic_rows: int = field(default=400, metadata={"help": (
         "Rows rendered when ``source == \"synthetic\"``.")})
     synthetic_tasks: str = field(default="mathvista", metadata={"help": (
-        "The synthetic task set (``core.synthetic.TASK_SETS``): ``mathvista`` (MathVista-like problems) or "
+        "The synthetic task set (``core.demo.figures.TASK_SETS``): ``mathvista`` (MathVista-like problems) or "
         "``readable`` (two families a tiny model can learn to read in a minute: the demo's).")})
 
     @property
@@ -182,7 +182,7 @@ def qwen3vl_8b_profile() -> Profile:
 
 
 def qwen3vl_8b_paper_profile() -> Profile:
-    """The seed's setup with GSPO as the paper runs it (see ``core.training.paper_gspo_settings``)."""
+    """The seed's setup with GSPO as the paper runs it (see ``core.gspo_config.paper_gspo_settings``)."""
     seed = qwen3vl_8b_profile()
     return replace(seed, name="qwen3vl-8b-paper", gspo=paper_gspo_settings(seed.gspo))
 

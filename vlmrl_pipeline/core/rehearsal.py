@@ -70,7 +70,7 @@ def write_mathvista_layout(out_dir: str | os.PathLike, *, testmini_json: str | o
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     if testmini_json is not None:
-        from vlmrl_pipeline.core.datasets import is_numeric_answer
+        from vlmrl_pipeline.core.data.filtering import is_numeric_answer
 
         problems = json.loads(Path(testmini_json).read_text())
         chosen = {pid: p for pid, p in problems.items() if is_numeric_answer(p.get("answer"))}
@@ -88,7 +88,7 @@ def write_mathvista_layout(out_dir: str | os.PathLike, *, testmini_json: str | o
             _placeholder_image(width, height, f"MathVista {pid}").save(path)
         (out / "testmini.json").write_text(json.dumps(chosen, indent=1))
         return out
-    from vlmrl_pipeline.core.synthetic import generate_synthetic_mathvista
+    from vlmrl_pipeline.core.demo.synthetic import generate_synthetic_mathvista
 
     rows = generate_synthetic_mathvista(num_rows=num_rows, seed=0, image_size=512)
     problems = {}

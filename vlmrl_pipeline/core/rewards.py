@@ -1,4 +1,4 @@
-"""GRPO reward functions (Unsloth Qwen3-VL GSPO notebook), in TRL's signature.
+"""GRPO reward functions (Unsloth Qwen3-VL GSPO notebook), written the way TRL writes its own (``trl/rewards/``).
 
 TRL calls each reward function as ``f(prompts=..., completions=..., completion_ids=...,
 trainer_state=..., **dataset_columns)`` and logs it under ``f.__name__``. Pass
@@ -9,9 +9,15 @@ That pair is the ``"tags"`` entry of :data:`REWARD_SETS`, which keys the reward
 functions by answer format; ``"boxed"`` is the geo3k / RLinf recipe (a single
 ``\\boxed{}`` answer reward, +1 / 0). Use :func:`reward_set` to pick one.
 
-The functions never raise: an exception inside the reward loop would abort a
-training run hours in, so odd inputs score 0.0 (or whatever the rules give their
-text) instead.
+Each reward is one short typed function with an example in its docstring (the tests run them), pairing the
+completions with the dataset's columns by ``zip(..., strict=True)``. Bad input gets one of two answers:
+
+- Odd completion *text* never raises: an exception inside the reward loop would abort a training run hours in, so
+  None, numbers, dicts, garbage or spam score whatever the rules give their text (mostly 0.0), and so does an
+  unusable gold cell (None, NaN, empty: 0.0).
+- A batch of the wrong *shape* raises a ValueError naming the reward: no ``answer`` column for a reward that needs
+  one, or a column (``answer``, ``choices``, ``question_type``) whose length is not the number of completions.
+  That is a wiring bug, and scoring on would pair completions with other rows' answers; it shows on step one.
 """
 
 from __future__ import annotations
@@ -52,6 +58,13 @@ _NUMERIC_SCORE = 1.5
 _BOXED_SCORE = 1.0
 
 
+# What TRL passes as ``completions``: conversational (one list of message dicts per completion, whose ``content`` is
+# a string or a list of parts) or standard (one string per completion). answers.completion_text reads both.
+Completions = list[list[dict[str, Any]]] | list[str]
+
+_PLURALS = {"answer": "answers", "choices": "choice lists", "question_type": "question types"}
+
+
 def _as_list(values: Any) -> list:
     """Turn a batch argument into a list.
 
@@ -81,6 +94,26 @@ def _is_batch(value: Any) -> bool:
         return False
     # 0-d numpy arrays claim iterability via __iter__ but fail on iteration.
     return getattr(value, "ndim", 1) != 0
+
+
+def _column(reward: str, name: str, values: Any, n: int, *, required: bool = True) -> list:
+    """The dataset column ``name`` as one value per completion, ready for ``zip(..., strict=True)``.
+
+    A list-like column must hold exactly ``n`` values; a bare value (one string or number) applies to every
+    completion; a missing optional column gives None for each. Raises ValueError naming ``reward`` when a required
+    column is missing (None) or a column's length is not ``n``.
+    """
+    if values is None:
+        if required:
+            raise ValueError(f"{reward} needs the dataset's {name!r} column (got none)")
+        return [None] * n
+    if not _is_batch(values):
+        return [values] * n
+    column = _as_list(values)
+    if len(column) != n:
+        raise ValueError(f"{reward} got {n} completions but {len(column)} {_PLURALS[name]} "
+                         f"(the dataset's {name!r} column needs one per completion)")
+    return column
 
 
 def _format_score(completion: Any) -> float:
@@ -147,79 +180,114 @@ def _boxed_score(completion: Any, gold: Any) -> float:
         return 0.0
 
 
-def _golds_for(items: list, answer: Any) -> list:
-    """One gold answer per completion from TRL's ``answer`` column.
+def formatting_reward(completions: Completions, **kwargs: Any) -> list[float]:
+    r"""Score the answer format of each completion.
 
-    None -> all None; a bare scalar broadcasts; a list-like column is cut or padded
-    with None to the batch length, so unmatched completions get no gold.
+    +1.0 for exactly one ``<REASONING>...</REASONING>`` block, +1.0 for exactly one ``<SOLUTION>...</SOLUTION>``
+    block, and -2.0 when "addCriterion" and newlines make up at least half of a non-empty completion. Range: -2.0 to
+    2.0. Other keyword arguments (prompts, answer, trainer_state, ...) are ignored. Never raises.
+
+    Example:
+
+    >>> from vlmrl_pipeline.core.rewards import formatting_reward
+    >>> completions = [
+    ...     [{"role": "assistant", "content": "<REASONING>991 tall</REASONING><SOLUTION>991</SOLUTION>"}],
+    ...     [{"role": "assistant", "content": "<SOLUTION>991</SOLUTION>"}],
+    ...     [{"role": "assistant", "content": "991"}],
+    ... ]
+    >>> formatting_reward(completions)
+    [2.0, 1.0, 0.0]
+    >>> formatting_reward(["addCriterion\n" * 50])
+    [-2.0]
     """
-    if answer is None:
-        golds: list = []
-    elif not _is_batch(answer):
-        golds = [answer] * len(items)
-    else:
-        golds = _as_list(answer)
-    return golds[: len(items)] + [None] * max(0, len(items) - len(golds))
-
-
-def formatting_reward(completions: Any, **kwargs: Any) -> list[float]:
-    """Score the answer format of each completion.
-
-    +1.0 for exactly one ``<REASONING>...</REASONING>`` block, +1.0 for exactly one
-    ``<SOLUTION>...</SOLUTION>`` block, and -2.0 when "addCriterion" and newlines
-    make up at least half of a non-empty completion. Range: -2.0 to 2.0.
-    Completions may be strings or TRL chat-style message lists. Other keyword
-    arguments (prompts, answer, trainer_state, ...) are ignored. Returns one float
-    per completion; never raises.
-    """
-    return [_format_score(c) for c in _as_list(completions)]
+    return [_format_score(completion) for completion in _as_list(completions)]
 
 
 def correctness_reward(
-    completions: Any, answer: Any = None, choices: Any = None, question_type: Any = None, **kwargs: Any
+    completions: Completions,
+    answer: list[str] | str | None = None,
+    choices: list[list[str]] | None = None,
+    question_type: list[str] | None = None,
+    **kwargs: Any,
 ) -> list[float]:
-    """Score each completion's ``<SOLUTION>`` against the gold ``answer`` column.
+    r"""Score each completion's last ``<SOLUTION>`` block against the dataset's ``answer`` column.
 
-    2.0 when the last solution block equals the gold answer as a string (after
-    stripping), or, on a ``multi_choice`` row (``question_type`` and ``choices``
-    columns), is the letter of the gold choice; 1.5 when both parse as the same
-    number ("3.0" vs "3"), else 0.0.
-    ``answer`` is the dataset column TRL passes per completion; a missing column,
-    a shorter list (unmatched completions get no gold), None/NaN/empty entries all
-    score 0.0. A bare scalar answer applies to every completion. Returns one float
-    per completion; never raises.
+    2.0 when it equals the gold answer as a string (after stripping), or, on a ``multi_choice`` row (``question_type``
+    and ``choices`` columns), is the letter of the gold choice; 1.5 when both parse as the same number ("3.0" vs
+    "3"); else 0.0. An unusable gold cell (None, NaN, empty) scores 0.0; a bare answer (one string or number)
+    applies to every completion. Raises ValueError when the ``answer`` column is missing, or a column's length is
+    not the number of completions.
+
+    Example:
+
+    >>> from vlmrl_pipeline.core.rewards import correctness_reward
+    >>> completions = [
+    ...     [{"role": "assistant", "content": "<SOLUTION>991</SOLUTION>"}],
+    ...     [{"role": "assistant", "content": "<SOLUTION>991.0</SOLUTION>"}],
+    ...     [{"role": "assistant", "content": "<SOLUTION>(B)</SOLUTION>"}],
+    ...     [{"role": "assistant", "content": "991"}],
+    ... ]
+    >>> correctness_reward(completions, answer=["991", "991", "145°", "991"], choices=[[], [], ["135°", "145°"], []],
+    ...                    question_type=["free_form", "free_form", "multi_choice", "free_form"])
+    [2.0, 1.5, 2.0, 0.0]
+    >>> correctness_reward(completions, answer=["991", "991", "145°"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: correctness_reward got 4 completions but 3 answers ...
     """
-    items = _as_list(completions)
-    per_item = zip(items, _golds_for(items, answer), _golds_for(items, choices), _golds_for(items, question_type))
-    return [_correctness_score(c, g, ch, qt) for c, g, ch, qt in per_item]
+    completions = _as_list(completions)
+    n, name = len(completions), "correctness_reward"
+    golds = _column(name, "answer", answer, n)
+    choice_lists = _column(name, "choices", choices, n, required=False)
+    question_types = _column(name, "question_type", question_type, n, required=False)
+    rows = zip(completions, golds, choice_lists, question_types, strict=True)
+    return [_correctness_score(completion, gold, row_choices, row_type)
+            for completion, gold, row_choices, row_type in rows]
 
 
-def boxed_reward(completions: Any, answer: Any = None, **kwargs: Any) -> list[float]:
-    """Score each completion's last ``\\boxed{...}`` against the gold ``answer`` column.
+def boxed_reward(completions: Completions, answer: list[str] | str | None = None, **kwargs: Any) -> list[float]:
+    r"""Score each completion's last ``\boxed{...}`` against the dataset's ``answer`` column.
 
-    1.0 when the content of the last box (:func:`~vlmrl_pipeline.core.answers.extract_boxed`,
-    nested braces allowed) equals the gold answer as a string after stripping, or
-    both parse as the same number; else 0.0. This is RLinf's geo3k reward (+1 / 0):
-    no separate format score, since an answer outside a box earns nothing anyway. A
-    gold written as ``"\\boxed{3}"`` is compared as ``"3"`` (:func:`unbox_answer`).
-    The ``answer`` column is handled as in :func:`correctness_reward`. Returns one
-    float per completion; never raises.
+    1.0 when the content of the last box (:func:`~vlmrl_pipeline.core.answers.extract_boxed`, nested braces allowed)
+    equals the gold answer as a string after stripping, or both parse as the same number; else 0.0. This is RLinf's
+    geo3k reward (+1 / 0): no separate format score, since an answer outside a box earns nothing anyway. A gold
+    written as ``\boxed{3}`` is compared as ``3`` (:func:`unbox_answer`). The ``answer`` column is read as in
+    :func:`correctness_reward`, and a missing or mismatched one raises ValueError the same way.
+
+    Example:
+
+    >>> from vlmrl_pipeline.core.rewards import boxed_reward
+    >>> completions = [
+    ...     [{"role": "assistant", "content": r"The area is \boxed{\frac{1}{2}}."}],
+    ...     [{"role": "assistant", "content": r"\boxed{3.0}"}],
+    ...     [{"role": "assistant", "content": "3"}],
+    ... ]
+    >>> boxed_reward(completions, answer=[r"\frac{1}{2}", r"\boxed{3}", "3"])
+    [1.0, 1.0, 0.0]
+    >>> boxed_reward(completions)
+    Traceback (most recent call last):
+    ...
+    ValueError: boxed_reward needs the dataset's 'answer' column (got none)
     """
-    items = _as_list(completions)
-    return [_boxed_score(c, g) for c, g in zip(items, _golds_for(items, answer))]
+    completions = _as_list(completions)
+    golds = _column("boxed_reward", "answer", answer, len(completions))
+    return [_boxed_score(completion, gold) for completion, gold in zip(completions, golds, strict=True)]
 
 
 def boxed_reward_valued(reward_max_val: float = 1.0, reward_min_val: float = 0.0) -> Callable[..., list[float]]:
     r""":func:`boxed_reward` paying ``reward_max_val`` for a correct box and ``reward_min_val`` otherwise (RLinf's
     configurable reward values). The returned function keeps the name ``boxed_reward`` for TRL's logs.
 
+    Example:
+
+    >>> from vlmrl_pipeline.core.rewards import boxed_reward_valued
     >>> boxed_reward_valued(5.0, -1.0)(["so \\boxed{4}", "\\boxed{5}"], answer=["4", "4"])
     [5.0, -1.0]
     """
     if (reward_max_val, reward_min_val) == (1.0, 0.0):
         return boxed_reward
 
-    def valued(completions: Any, answer: Any = None, **kwargs: Any) -> list[float]:
+    def valued(completions: Completions, answer: list[str] | str | None = None, **kwargs: Any) -> list[float]:
         return [reward_min_val + (reward_max_val - reward_min_val) * score
                 for score in boxed_reward(completions, answer=answer)]
 
@@ -256,6 +324,12 @@ def reward_set(answer_format: str) -> RewardSet:
     """The reward functions and weights for ``answer_format`` ("tags" or "boxed").
 
     Raises ValueError naming the valid formats for anything else.
+
+    Example:
+
+    >>> chosen = reward_set("tags")
+    >>> [f.__name__ for f in chosen.functions], chosen.weights
+    (['formatting_reward', 'correctness_reward'], (0.3, 1.0))
     """
     try:
         return REWARD_SETS[answer_format]
@@ -266,9 +340,16 @@ def reward_set(answer_format: str) -> RewardSet:
 
 
 def reward_breakdown(
-    completion: Any, answer: Any, answer_format: str = "tags", choices: Any = None, question_type: Any = None
-) -> dict:
-    """The rewards of one completion and their weighted total.
+    completion: str | list[dict[str, Any]],
+    answer: Any,
+    answer_format: str = "tags",
+    choices: list[str] | None = None,
+    question_type: str | None = None,
+) -> dict[str, float]:
+    r"""The rewards of one completion and their weighted total.
+
+    One row's values, not columns: ``answer`` is this completion's gold (None or NaN scores 0.0, as a stored
+    record without a gold must), ``choices`` its option list and ``question_type`` its type.
 
     Returns ``{"format_reward", "correctness_reward", "total_reward"}``, where
     ``total_reward`` is what GRPO optimises for this sample (before group
@@ -278,7 +359,14 @@ def reward_breakdown(
     - ``"boxed"``: format 0.0 (the recipe has no format reward), correctness and
       total both the :func:`boxed_reward` score (its weight is 1.0).
 
-    Raises ValueError for an unknown ``answer_format``.
+    Raises ValueError for an unknown ``answer_format``; odd completions or golds score per the rules instead.
+
+    Example:
+
+    >>> reward_breakdown("<REASONING>r</REASONING><SOLUTION>991</SOLUTION>", "991")
+    {'format_reward': 2.0, 'correctness_reward': 2.0, 'total_reward': 2.6}
+    >>> reward_breakdown(r"x = \boxed{3}", "3", answer_format="boxed")
+    {'format_reward': 0.0, 'correctness_reward': 1.0, 'total_reward': 1.0}
     """
     chosen = reward_set(answer_format)
     if answer_format == "boxed":

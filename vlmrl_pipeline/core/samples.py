@@ -3,39 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image
 
-from vlmrl_pipeline.core.answers import ANSWER_FORMATS
-from vlmrl_pipeline.core.datasets import FORMAT_INSTRUCTION, build_prompt_text, chat_prompt
+from vlmrl_pipeline.core.prompts import PromptStyle, chat_prompts
 
 MANIFEST_NAME = "manifest.parquet"
 SPLIT_TRAIN = "train"
 SPLIT_EVAL = "eval"
-
-
-@dataclass(frozen=True)
-class PromptStyle:
-    """How a row becomes a prompt; the same style is used for warm start, training, evaluation and export checks.
-
-    ``answer_format="tags"`` (the seeds') appends the <REASONING>/<SOLUTION> instruction to the user turn;
-    ``"boxed"`` (RLinf's geo3k) appends nothing and relies on ``system_prompt`` to ask for ``\\boxed{}``.
-    """
-
-    prompt_field: str = "query"
-    answer_format: str = "tags"
-    system_prompt: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.answer_format not in ANSWER_FORMATS:
-            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
-
-    @property
-    def instruction(self) -> str | None:
-        return FORMAT_INSTRUCTION if self.answer_format == "tags" else None
 
 
 def read_manifest(folder: str | os.PathLike) -> pd.DataFrame:
@@ -57,15 +34,6 @@ def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     if rows.empty:
         raise ValueError(f"the manifest has no {split!r} rows")
     return rows
-
-
-def chat_prompts(rows: pd.DataFrame, style: PromptStyle = PromptStyle()) -> list[list[dict]]:
-    """TRL-style conversational prompts (optional system turn, image part + text parts), one per row."""
-    return [
-        chat_prompt(build_prompt_text(row, style.prompt_field, instruction=style.instruction),
-                    system_prompt=style.system_prompt or None)
-        for row in rows.to_dict(orient="records")
-    ]
 
 
 def open_images(rows: pd.DataFrame) -> list[Image.Image]:

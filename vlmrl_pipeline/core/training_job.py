@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from vlmrl_pipeline.core.checkpoints import PROGRESS_FILE, latest_checkpoint
-from vlmrl_pipeline.core.training import GSPOSettings, explain_out_of_memory, train_gspo
+from vlmrl_pipeline.core.gspo_config import GSPOSettings
+from vlmrl_pipeline.core.training import explain_out_of_memory, train_gspo
 
 TRAINING_LOG = "training_log.json"
 
@@ -91,10 +92,10 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
     import torch
 
     from vlmrl_pipeline.core.modeling import LoraSettings, apply_lora, load_model, peft_lora_config
+    from vlmrl_pipeline.core.prompts import PromptStyle
     from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_set
     from vlmrl_pipeline.core.samples import (
         SPLIT_TRAIN,
-        PromptStyle,
         filter_context_overflow,
         read_manifest,
         split_rows,

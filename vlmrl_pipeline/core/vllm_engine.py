@@ -1,7 +1,7 @@
 """Evaluation through vLLM (``GenerationSettings.engine == "vllm"``): greedy, batched by vLLM's scheduler.
 
 vLLM serves 16-bit weights here. A base stored in 4-bit (Unsloth's ``-bnb-4bit`` ids) is dequantized into a
-16-bit folder first, and the trained adapter is merged in (``core.export.merge_adapter_to_checkpoint``), so the
+16-bit folder first, and the trained adapter is merged in (``core.export.merge.merge_adapter_to_checkpoint``), so the
 baseline and the after evaluation run the same engine on weights that equal what transformers computes with
 (bitsandbytes also dequantizes to 16-bit before every matmul). vLLM is imported only when generating.
 """
@@ -35,7 +35,7 @@ def vllm_problems(setting: str) -> list[str]:
 def needs_serving_copy(base_model_path: str, adapter_dir: str | os.PathLike | None,
                        revision: str | None = None) -> bool:
     """True when vLLM cannot load ``base_model_path`` as it is: an adapter to merge, or a 4-bit base."""
-    from vlmrl_pipeline.core.export import bnb_quantization, read_checkpoint_config
+    from vlmrl_pipeline.core.export.merge import bnb_quantization, read_checkpoint_config
 
     return adapter_dir is not None or bnb_quantization(read_checkpoint_config(base_model_path, revision)) is not None
 
@@ -44,7 +44,7 @@ def serving_checkpoint(base_model_path: str, adapter_dir: str | os.PathLike | No
                        dtype: str = "bfloat16", revision: str | None = None) -> str:
     """A folder (or hub id) vLLM can load for base (+ adapter): the base itself when it is 16-bit and there is no
     adapter, else a 16-bit merge written under ``scratch_dir`` (the caller deletes it after generating)."""
-    from vlmrl_pipeline.core.export import merge_adapter_to_checkpoint
+    from vlmrl_pipeline.core.export.merge import merge_adapter_to_checkpoint
 
     if not needs_serving_copy(base_model_path, adapter_dir, revision):
         return base_model_path
@@ -118,7 +118,7 @@ def generate_with_vllm(
     counts)``."""
     from vllm import SamplingParams
 
-    from vlmrl_pipeline.core.training import suppressed_token_kwargs
+    from vlmrl_pipeline.core.gspo_config import suppressed_token_kwargs
 
     suppressed = suppressed_token_kwargs(processor, "vllm").get("logit_bias", {})
     params = SamplingParams(**greedy_sampling_params(settings, suppressed))

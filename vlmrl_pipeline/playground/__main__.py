@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import signal
 
+from vlmrl_pipeline.core.experiments import REPORT_ASSET
 from vlmrl_pipeline.playground.server import DEFAULT_HOST, DEFAULT_PORT, PlaygroundServer
 
 
@@ -17,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s; 0 picks a free one)")
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
     parser.add_argument("--data-dir", default=None,
-                        help="the pipeline's data folder, whose eval_diff_report this serves under /reports/ "
+                        help=f"the pipeline's data folder, whose {REPORT_ASSET} this serves under /reports/ "
                              "(default: $VLMRL_DATA_DIR, else data/ in the checkout)")
     args = parser.parse_args(argv)
     from vlmrl_pipeline.resources import default_data_dir

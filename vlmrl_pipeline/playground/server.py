@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vlmrl_pipeline.core.experiments import EXPERIMENTS_DIR, experiment_dir
+from vlmrl_pipeline.core.experiments import EXPERIMENTS_DIR, REPORT_ASSET, report_dir
 from vlmrl_pipeline.core.experiments import NAME as EXPERIMENT_NAME
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
 from vlmrl_pipeline.playground.i18n import STRINGS
@@ -48,8 +48,6 @@ _DATA_MARKER = "__PLAYGROUND_DATA__"
 REPORTS_PREFIX = "/reports/"
 EXPERIMENT_REPORTS = re.compile(f"^/{EXPERIMENTS_DIR}/({EXPERIMENT_NAME})/reports/([^/]+)$")
 """An experiment's report (``core.experiments``): its folder is ``experiments/<name>/`` under the data folder."""
-REPORT_ASSET = "eval_diff_report"
-"""The asset folder (under the data folder) whose files ``/reports/`` serves."""
 REPORT_FILES = {"report.html": "text/html; charset=utf-8", "before_after.png": "image/png",
                 "report.json": "application/json; charset=utf-8", "report.md": "text/markdown; charset=utf-8"}
 """The only names served: a fixed list, so no path can reach outside the report's folder."""
@@ -149,7 +147,7 @@ class PlaygroundHandler(BaseHTTPRequestHandler):
             elif path.startswith(REPORTS_PREFIX):
                 self._report_file(path[len(REPORTS_PREFIX):])
             elif match := EXPERIMENT_REPORTS.match(path):
-                self._report_file(match.group(2), experiment_dir("", match.group(1)))
+                self._report_file(match.group(2), match.group(1))
             elif path == "/api/score":
                 self._score()
             elif path == "/api/presets":
@@ -167,18 +165,18 @@ class PlaygroundHandler(BaseHTTPRequestHandler):
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
 
-    def _report_file(self, name: str, under: Path = Path()) -> None:
+    def _report_file(self, name: str, experiment: str | None = None) -> None:
+        """File ``name`` of the report (``core.experiments.report_dir``: the main one, or ``experiment``'s)."""
         data_dir = getattr(self.server, "data_dir", None)
-        data_dir = data_dir / under if data_dir is not None else None
+        folder = report_dir(data_dir, experiment) if data_dir is not None else None
         if name not in REPORT_FILES:
             self._error(404, f"no such report file: {name!r}; served: {sorted(REPORT_FILES)}")
-        elif data_dir is None:
+        elif folder is None:
             self._error(404, "this server has no data folder: start it with --data-dir (the pipeline's data folder)")
-        elif not (data_dir / REPORT_ASSET / name).is_file():
-            self._error(404, f"no {name} in {data_dir / REPORT_ASSET}: materialize {REPORT_ASSET} first")
+        elif not (folder / name).is_file():
+            self._error(404, f"no {name} in {folder}: materialize {REPORT_ASSET} first")
         else:
-            self._send(200, (data_dir / REPORT_ASSET / name).read_bytes(), REPORT_FILES[name],
-                       {"Referrer-Policy": "no-referrer"})
+            self._send(200, (folder / name).read_bytes(), REPORT_FILES[name], {"Referrer-Policy": "no-referrer"})
 
     def _read_body(self) -> bytes | None:
         """The request body, or None after answering an error (length missing, invalid or too large)."""

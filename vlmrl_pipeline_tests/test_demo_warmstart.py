@@ -5,14 +5,14 @@ from __future__ import annotations
 from PIL import Image
 
 from vlmrl_pipeline.core.answers import format_ok
-from vlmrl_pipeline.core.modeling import load_model
-from vlmrl_pipeline.core.warmstart import (
+from vlmrl_pipeline.core.demo.warmstart import (
     WarmStartSettings,
     family_format_rates,
     question_family,
     supervised_warm_start,
     warm_start_targets,
 )
+from vlmrl_pipeline.core.modeling import load_model
 
 QUESTIONS = ["What is the value of bar A?", "How many red shapes are there?", "Find the area of it?",
              "In triangle ABC, what is angle C?"] * 25
@@ -51,7 +51,7 @@ def test_warm_start_lowers_the_loss(tiny_checkpoint):
 
 
 def test_the_misreading_habit_changes_the_answer_of_a_share_of_targets_only():
-    from vlmrl_pipeline.core.warmstart import misread
+    from vlmrl_pipeline.core.demo.warmstart import misread
 
     assert (misread("3"), misread(" 12 "), misread("1.5"), misread("C")) == ("4", "13", "1.5", "C")
     answers = [str(1 + i % 4) for i in range(len(QUESTIONS))]

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vlmrl_pipeline.core.synthetic import generate_synthetic_mathvista, write_synthetic_mathvista
+from vlmrl_pipeline.core.demo.synthetic import generate_synthetic_mathvista, write_synthetic_mathvista
 
 HUB_COLUMNS = [
     "pid", "question", "image", "decoded_image", "choices", "unit", "precision", "answer", "question_type",

@@ -197,9 +197,10 @@ def build_demo_base_model(
 
     Returns ``(checkpoint_dir, losses)``; the checkpoint is written atomically.
     """
-    from vlmrl_pipeline.core.datasets import build_prompt_text
-    from vlmrl_pipeline.core.modeling import build_tiny_qwen3vl, load_model, save_checkpoint
-    from vlmrl_pipeline.core.samples import PromptStyle, chat_prompts, open_images
+    from vlmrl_pipeline.core.demo.tiny_model import build_tiny_qwen3vl
+    from vlmrl_pipeline.core.modeling import load_model, save_checkpoint
+    from vlmrl_pipeline.core.prompts import PromptStyle, build_prompt_text, chat_prompts
+    from vlmrl_pipeline.core.samples import open_images
 
     style = style or PromptStyle()
     records = train_rows.to_dict(orient="records")

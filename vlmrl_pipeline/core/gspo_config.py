@@ -1,0 +1,339 @@
+"""GSPO's configuration, kept apart from the training loop as TRL keeps ``grpo_config.py`` apart from
+``grpo_trainer.py``: :class:`GSPOSettings` (the ``GRPOConfig`` options this project exposes, checked field by field
+and across fields when made), the paper's settings, where metrics are reported, and :func:`build_grpo_config`, which
+turns the settings into TRL's ``GRPOConfig``. The loop that runs it is ``core.training``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vlmrl_pipeline.core.modeling import vision_token_ids
+
+DISTRIBUTED_MODES = ("ddp", "fsdp")
+VLLM_MODES = ("colocate",)
+"""How TRL runs vLLM for rollouts. ``server`` (a separate ``trl vllm-serve`` process on other GPUs) is not offered:
+nothing in the lineage starts or owns such a server."""
+IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+LAUNCH_FIELDS = ("num_processes", "distributed")
+"""``GSPOSettings`` fields that shape the launch (``core.launch``), not ``GRPOConfig``."""
+PROJECT_FIELDS = LAUNCH_FIELDS + ("rehearsal_reward_weight", "reward_max_val", "reward_min_val", "report_to")
+"""``GSPOSettings`` fields the project acts on itself; every other field is a ``GRPOConfig`` option."""
+
+REPORT_TARGETS = ("none", "tensorboard", "wandb", "mlflow")
+"""``GSPOSettings.report_to`` values: transformers' integrations this project supports."""
+REPORT_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+"""The package each target needs (any one of them)."""
+
+
+def report_targets(report_to: str) -> list[str]:
+    """``report_to`` as the list transformers takes.
+
+    >>> report_targets("tensorboard, wandb")
+    ['tensorboard', 'wandb']
+    >>> report_targets("none")
+    ['none']
+    """
+    return [t.strip() for t in str(report_to).split(",") if t.strip()] or ["none"]
+
+
+def report_to_problems(settings: GSPOSettings) -> list[str]:
+    """Targets whose package is not installed, naming the setting (checked before anything is launched)."""
+    import importlib.util
+
+    return [f"training_settings.report_to={settings.report_to!r}: {target} needs the {REPORT_PACKAGES[target][0]} "
+            f"package, which is not installed (pip install {REPORT_PACKAGES[target][0]}), or drop it from report_to"
+            for target in report_targets(settings.report_to) if target in REPORT_PACKAGES
+            and not any(importlib.util.find_spec(pkg) for pkg in REPORT_PACKAGES[target])]
+
+
+@dataclass(frozen=True)
+class GSPOSettings:
+    """The ``GRPOConfig`` options this project exposes. Defaults are the seed notebook's (Qwen3-VL 8B, one GPU).
+
+    Note: with ``steps_per_generation`` left at its default (= ``gradient_accumulation_steps``) and
+    ``num_iterations=1`` every update is on-policy, the sequence ratio is exactly 1 and GSPO's clipping never acts;
+    it only differs from GRPO when the same generations are reused (``steps_per_generation >
+    gradient_accumulation_steps`` or ``num_iterations > 1``).
+    """
+
+    learning_rate: float = field(default=5e-6, metadata={"help": (
+        "Peak learning rate of the LoRA weights (the seeds' 5e-6 for an 8B model).")})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": (
+        "transformers' learning-rate schedule after the warm-up (``cosine``, ``linear``, ``constant``, ...).")})
+    warmup_steps: float = field(default=0.0, metadata={"help": (
+        "Linear warm-up: an int is a step count, a float in [0, 1) a share of all steps (transformers 5 merged "
+        "``warmup_ratio`` into this field).")})
+    weight_decay: float = field(default=0.0, metadata={"help": (
+        "AdamW's decoupled weight decay.")})
+    adam_beta1: float = field(default=0.9, metadata={"help": (
+        "AdamW's first-moment decay.")})
+    adam_beta2: float = field(default=0.999, metadata={"help": (
+        "AdamW's second-moment decay: transformers' default 0.999 (seed 000 sets none); Unsloth's vision "
+        "notebooks (seed 003) use 0.99.")})
+    optim: str = field(default="adamw_8bit", metadata={"help": (
+        "``adamw_8bit`` needs bitsandbytes and CUDA; on a CPU it falls back to ``adamw_torch`` (logged).")})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": (
+        "Completions per device per micro-step (prompts per step = this / num_generations).")})
+    gradient_accumulation_steps: int = field(default=4, metadata={"help": (
+        "Micro-steps per optimizer step; a step's batch is per_device_train_batch_size x this x processes "
+        "completions, divisible by num_generations.")})
+    num_generations: int = field(default=4, metadata={"help": (
+        "Completions sampled per prompt: the group whose rewards are normalised into advantages.")})
+    max_completion_length: int = field(default=1024, metadata={"help": (
+        "Most tokens a rollout may generate; longer ones are cut (and count as truncated).")})
+    num_train_epochs: float = field(default=1.0, metadata={"help": (
+        "Passes over the training split when max_steps is -1.")})
+    max_steps: int = field(default=-1, metadata={"help": (
+        "Stop after this many optimizer steps (-1: run ``num_train_epochs``).")})
+    max_grad_norm: float = field(default=0.1, metadata={"help": (
+        "Gradients are clipped to this global norm (the seeds' 0.1).")})
+    importance_sampling_level: str = field(default="sequence", metadata={"help": (
+        "``\"sequence\"`` is GSPO; ``\"token\"`` is GRPO.")})
+    loss_type: str = field(default="dr_grpo", metadata={"help": (
+        "The seed's choice. TRL warns that with sequence-level ratios ``dr_grpo`` weights sequences by length; "
+        "the GSPO paper uses ``\"grpo\"``.")})
+    epsilon: float = field(default=0.2, metadata={"help": (
+        "Lower clipping range of the importance ratio: ratios below 1 - epsilon are clipped.")})
+    epsilon_high: float | None = field(default=None, metadata={"help": (
+        "Upper clipping range (1 + epsilon_high); null: the same as epsilon.")})
+    beta: float = field(default=0.0, metadata={"help": (
+        "KL coefficient against the reference model; 0 skips loading a reference copy.")})
+    temperature: float = field(default=1.0, metadata={"help": (
+        "Sampling temperature of the rollouts (also used to compute the training log-probabilities).")})
+    steps_per_generation: int | None = field(default=None, metadata={"help": (
+        "Optimizer micro-steps served by one round of generation; null: gradient_accumulation_steps (on-policy).")})
+    num_iterations: int = field(default=1, metadata={"help": (
+        "Updates per generated batch (GRPO's mu); above 1 reuses rollouts off-policy.")})
+    scale_rewards: str = field(default="group", metadata={"help": (
+        "How advantages are scaled: ``group`` (by each group's reward std), ``batch`` or ``none``.")})
+    mask_truncated_completions: bool = field(default=False, metadata={"help": (
+        "Leave completions cut at max_completion_length out of the loss.")})
+    logging_steps: int = field(default=1, metadata={"help": (
+        "Log the trainer's metrics every this many optimizer steps.")})
+    report_to: str = field(default="tensorboard", metadata={"help": (
+        "Where the trainer also sends its metrics, comma-separated: ``tensorboard`` (event files, offline; the "
+        "asset keeps them in the adapter's ``tensorboard/`` folder), ``wandb``, ``mlflow`` (configured through "
+        "their own environment variables), or ``none``. The run log and the training curves get them either way.")})
+    seed: int = field(default=3407, metadata={"help": (
+        "Seed of training (sampling, dropout, data order).")})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": (
+        "Recompute activations in the backward pass instead of keeping them (TRL's default): less memory, about a "
+        "third more compute per step. Turn it on before lowering the batch when a step runs out of memory.")})
+    save_steps: int = field(default=25, metadata={"help": (
+        "Write a checkpoint (adapter, optimizer, scheduler, RNG and trainer state) every this many optimizer "
+        "steps into the asset's checkpoint folder; materializing ``lora_adapter`` again after a killed run "
+        "resumes from the newest complete one. 0 writes none (a killed run then starts over).")})
+    save_total_limit: int = field(default=2, metadata={"help": (
+        "Checkpoints kept (the newest ones); at least 1. Two, so that a run killed while writing one still has "
+        "the previous one complete.")})
+    num_processes: int = field(default=1, metadata={"help": (
+        "Training processes ``accelerate launch`` starts, one per GPU: each holds a replica of the policy "
+        "(``ddp``) or a shard of it (``fsdp``) and generates and trains on its own "
+        "``per_device_train_batch_size`` completions, so a step covers ``num_processes`` times as many. 0 means "
+        "one per visible GPU. A CPU-only machine runs 1.")})
+    rehearsal_reward_weight: float = field(default=0.0, metadata={"help": (
+        "Weight of :func:`vlmrl_pipeline.core.rehearsal.ascii_share_reward`, added to the recipe's rewards only "
+        "when above 0. For rehearsals on stand-in checkpoints with random weights, which never earn a task "
+        "reward: every group's advantages would be 0, the LoRA would stay zero and the ``lora_weights_trained`` "
+        "check would stop the run. Leave at 0 for real training.")})
+    use_vllm: bool = field(default=False, metadata={"help": (
+        "Generate the rollouts with vLLM instead of ``model.generate`` (several times faster; TRL's "
+        "``use_vllm``). The transformers backend runs TRL's colocated engine (same GPU, weights synced after "
+        "every update); the Unsloth backend needs ``model_settings.fast_inference=True`` (Unsloth's engine, "
+        "sharing the weights). Needs the ``vllm`` extra.")})
+    vllm_mode: str = field(default="colocate", metadata={"help": (
+        "``colocate``: vLLM runs inside the training process on the same GPU (the only mode offered here).")})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": (
+        "Transformers backend with ``use_vllm``: the share of GPU memory the colocated vLLM engine takes for its "
+        "weights and KV cache (the rest is training's). The Unsloth backend uses "
+        "``model_settings.gpu_memory_utilization`` instead.")})
+    vllm_enable_sleep_mode: bool = field(default=False, metadata={"help": (
+        "Transformers backend with ``use_vllm``: vLLM frees its weights and KV cache while the optimizer steps "
+        "and reloads them for the next generation (less memory, some seconds per step).")})
+    vllm_importance_sampling_correction: bool = field(default=True, metadata={"help": (
+        "With ``use_vllm``: weight each update by pi_train / pi_vLLM of the sampled tokens, since the two "
+        "engines' numerics differ (the rollout/train mismatch, seed 004's TIS). Also what makes TRL log the "
+        "mismatch metrics.")})
+    vllm_importance_sampling_mode: str = field(default="sequence_mask", metadata={"help": (
+        "How the correction treats ratios outside [clip_min, clip_max]: ``token_truncate`` clips each token's "
+        "ratio (RLinf's TIS), ``sequence_truncate`` clips the sequence's, ``*_mask`` drops the token / sequence "
+        "instead (TRL's default ``sequence_mask``).")})
+    vllm_importance_sampling_clip_max: float | None = field(default=3.0, metadata={"help": (
+        "Upper bound C_max of the mismatch ratio (RLinf's ``importance_sampling_clip``: 2).")})
+    vllm_importance_sampling_clip_min: float | None = field(default=None, metadata={"help": (
+        "Lower bound C_min of the mismatch ratio (none by default).")})
+    reward_max_val: float = field(default=1.0, metadata={"help": (
+        "``boxed`` answers only: the reward of a correct answer (RLinf's ``reward_max_val``).")})
+    reward_min_val: float = field(default=0.0, metadata={"help": (
+        "``boxed`` answers only: the reward of a wrong or missing answer (RLinf's ``reward_min_val``).")})
+    distributed: str = field(default="ddp", metadata={"help": (
+        "With more than one process: ``ddp`` (data parallel; every GPU holds the whole model, gradients are "
+        "averaged) or ``fsdp`` (FSDP2; parameters, gradients and optimizer state are sharded across the GPUs, for "
+        "a model that does not fit on one). Ignored with one process.")})
+
+    def __post_init__(self) -> None:
+        if self.distributed not in DISTRIBUTED_MODES:
+            raise ValueError(f"distributed must be one of {DISTRIBUTED_MODES}, got {self.distributed!r}")
+        if self.num_processes < 0:
+            raise ValueError(f"num_processes must be >= 0 (0: one per visible GPU), got {self.num_processes}")
+        if self.save_steps < 0:
+            raise ValueError(f"save_steps must be >= 0 (0: no checkpoints), got {self.save_steps}")
+        if self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.vllm_mode not in VLLM_MODES:
+            raise ValueError(f"vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}: 'server' needs a "
+                             "separate vLLM server process, which this pipeline does not start")
+        if not 0.0 < self.vllm_gpu_memory_utilization < 1.0:
+            raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}"
+                             ": training needs the rest of the GPU")
+        if self.vllm_importance_sampling_mode not in IMPORTANCE_SAMPLING_MODES:
+            raise ValueError(f"vllm_importance_sampling_mode must be one of {IMPORTANCE_SAMPLING_MODES}, got "
+                             f"{self.vllm_importance_sampling_mode!r}")
+        cmin, cmax = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
+        if cmax is not None and not cmax > 0:
+            raise ValueError(f"vllm_importance_sampling_clip_max must be > 0 (or null), got {cmax}")
+        if cmin is not None and (cmin < 0 or (cmax is not None and cmin >= cmax)):
+            raise ValueError(f"vllm_importance_sampling_clip_min must be >= 0 and below clip_max={cmax}, got {cmin}")
+        if not self.reward_max_val > self.reward_min_val:
+            raise ValueError(f"reward_max_val ({self.reward_max_val}) must be above reward_min_val "
+                             f"({self.reward_min_val}): a correct answer must earn more than a wrong one")
+        targets = report_targets(self.report_to)
+        unknown = [t for t in targets if t not in REPORT_TARGETS]
+        if unknown or ("none" in targets and len(targets) > 1):
+            raise ValueError(f"report_to must be 'none' or a comma-separated list of {REPORT_TARGETS[1:]}, got "
+                             f"{self.report_to!r}")
+        if self.rehearsal_reward_weight < 0:
+            raise ValueError(f"rehearsal_reward_weight must be >= 0, got {self.rehearsal_reward_weight}")
+        # Refused here, when the settings are made (the run's start), instead of inside TRL minutes into the run.
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length",
+                     "num_iterations", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations must be >= 2, got {self.num_generations}: GSPO/GRPO compares each "
+                             "completion with the others of its prompt's group, so a group of one has no advantage "
+                             "to learn from")
+        if self.steps_per_generation is not None and self.steps_per_generation < 1:
+            raise ValueError(f"steps_per_generation must be >= 1 (or null), got {self.steps_per_generation}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be positive, or -1 to run num_train_epochs, got {self.max_steps}")
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            raise ValueError(f"num_train_epochs must be > 0 when max_steps is -1, got {self.num_train_epochs}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 (rollouts are sampled), got {self.temperature}")
+        if self.importance_sampling_level not in ("sequence", "token"):
+            raise ValueError("importance_sampling_level must be 'sequence' (GSPO) or 'token' (GRPO), got "
+                             f"{self.importance_sampling_level!r}")
+        if self.num_processes:  # 0 (one per GPU) is resolved on the training machine, which checks again then
+            self.check_generation_batch(self.num_processes)
+
+    def check_generation_batch(self, processes: int) -> None:
+        """TRL samples ``per_device_train_batch_size x processes x steps_per_generation`` completions per
+        generation, in whole groups of ``num_generations``: refuse a batch that does not split into groups."""
+        steps = self.steps_per_generation or self.gradient_accumulation_steps
+        batch = self.per_device_train_batch_size * processes * steps
+        if batch % self.num_generations:
+            raise ValueError(
+                f"the generation batch per_device_train_batch_size x processes x steps_per_generation = "
+                f"{self.per_device_train_batch_size} x {processes} x {steps} = {batch} is not divisible by "
+                f"num_generations={self.num_generations}: make per_device_train_batch_size a multiple of "
+                f"num_generations (or change num_generations)")
+
+    @property
+    def reuses_generations(self) -> bool:
+        """True when updates run on generations from an older policy, the only case where GSPO's sequence ratio
+        (and its clipping) can differ from 1."""
+        spg = self.steps_per_generation or self.gradient_accumulation_steps
+        return spg > self.gradient_accumulation_steps or self.num_iterations > 1
+
+
+def paper_gspo_settings(base: GSPOSettings | None = None) -> GSPOSettings:
+    """GSPO as its paper runs it, on top of ``base`` (default: the seed's settings).
+
+    ``loss_type="grpo"`` (sequence-level ratios without ``dr_grpo``'s length weighting), ``beta=0``, the paper's
+    asymmetric sequence clip ``epsilon=3e-4`` / ``epsilon_high=4e-4``, and each generation batch reused for two
+    optimizer steps (``steps_per_generation = 2 * gradient_accumulation_steps``), so the second update sees a
+    policy that has moved since sampling and the sequence ratio actually departs from 1.
+    """
+    base = base or GSPOSettings()
+    return replace(
+        base, loss_type="grpo", beta=0.0, epsilon=3e-4, epsilon_high=4e-4,
+        steps_per_generation=2 * base.gradient_accumulation_steps, num_iterations=1,
+    )
+
+
+def resolve_optim(optim: str) -> str:
+    """8-bit optimizers need bitsandbytes on CUDA; elsewhere use the equivalent full-precision AdamW."""
+    if "8bit" not in optim:
+        return optim
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None:
+        return optim
+    return "adamw_torch"
+
+
+SUPPRESSED_LOGIT_BIAS = -100.0
+"""vLLM's strongest logit bias (its API clamps to [-100, 100]): what suppressing a token means there."""
+
+
+def suppressed_token_kwargs(processor, engine: str) -> dict[str, Any]:
+    """Generation arguments that keep the vision special tokens out of sampled text, for ``engine``.
+
+    ``model.generate`` takes ``suppress_tokens``; vLLM's ``SamplingParams`` has no such field (TRL passes
+    ``generation_kwargs`` straight into it) and takes a logit bias instead.
+    """
+    ids = vision_token_ids(processor)
+    if not ids:
+        return {}
+    if engine == "vllm":
+        return {"logit_bias": {int(i): SUPPRESSED_LOGIT_BIAS for i in ids}}
+    return {"suppress_tokens": list(ids)}
+
+
+def build_grpo_config(settings: GSPOSettings, output_dir: str | Path, processor, reward_weights: Sequence[float],
+                      max_seq_length: int | None = None):
+    """A ``trl.GRPOConfig`` from ``settings``, with the vision special tokens suppressed in every rollout.
+
+    ``max_seq_length`` (the model's) bounds vLLM's context with ``use_vllm``; vLLM would otherwise size its KV
+    cache for the checkpoint's whole context (262,144 tokens for Qwen3-VL) and refuse to start.
+    """
+    import torch
+    from trl import GRPOConfig
+
+    values = {k: v for k, v in asdict(settings).items() if k not in PROJECT_FIELDS}
+    values["optim"] = resolve_optim(settings.optim)
+    if settings.save_steps == 0:
+        values.pop("save_steps")  # GRPOConfig wants a positive number even when nothing is saved
+    if settings.use_vllm and max_seq_length is not None:
+        values["vllm_max_model_length"] = int(max_seq_length)
+    on_gpu = torch.cuda.is_available()
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        **values,
+        save_strategy="steps" if settings.save_steps > 0 else "no",
+        reward_weights=list(reward_weights),
+        # TRL suppresses only <|image_pad|>; a sampled vision start/end or video pad breaks the next forward too.
+        generation_kwargs=suppressed_token_kwargs(processor, "vllm" if settings.use_vllm else "transformers"),
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        use_cpu=not on_gpu,
+        report_to=report_targets(settings.report_to),
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        # transformers' default hides a NaN/inf loss from the logs (it logs the running average instead); the
+        # trainer (``core.training``) stops on the first one, so the logs must not paper over it either.
+        logging_nan_inf_filter=False,
+    )
