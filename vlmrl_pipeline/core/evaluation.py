@@ -392,7 +392,7 @@ def generate_for_rows_vllm(model_path: str, processor, rows: pd.DataFrame, setti
 def evaluate_policy(model, processor, rows: pd.DataFrame, settings, style: PromptStyle | None = None, progress=None):
     """Generate a completion for every row (batched) and score it. Returns ``(records, seconds)``.
 
-    ``style`` is a ``samples.PromptStyle`` (default: MathVista's ``query`` with the seeds' tags); its answer
+    ``style`` is a ``prompts.PromptStyle`` (default: MathVista's ``query`` with the seeds' tags); its answer
     format also picks how completions are scored.
     """
     style = style or PromptStyle()

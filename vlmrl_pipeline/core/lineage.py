@@ -91,8 +91,8 @@ def source_files(source: str | os.PathLike, split: str, dataset_format: str = "m
     ``query.json`` beside it when present, and every image file the json names (a named image that does not
     exist is listed too, so its arrival counts as a change). ``rlinf``: the split's parquet, ``.jsonl`` and
     ``.json`` files; image files that JSON rows point to are not followed (their columns are settings the
-    caller did not pass). The same matching rule as ``datasets.load_mathvista`` / ``load_rlinf`` (shared
-    ``split_files``); when a folder holds a split twice, both are listed and the loader reports the conflict.
+    caller did not pass). The same matching rule as ``data.mathvista.load_mathvista`` / ``data.rlinf.load_rlinf``
+    (shared ``split_files``); when a folder holds a split twice, both are listed and the loader reports the conflict.
     """
     # The loaders' own rules, so the two cannot drift.
     from vlmrl_pipeline.core.data.mathvista import mathvista_json_files
