@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from vlmrl_pipeline.core.atomic import atomic_file
+from vlmrl_pipeline.core.data.mathvista import build_mathvista_query
 from vlmrl_pipeline.core.demo.figures import FAMILIES, READABLE_FAMILIES, TASK_SETS, TEXT_FAMILIES
 
 __all__ = [
@@ -79,39 +80,17 @@ _P_MC_TEXT = 0.04
 _P_FREE_TEXT = 0.04
 
 
+# MathVista has no free-form word answers, so its query builder gives them no hint; the synthetic set's few get one.
+_WORD_ANSWER_HINT = "Hint: Please answer the question with a single word and provide the final answer at the end."
+
+
 def _mathvista_query(spec: dict[str, Any]) -> str:
-    """The ``query`` text, worded like MathVista's own (hint, question, unit, choices)."""
-    if spec["question_type"] == "multi_choice":
-        hint = (
-            "Hint: Please answer the question and provide the correct option letter, "
-            "e.g., A, B, C, D, at the end."
-        )
-    elif spec["answer_type"] == "integer":
-        hint = (
-            "Hint: Please answer the question requiring an integer answer and provide "
-            "the final value, e.g., 1, 2, 3, at the end."
-        )
-    elif spec["answer_type"] == "float" and spec["precision"] == 1:
-        hint = (
-            "Hint: Please answer the question requiring a floating-point number with one "
-            "decimal place and provide the final value, e.g., 1.2, 1.3, 1.4, at the end."
-        )
-    elif spec["answer_type"] == "float":
-        hint = (
-            "Hint: Please answer the question requiring a floating-point number with two "
-            "decimal places and provide the final value, e.g., 1.23, 1.34, 1.45, at the end."
-        )
-    else:  # free-form word answer: MathVista has no such rows, so a plain hint
-        hint = "Hint: Please answer the question with a single word and provide the final answer at the end."
-    question = f"Question: {spec['question']}"
-    if spec["unit"]:
-        question += f" (Unit: {spec['unit']})"
-    parts = [hint, question]
-    if spec["choices"]:
-        parts.append(
-            "\n".join(["Choices:"] + [f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(spec["choices"])])
-        )
-    return "\n".join(parts)
+    """The ``query`` text, worded by MathVista's own rules (:func:`build_mathvista_query`: hint, question, unit,
+    choices), plus a hint for the free-form word answers MathVista does not have."""
+    query = build_mathvista_query(spec)
+    if spec["question_type"] == "free_form" and spec["answer_type"] == "text":
+        return f"{_WORD_ANSWER_HINT}\n{query}"
+    return query
 
 
 def _row_rng(seed: int, index: int) -> random.Random:
