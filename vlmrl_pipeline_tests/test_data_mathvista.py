@@ -16,12 +16,6 @@ from vlmrl_pipeline.core.demo.synthetic import (
 )
 from vlmrl_pipeline_tests.data_files import mathvista_table, png
 
-
-@pytest.fixture(scope="module")
-def synthetic() -> pd.DataFrame:
-    return generate_synthetic_mathvista(300, seed=0, image_size=64)
-
-
 # --------------------------------------------------------------------------- loading
 
 
