@@ -45,7 +45,24 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-BACKENDS = ("transformers-bf16", "unsloth-4bit", "unsloth-16bit")
+BACKENDS = ("transformers-bf16", "unsloth-4bit", "unsloth-16bit", "unsloth-4bit-vllm", "unsloth-16bit-vllm",
+            "transformers-bf16-vllm")
+ENGINES = {
+    "transformers-bf16": "transformers bf16 + PEFT LoRA, rollouts through model.generate",
+    "unsloth-4bit": "Unsloth 4-bit + LoRA, rollouts through model.generate",
+    "unsloth-16bit": "Unsloth 16-bit + LoRA, rollouts through model.generate",
+    "unsloth-4bit-vllm": "Unsloth 4-bit + LoRA, fast_inference (Unsloth's in-process vLLM, weights shared)",
+    "unsloth-16bit-vllm": "Unsloth 16-bit + LoRA, fast_inference (Unsloth's in-process vLLM, weights shared)",
+    "transformers-bf16-vllm": "transformers bf16 + PEFT LoRA, TRL's colocated vLLM (a second copy of the weights)",
+}
+"""What each configuration is; ``-vllm`` ones roll out through vLLM."""
+
+# The seed's epoch: 466 training prompts of the numeric MathVista split, 8 prompts (32 completions) per optimizer
+# step = 58 optimizer steps of 4 micro-steps of 8 completions.
+SEED_EPOCH_MICRO_STEPS = 58 * 4
+# Memory bandwidth and dense bf16 tensor throughput, the limits each phase is held against.
+GPU_LIMITS = {"H200": (4.8e12, 989e12), "H100": (3.35e12, 989e12), "A100": (2.0e12, 312e12), "L40S": (0.864e12, 362e12),
+              "4090": (1.008e12, 165e12)}
 VERSION_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "unsloth", "unsloth_zoo", "bitsandbytes")
 
 # Published config values (Qwen/Qwen3-VL-2B-Instruct and Qwen/Qwen3-VL-8B-Instruct config.json; field names as in
@@ -99,6 +116,8 @@ ESTIMATE_S = {
     ("2b", "transformers-bf16"): 90, ("8b", "transformers-bf16"): 140,
     ("2b", "unsloth-4bit"): 150, ("8b", "unsloth-4bit"): 210,
     ("2b", "unsloth-16bit"): 140, ("8b", "unsloth-16bit"): 190,
+    ("8b", "unsloth-4bit-vllm"): 300, ("8b", "unsloth-16bit-vllm"): 240, ("8b", "transformers-bf16-vllm"): 200,
+    ("8b", "standin"): 90, ("8b", "unsloth-4bit-seed"): 330,
 }
 
 GB = 1e9
@@ -417,31 +436,206 @@ def child_decode_profile(spec: dict) -> dict:
     return out
 
 
+class DeviceMemorySampler:
+    """Peak device memory in use (``total - free`` from ``cudaMemGetInfo``, sampled every ``interval`` s in a
+    thread): what the card holds for this process, the vLLM engine, CUDA context and workspaces included, which
+    ``torch.cuda.max_memory_*`` alone does not see. The benchmark runs one process per GPU, so the device's use is
+    the process's."""
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self.interval, self.peak, self.baseline = interval, 0, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _used(self) -> int:
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        return total - free
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._used())
+            self._stop.wait(self.interval)
+
+    def start(self):
+        self.baseline = self._used()
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._used())
+        return self.peak
+
+
+def apply_memory_cap(cap_gb: float | None) -> dict:
+    """Hold this process's torch allocations (the in-process vLLM engine's included) under ``cap_gb`` GiB, so a
+    configuration that needs more fails here as it would on a card of that size."""
+    import torch
+
+    if not cap_gb or not torch.cuda.is_available():
+        return {}
+    total = torch.cuda.get_device_properties(0).total_memory
+    fraction = min(1.0, cap_gb * 2**30 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction)
+    return {"capped_gb": cap_gb, "cap_fraction_of_device": round(fraction, 4), "device_total_gb": round(total / GB, 1)}
+
+
+class PhaseHook:
+    """Every TRL ``profiling_context`` block (``vLLM.generate``, ``transformers.generate``, ``sync_weights``,
+    ``GRPOTrainer._prepare_inputs``, ``GRPOTrainer.compute_loss``, ``GRPOTrainer._get_per_token_logps_and_entropies``,
+    the reward functions) with its end time, so each can be assigned to the optimizer step it ran in."""
+
+    def __init__(self):
+        self.events: list[tuple[float, str, float]] = []
+        self.active = False
+
+    def install(self):
+        import torch
+        import trl.extras.profiling as prof
+
+        original, original_exit = prof.ProfilingContext._log_metrics, prof.ProfilingContext.__exit__
+        hook = self
+
+        def _log_metrics(ctx, duration):
+            if hook.active:
+                hook.events.append((time.perf_counter(), ctx.name, float(duration)))
+            return original(ctx, duration)
+
+        def __exit__(ctx, *exc):
+            # Kernels run asynchronously: wait for them, so a block's time is its GPU work, not its launches.
+            if hook.active and torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return original_exit(ctx, *exc)
+
+        prof.ProfilingContext._log_metrics = _log_metrics
+        prof.ProfilingContext.__exit__ = __exit__
+
+    def per_step(self, edges: list[float]) -> list[dict[str, float]]:
+        steps: list[dict[str, float]] = [{} for _ in range(len(edges) - 1)]
+        for t, name, d in self.events:
+            for i in range(len(edges) - 1):
+                if edges[i] <= t <= edges[i + 1]:
+                    steps[i][name] = steps[i].get(name, 0.0) + d
+                    break
+        return [{k: round(v, 3) for k, v in sorted(st.items())} for st in steps]
+
+
+def _optimizer_timer():
+    import torch
+    from transformers import TrainerCallback
+
+    class OptimizerTimer(TrainerCallback):
+        """Seconds in ``optimizer.step`` (and the scheduler/zero_grad transformers does with it), per step."""
+
+        def __init__(self):
+            self.durations: list[float] = []
+            self._t0 = None
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self._t0 = time.perf_counter()
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            if self._t0 is not None:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.durations.append(time.perf_counter() - self._t0)
+                self._t0 = None
+
+    return OptimizerTimer()
+
+
+def gpu_limits(device_name: str) -> tuple[float, float] | None:
+    for key, limits in GPU_LIMITS.items():
+        if key in device_name:
+            return limits
+    return None
+
+
+def phase_breakdown(phases: dict[str, float], step_s: float, optimizer_s: float | None) -> dict[str, float | None]:
+    """One timed optimizer step split into what the issue names: rollout, logprob recompute, forward/backward,
+    optimizer, weight sync (TRL's block names; Unsloth's trainer keeps TRL's ``profiling_context`` names)."""
+    def pick(*names):
+        return sum(v for k, v in phases.items() if any(k.endswith(n) for n in names))
+
+    rollout = pick("vLLM.generate", "transformers.generate", "transformers.generate_batch")
+    sync = pick("sync_weights")
+    prepare = pick("_prepare_inputs")
+    rewards = pick("_calculate_rewards")
+    logps_all = pick("_get_per_token_logps_and_entropies")
+    forward = pick("compute_loss")
+    # _prepare_inputs holds the rollout, the rewards and the old/reference log-prob pass; compute_loss holds one
+    # _get_per_token_logps_and_entropies call per micro-step (the training forward).
+    recompute = max(0.0, prepare - rollout - sync - rewards) if prepare else None
+    backward_other = step_s - prepare - forward - (optimizer_s or 0.0) if prepare else None
+    return {"rollout_s": round(rollout, 3), "weight_sync_s": round(sync, 3),
+            "logprob_recompute_and_scoring_s": None if recompute is None else round(recompute, 3),
+            "rewards_s": round(rewards, 3), "forward_s": round(forward, 3),
+            "backward_and_rest_s": None if backward_other is None else round(backward_other, 3),
+            "optimizer_s": None if optimizer_s is None else round(optimizer_s, 3),
+            "logps_calls_total_s": round(logps_all, 3)}
+
+
 def child_gspo(spec: dict) -> dict:
     backend = spec["backend"]
     unsloth = backend.startswith("unsloth")
+    four_bit = "4bit" in backend
+    vllm = backend.endswith("-vllm")
     if unsloth:
         import unsloth  # noqa: F401  -- first, so that it patches transformers and TRL before they are imported
     import torch
 
     from vlmrl_pipeline.core.gspo_config import GSPOSettings, build_grpo_config
-    from vlmrl_pipeline.core.modeling import LoraSettings, apply_lora, load_model, peft_lora_config, vision_token_ids
+    from vlmrl_pipeline.core.modeling import (
+        LoraSettings,
+        apply_lora,
+        is_prequantized_4bit,
+        load_model,
+        peft_lora_config,
+        vision_token_ids,
+        vllm_4bit_checkpoint,
+    )
     from vlmrl_pipeline.core.rewards import REWARD_FUNCTIONS, REWARD_WEIGHTS
     from vlmrl_pipeline.core.training import train_gspo
 
     on_gpu = torch.cuda.is_available()
-    result: dict = {}
+    result: dict = {"engine": ENGINES[backend], **apply_memory_cap(spec.get("cap_gb"))}
+    sampler = DeviceMemorySampler().start() if on_gpu else None
+    if sampler is not None:
+        result["device_gb_before_load"] = round(sampler.baseline / GB, 3)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
+    work = Path(spec["work_dir"])
+    ckpt = spec["ckpt"]
+    if unsloth and four_bit and spec.get("prequantize") and not is_prequantized_4bit(ckpt):
+        # The seed loads Unsloth's pre-quantized upload; the same packaging, made from the bf16 stand-in once.
+        t0 = time.perf_counter()
+        ckpt = str(vllm_4bit_checkpoint(ckpt, spec["vllm_4bit_cache"], log=log))
+        result["prequantize_s"] = round(time.perf_counter() - t0, 1)
+        torch.cuda.reset_peak_memory_stats()
+    result["checkpoint"] = ckpt
+    total = torch.cuda.get_device_properties(0).total_memory if on_gpu else 0
+    engine_share = min(0.95, spec["engine_gb"] * 2**30 / total) if (vllm and on_gpu and spec.get("engine_gb")) else 0.3
     t0 = time.perf_counter()
     model, processor, used = load_model(
-        spec["ckpt"], backend="unsloth" if unsloth else "transformers",
-        dtype="bfloat16" if on_gpu else "float32", load_in_4bit=backend == "unsloth-4bit",
-        max_seq_length=spec["max_seq_length"],
+        ckpt, backend="unsloth" if unsloth else "transformers",
+        dtype="bfloat16" if on_gpu else "float32", load_in_4bit=four_bit,
+        max_seq_length=spec["max_seq_length"], fast_inference=unsloth and vllm,
+        gpu_memory_utilization=engine_share, vllm_standby=bool(spec.get("standby", True)),
+        vllm_4bit_cache=spec.get("vllm_4bit_cache"), log=log,
     )
     result["load_s"] = round(time.perf_counter() - t0, 1)
     result["backend_used"] = used
+    result["vllm_gpu_memory_utilization"] = round(engine_share, 4) if vllm else None
     result["mem_after_load"] = mem_snapshot()
+    if sampler is not None:
+        result["device_gb_after_load"] = round((torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]) / GB, 3)
     result["param_gb_after_load"] = param_breakdown(model)
     result["suppressed_token_ids"] = vision_token_ids(processor)
     cfg = model.config
@@ -457,14 +651,19 @@ def child_gspo(spec: dict) -> dict:
             torch.cuda.reset_peak_memory_stats()
 
     lora = LoraSettings(r=16, lora_alpha=16)
+    grad_accum = int(spec.get("grad_accum", 1))
     settings = GSPOSettings(
-        per_device_train_batch_size=spec["batch"], gradient_accumulation_steps=1,
+        per_device_train_batch_size=spec["batch"], gradient_accumulation_steps=grad_accum,
         num_generations=spec["num_generations"], max_completion_length=spec["max_completion_length"],
         max_steps=spec["warmup"] + spec["steps"], importance_sampling_level="sequence",
-        logging_steps=1,
+        logging_steps=1, save_steps=0, use_vllm=vllm,
+        vllm_gpu_memory_utilization=engine_share if vllm and not unsloth else 0.3,
     )
-    work = Path(spec["work_dir"])
     dataset = train_dataset(spec["train_rows"], spec["image_size"], work / "train_images")
+    first = dataset[0]
+    prompt_text = processor.apply_chat_template(first["prompt"], tokenize=False, add_generation_prompt=True)
+    result["prompt_tokens"] = int(len(processor(text=[prompt_text], images=[first["image"]],
+                                                return_tensors="pt")["input_ids"][0]))
     peft_config = None
     t_lora = time.perf_counter()
     if used == "unsloth":
@@ -472,17 +671,23 @@ def child_gspo(spec: dict) -> dict:
     else:
         peft_config = peft_lora_config(lora)
     result["lora_s"] = round(time.perf_counter() - t_lora, 1)
-    grpo_args = build_grpo_config(settings, work / "probe", processor, REWARD_WEIGHTS)
+    grpo_args = build_grpo_config(settings, work / "probe", processor, REWARD_WEIGHTS,
+                                  max_seq_length=spec["max_seq_length"])
     result["effective"] = {k: getattr(grpo_args, k, None) for k in
                            ("optim", "bf16", "gradient_checkpointing", "loss_type", "importance_sampling_level",
-                            "per_device_train_batch_size", "num_generations", "max_completion_length",
-                            "steps_per_generation", "generation_batch_size")}
+                            "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
+                            "max_completion_length", "steps_per_generation", "generation_batch_size", "use_vllm",
+                            "vllm_importance_sampling_correction")}
     result["effective"]["generation_kwargs"] = grpo_args.generation_kwargs
 
     hook = GenerateHook()
     hook.install_profiling()
+    phases = PhaseHook()
+    phases.install()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hook.wrap(base)
+    if not vllm:
+        hook.wrap(base)
+    optimizer_timer = _optimizer_timer()
     stamps: list[tuple[float, str]] = []
 
     def on_log(msg: str) -> None:
@@ -492,15 +697,19 @@ def child_gspo(spec: dict) -> dict:
             stamps.append((time.perf_counter(), msg))
         log(f"{backend}: {msg}")
 
-    hook.active = True
+    hook.active = phases.active = True
     t_train = time.perf_counter()
     trained, tres = train_gspo(
         model, processor, dataset, settings, work / "trainer", REWARD_FUNCTIONS, REWARD_WEIGHTS,
-        peft_config=peft_config, log=on_log,
+        peft_config=peft_config, log=on_log, callbacks=[optimizer_timer], max_seq_length=spec["max_seq_length"],
     )
     t_end = time.perf_counter()
-    hook.active = False
+    hook.active = phases.active = False
     result["mem_train"] = mem_snapshot()
+    if sampler is not None:
+        result["peak_device_gb"] = round(sampler.stop() / GB, 3)
+        cap = spec.get("cap_gb")
+        result["fits_cap"] = None if not cap else result["peak_device_gb"] <= cap * 2**30 / GB
     result["param_gb_trained"] = param_breakdown(trained)
     result["trainable_params"] = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     result["total_params"] = sum(p.numel() for p in trained.parameters())
@@ -516,23 +725,39 @@ def child_gspo(spec: dict) -> dict:
     result["warmup_note"] = "trainer construction + first step(s), incl. Unsloth's compile where it applies"
     result["step_s_all"] = [round(x, 3) for x in step_walls]
     result["step_s"] = round(sum(timed) / len(timed), 3)
+    result["s_per_micro_step"] = round(result["step_s"] / grad_accum, 3)
+    result["completions_per_micro_step"] = spec["batch"]
+    result["projected_epoch_h"] = round(result["s_per_micro_step"] * SEED_EPOCH_MICRO_STEPS / 3600, 2)
+    per_step = phases.per_step(edges)
+    result["phases_per_step"] = per_step
+    opt = optimizer_timer.durations
+    timed_opt = opt[w:] if len(opt) == settings.max_steps else None
+    breakdowns = [phase_breakdown(per_step[i], step_walls[i], timed_opt[i - w] if timed_opt else None)
+                  for i in range(w, len(step_walls))]
+    result["breakdown"] = {k: round(sum(b[k] for b in breakdowns) / len(breakdowns), 3)
+                           if all(b[k] is not None for b in breakdowns) else None for k in breakdowns[0]}
     hist = [h for h in tres.log_history if "loss" in h or "reward" in h]
     result["trl_step_time"] = [round(float(h["step_time"]), 3) for h in hist if "step_time" in h]
     lengths = [float(h["completions/mean_length"]) for h in hist if "completions/mean_length" in h]
     result["completion_mean_length"] = lengths
     result["rewards"] = [round(float(h["reward"]), 4) for h in hist if "reward" in h]
     result["losses"] = [float(h["loss"]) for h in hist if "loss" in h]
+    gaps = [float(h["sampling/sampling_logp_difference/mean"]) for h in hist
+            if "sampling/sampling_logp_difference/mean" in h]
+    result["logp_gap_mean"] = gaps
     completions_per_step = settings.per_device_train_batch_size * settings.gradient_accumulation_steps
-    # Generation time per step: TRL's profiling block when it fired once per step, else the generate wrapper.
     if len(hook.profiled) == settings.max_steps:
         gen_s, source = hook.profiled, "trl profiling_context transformers.generate"
     elif len(hook.calls) == settings.max_steps:
         gen_s, source = [c["s"] for c in hook.calls], "base_model.generate wrapper"
+    elif vllm:
+        gen_s = [sum(v for k, v in st.items() if k.endswith("vLLM.generate")) for st in per_step]
+        source = "trl profiling_context vLLM.generate"
     else:
         gen_s, source = None, f"no per-step generate timing (profiled={len(hook.profiled)}, calls={len(hook.calls)})"
     result["gen_timing_source"] = source
     result["generate_calls"] = hook.calls
-    if gen_s is not None and len(lengths) == settings.max_steps:
+    if gen_s is not None and len(lengths) == settings.max_steps and sum(gen_s[w:]) > 0:
         tokens = [completions_per_step * n for n in lengths]
         result["gen_s_per_step"] = [round(x, 3) for x in gen_s]
         result["gen_tokens_per_step"] = tokens
@@ -540,11 +765,41 @@ def child_gspo(spec: dict) -> dict:
         result["gen_share_of_step"] = round(sum(gen_s[w:]) / sum(timed), 3)
     else:
         result["gen_tokens_per_s"] = None
+    limits = gpu_limits(device_info()[1])
+    if limits is not None and lengths:
+        bandwidth, flops = limits
+        parts = result["param_gb_after_load"]
+        # A decode step reads every language-layer weight and lm_head once (the embedding: one row per token).
+        decode_bytes = (parts["language_layers"] + parts["lm_head"]) * GB
+        decode_steps = max(lengths[w:]) if lengths[w:] else max(lengths)
+        rollout_limit = decode_steps * decode_bytes / bandwidth
+        prompt_tokens = result["prompt_tokens"]
+        tokens_per_micro = spec["batch"] * (prompt_tokens + sum(lengths[w:]) / max(1, len(lengths[w:])))
+        n_params = result["total_params"] - result["trainable_params"]
+        train_limit = 6 * n_params * tokens_per_micro / flops
+        result["limits"] = {"bandwidth_Bps": bandwidth, "bf16_flops": flops,
+                            "decode_bytes_per_step_gb": round(decode_bytes / GB, 3),
+                            "rollout_limit_s_per_optimizer_step": round(rollout_limit, 3),
+                            "train_flop_per_micro_step": 6 * n_params * tokens_per_micro,
+                            "train_limit_s_per_micro_step": round(train_limit, 3)}
+        if result["breakdown"].get("rollout_s"):
+            result["limits"]["rollout_of_limit"] = round(rollout_limit / result["breakdown"]["rollout_s"], 4)
     result["settings"] = dataclasses.asdict(settings)
     result["lora"] = dataclasses.asdict(lora)
-    log(f"{backend}: step_s={result['step_s']} warmup_s={result['warmup_s']} gen_tok/s={result['gen_tokens_per_s']} "
-        f"peak={result['mem_train'].get('peak_allocated_gb')}GB")
+    log(f"{backend}: step_s={result['step_s']} s/micro={result['s_per_micro_step']} warmup_s={result['warmup_s']} "
+        f"gen_tok/s={result['gen_tokens_per_s']} peak torch={result['mem_train'].get('peak_allocated_gb')}GB "
+        f"device={result.get('peak_device_gb')}GB breakdown={result['breakdown']}")
     return result
+
+
+def child_standin(spec: dict) -> dict:
+    """The Qwen3-VL stand-in (``core.standin``: the published config, Qwen's real vocabulary and processor, random
+    weights) in bf16: real prompt lengths, unlike the trained small tokenizer of ``child_build``."""
+    from vlmrl_pipeline.core.standin import build_standin
+
+    t0 = time.perf_counter()
+    build_standin(spec["standin"], spec["ckpt"], packaging="bf16", device="cuda")
+    return {"build_s": round(time.perf_counter() - t0, 1), "standin": spec["standin"]}
 
 
 def child_main(spec_path: str) -> int:
@@ -553,6 +808,8 @@ def child_main(spec_path: str) -> int:
     try:
         if spec["job"] == "build":
             res = child_build(spec)
+        elif spec["job"] == "standin":
+            res = child_standin(spec)
         elif spec["job"] == "decode_profile":
             res = child_decode_profile(spec)
         else:
@@ -630,6 +887,107 @@ def unsloth_skip_reason() -> str | None:
     return None
 
 
+SEED_BATCH_CONFIGS = {
+    # backend: (vLLM engine GiB, capped, warm-up steps or None for --warmup). The engine's share holds the shared 4-bit weights (7.3 GB) and the KV cache
+    # of one rollout (32 sequences x ~1300 tokens x 144 KiB = 6 GB); 16-bit needs 17.5 GB of weights before any.
+    "unsloth-4bit-vllm": (15.0, True, None),
+    "unsloth-16bit-vllm": (21.0, True, None),
+    # The reference, as measured before: TRL's colocated engine at 0.3 of the GPU, no cap (it needs ~70 GB).
+    "transformers-bf16-vllm": (None, False, None),
+    # generate: one optimizer step (~4 min) and no warm-up step; its first step's compile is small beside it.
+    "unsloth-4bit": (None, True, 0),
+}
+"""The seed-batch paths, in the order they run (the most informative first, should the deadline cut the run)."""
+
+
+def run_seed_batch(args, start: float) -> int:
+    """The seed's micro-step (8 completions = 2 prompts x 4 generations, 1024-token completions, one 512x512 image
+    each, the seed's GRPOConfig with accumulation 4: one rollout of 32 completions per optimizer step) on the
+    Qwen3-VL 8B stand-in, each path in its own process, one after another on one GPU."""
+    out = Path(args.out or REPO_ROOT / "benchmarks" / "results.json")
+    work_root = Path(args.work_dir or Path(tempfile.gettempdir()) / "vlmrl_seed_batch")
+    work_root.mkdir(parents=True, exist_ok=True)
+    vers = versions()
+
+    def remaining() -> float:
+        return 1e9 if args.deadline_s is None else args.deadline_s - (time.perf_counter() - start)
+
+    ckpt = work_root / "qwen3vl-8b-standin-bf16"
+    if not (ckpt / "config.json").exists():
+        log(f"building the qwen3vl-8b stand-in (bf16) -> {ckpt}")
+        res = run_child({"job": "standin", "standin": "qwen3vl-8b", "ckpt": str(ckpt)}, remaining() - 5)
+        log(f"stand-in: {res}")
+        if res.get("status") != "ok":
+            return 1
+    status = 0
+    for backend in [c.strip() for c in args.seed_configs.split(",") if c.strip()]:
+        if backend not in SEED_BATCH_CONFIGS:
+            raise SystemExit(f"unknown seed-batch configuration {backend!r}: {sorted(SEED_BATCH_CONFIGS)}")
+        engine_gb, capped, warmup = SEED_BATCH_CONFIGS[backend]
+        warmup = args.warmup if warmup is None else warmup
+        cap = args.cap_gb if capped else None
+        entry = {"model": "qwen3vl-8b", "backend": backend, "kind": "seed-batch", "engine": ENGINES[backend],
+                 "capped_gb": cap, "max_completion_length": args.max_completion_length, "versions": vers,
+                 "command": " ".join([Path(sys.executable).name] + sys.argv)}
+        if backend.startswith("unsloth") and unsloth_skip_reason():
+            merge_result(out, dict(entry, status="skipped", error=unsloth_skip_reason()))
+            continue
+        need = ESTIMATE_S.get(("8b", backend + ("-seed" if backend == "unsloth-4bit" else "")), 240)
+        if remaining() < need:
+            log(f"skip {backend}: {remaining():.0f}s left, needs ~{need}s (rerun with --seed-configs {backend})")
+            continue
+        spec = {"job": "gspo", "arch": "8b", "ckpt": str(ckpt), "backend": backend, "steps": args.steps,
+                "warmup": warmup, "batch": args.batch, "grad_accum": args.grad_accum,
+                "num_generations": args.num_generations, "max_completion_length": args.max_completion_length,
+                "max_seq_length": args.max_seq_length, "image_size": args.image_size,
+                "train_rows": 4 * args.batch * args.grad_accum // args.num_generations, "eval": False,
+                "cap_gb": cap, "engine_gb": engine_gb, "prequantize": True,
+                "vllm_4bit_cache": str(work_root / "vllm-4bit"), "work_dir": str(work_root / backend)}
+        log(f"run {backend} (cap {cap} GiB, engine {engine_gb} GiB; {remaining():.0f}s left)")
+        t0 = time.perf_counter()
+        res = run_child(spec, remaining() - 5)
+        res["child_wall_s"] = round(time.perf_counter() - t0, 1)
+        if res.get("status") != "ok":
+            status = 1
+            log(f"{backend} failed: {res.get('error')}")
+        elif cap and res.get("fits_cap") is False:
+            res["status"] = "exceeds-cap"
+            res["error"] = f"peak device memory {res.get('peak_device_gb')} GB over the {cap} GiB cap"
+        merge_result(out, {**entry, **res, "peak_mem_gb": res.get("mem_train", {}).get("peak_allocated_gb"),
+                           "peak_reserved_gb": res.get("mem_train", {}).get("peak_reserved_gb")})
+    log(f"done in {time.perf_counter() - start:.0f}s; results in {out}")
+    print(seed_batch_report(load_results(out)))
+    return status
+
+
+def seed_batch_report(entries: list[dict]) -> str:
+    rows = [e for e in entries if e.get("kind") == "seed-batch"]
+    if not rows:
+        return ""
+    lines = ["| path | status | s / micro-step (8 x 1024) | first step s | peak device GB | torch peak GB | cap GiB | "
+             "seed epoch h | rollout s (limit) | fwd s | bwd+rest s | optimizer s | logp gap |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ref = next((e for e in rows if e["backend"] == "transformers-bf16-vllm" and e.get("status") == "ok"), None)
+    for e in rows:
+        b = e.get("breakdown") or {}
+        lim = e.get("limits") or {}
+        gap = e.get("logp_gap_mean") or []
+        status = e.get("status") if e.get("status") == "ok" else f"{e.get('status')}: {str(e.get('error'))[:60]}"
+        lines.append("| " + " | ".join([
+            e["engine"], status, _fmt(e.get("s_per_micro_step")), _fmt((e.get("step_s_all") or [None])[0], 1),
+            _fmt(e.get("peak_device_gb")), _fmt(e.get("peak_mem_gb")), _fmt(e.get("capped_gb"), 0),
+            _fmt(e.get("projected_epoch_h")),
+            f"{_fmt(b.get('rollout_s'), 1)} ({_fmt(lim.get('rollout_limit_s_per_optimizer_step'), 1)})",
+            _fmt(b.get("forward_s"), 1), _fmt(b.get("backward_and_rest_s"), 1), _fmt(b.get("optimizer_s"), 2),
+            _fmt(gap[-1] if gap else None, 4)]) + " |")
+    if ref:
+        for e in rows:
+            if e.get("status") == "ok" and e is not ref:
+                lines.append(f"- {e['backend']}: {e['s_per_micro_step'] / ref['s_per_micro_step']:.2f}x the bf16 + "
+                             f"colocated vLLM micro-step ({ref['s_per_micro_step']:.2f} s)")
+    return "\n".join(lines)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny config on CPU, transformers backend; checks the path")
@@ -662,6 +1020,14 @@ def parse_args(argv=None):
     p.add_argument("--tag", default=None,
                    help="store GSPO entries as kind 'gspo:TAG' (a side measurement that keeps the main entries)")
     p.add_argument("--report", metavar="RESULTS", help="print the markdown table of a results file and exit")
+    p.add_argument("--seed-batch", action="store_true",
+                   help="the seed's micro-step on the 8B stand-in, side by side: "
+                        + ", ".join(SEED_BATCH_CONFIGS) + " (kind 'seed-batch' in --out)")
+    p.add_argument("--seed-configs", default=",".join(SEED_BATCH_CONFIGS),
+                   help="with --seed-batch: which configurations, in this order")
+    p.add_argument("--grad-accum", type=int, default=1, help="gradient_accumulation_steps (the seed: 4)")
+    p.add_argument("--cap-gb", type=float, default=24.0,
+                   help="with --seed-batch: the device-memory cap (GiB) of the capped configurations")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -672,6 +1038,7 @@ def main(argv=None) -> int:
         return child_main(args.child)
     if args.report:
         print(report(load_results(Path(args.report))))
+        print(seed_batch_report(load_results(Path(args.report))))
         return 0
     if args.merge:
         target = Path(args.out or REPO_ROOT / "benchmarks" / "results.json")
@@ -681,6 +1048,8 @@ def main(argv=None) -> int:
         print(report(load_results(target)))
         return 0
     start = time.perf_counter()
+    if args.seed_batch:
+        return run_seed_batch(args, start)
     if args.smoke:
         models = ["tiny"]
         args.max_completion_length = min(args.max_completion_length, 8)
@@ -763,7 +1132,7 @@ def main(argv=None) -> int:
                 continue
             want_eval = b == "transformers-bf16" and not args.no_eval and not args.tag
             spec = {**common, "job": "gspo", "backend": b, "steps": args.steps, "warmup": args.warmup,
-                    "batch": args.batch, "num_generations": args.num_generations,
+                    "batch": args.batch, "grad_accum": args.grad_accum, "num_generations": args.num_generations,
                     "max_completion_length": args.max_completion_length, "max_seq_length": args.max_seq_length,
                     "train_rows": 16, "eval": want_eval, "eval_prompts": args.eval_prompts,
                     "eval_batch": args.eval_batch, "max_new_tokens": args.max_new_tokens,

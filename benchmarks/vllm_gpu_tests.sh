@@ -3,7 +3,7 @@
 # .whl/install.sh (the RL wheelhouse), copy the checkout to /tmp/repo, then
 #   setsid nohup bash benchmarks/vllm_gpu_tests.sh [STAGE ...] > /tmp/vlog/session.log 2>&1 &
 # and poll /tmp/vlog (each stage writes STAGE.log, the benchmarks STAGE.json; "ALL DONE" ends session.log).
-# Stages: eval8b eval2b gspo2b tests probe probe-as-trl mismatch (default: the first four, in that order).
+# Stages: eval8b eval2b gspo2b tests probe probe-as-trl mismatch fast-tests seed-batch (default: the first four).
 cd /tmp/repo || exit 1
 export VLMRL_TOOLS_DIR=$PWD/.tools HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONPATH=$PWD:$PYTHONPATH
 mkdir -p /tmp/vlog
@@ -28,6 +28,13 @@ for stage in ${@:-eval8b eval2b gspo2b tests}; do
                 --deadline-s 280 --out /tmp/vlog/${stage}_$v.json || exit 1; done ;;
     probe) probe --out /tmp/vlog/$stage.json ;;
     probe-as-trl) probe --vllm-as-trl --out /tmp/vlog/$stage.json ;;
+    # The seeds' path: Unsloth fast_inference through the lora_adapter asset (demo model, Qwen3-VL 2B stand-in).
+    fast-tests) python3 -m pytest vlmrl_pipeline_tests/test_vllm_gpu.py -m gpu -s -p no:cacheprovider -W ignore \
+             -k fast_inference --durations=10 ;;
+    # The seed's micro-step on the 8B stand-in, four paths side by side, 24 GiB cap (gspo_benchmark.py --seed-batch).
+    seed-batch) python3 benchmarks/gspo_benchmark.py --seed-batch --batch 8 --grad-accum 4 --num-generations 4 \
+             --max-completion-length 1024 --image-size 512 --warmup 1 --steps 1 --deadline-s ${SEED_BATCH_DEADLINE:-1500} \
+             --out /tmp/vlog/$stage.json --work-dir /tmp/seed_batch ;;
     tests) python3 -m pytest vlmrl_pipeline_tests/test_vllm_gpu.py -m gpu -s -p no:cacheprovider -W ignore \
              --durations=10 ;;
     *) echo "unknown stage $stage"; false ;;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 import sys
 import types
 
@@ -178,13 +179,68 @@ def test_fast_inference_reaches_unsloth_only_when_vllm_is_installed(monkeypatch)
         load_model("Qwen/Qwen2.5-VL-7B-Instruct", backend="unsloth", fast_inference=True)
     assert "from_pretrained" not in calls  # refused before any download
     monkeypatch.setattr(modeling, "vllm_available", lambda: True)
-    load_model("Qwen/Qwen2.5-VL-7B-Instruct", backend="unsloth", load_in_4bit=True, fast_inference=True,
+    load_model("Qwen/Qwen2.5-VL-7B-Instruct", backend="unsloth", load_in_4bit=False, fast_inference=True,
                gpu_memory_utilization=0.6, dtype="bfloat16")
     kwargs = calls["from_pretrained"]
     assert kwargs["fast_inference"] is True and kwargs["gpu_memory_utilization"] == 0.6
     assert kwargs["dtype"] == torch.bfloat16
     load_model("Qwen/Qwen2.5-VL-7B-Instruct", backend="unsloth")
     assert "fast_inference" not in calls["from_pretrained"] and calls["from_pretrained"]["dtype"] is None
+
+
+def test_a_16bit_checkpoint_reaches_unsloths_vllm_engine_as_its_4bit_copy(monkeypatch, tmp_path):
+    """vLLM's in-flight 4-bit would quantize the vision tower, which Unsloth's rebuilt training model cannot run:
+    a 16-bit checkpoint with fast_inference + load_in_4bit is served from a copy in Unsloth's own 4-bit packaging."""
+    calls, made = {}, []
+    _fake_unsloth(monkeypatch, calls)
+    monkeypatch.setattr(modeling, "vllm_available", lambda: True)
+
+    def fake_copy(name, cache, **kwargs):
+        made.append((name, kwargs))
+        return Path(cache) / "4bit-copy"
+
+    monkeypatch.setattr(modeling, "vllm_4bit_checkpoint", fake_copy)
+    with pytest.raises(ValueError, match="vllm_4bit_cache"):
+        load_model("Qwen/Qwen2.5-VL-7B-Instruct", backend="unsloth", load_in_4bit=True, fast_inference=True)
+    assert "from_pretrained" not in calls
+    load_model("Qwen/Qwen2.5-VL-7B-Instruct", backend="unsloth", load_in_4bit=True, fast_inference=True,
+               revision="abc123", vllm_4bit_cache=tmp_path)
+    assert made == [("Qwen/Qwen2.5-VL-7B-Instruct", {"revision": "abc123", "dtype": "auto", "log": None})]
+    # Unsloth refuses a pinned revision with fast_inference; the copy is a local folder, pinned by its own key.
+    assert calls["from_pretrained"]["model_name"] == str(tmp_path / "4bit-copy")
+    assert calls["from_pretrained"]["revision"] is None
+    # Unsloth's pre-quantized uploads, 16-bit loading and generate rollouts take the checkpoint as it is.
+    for name, four_bit, fast in (("unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit", True, True),
+                                 ("Qwen/Qwen2.5-VL-7B-Instruct", False, True),
+                                 ("Qwen/Qwen2.5-VL-7B-Instruct", True, False)):
+        load_model(name, backend="unsloth", load_in_4bit=four_bit, fast_inference=fast, vllm_4bit_cache=tmp_path)
+        assert calls["from_pretrained"]["model_name"] == name
+    assert len(made) == 1
+
+
+def test_the_vllm_4bit_copy_keeps_the_vision_tower_in_16_bit(tiny_checkpoint, tmp_path):
+    """The copy itself (bitsandbytes quantizes on the CPU too): language layers in 4-bit, vision tower, projector
+    and lm_head as they were, the quantization recorded in its config; made once, then reused."""
+    pytest.importorskip("bitsandbytes")
+    import json
+
+    assert not modeling.is_prequantized_4bit(tiny_checkpoint)
+    logged = []
+    copy = modeling.vllm_4bit_checkpoint(tiny_checkpoint, tmp_path / "cache", device="cpu", log=logged.append)
+    assert modeling.is_prequantized_4bit(str(copy))
+    quantization = json.loads((copy / "config.json").read_text())["quantization_config"]
+    assert set(modeling.VLLM_4BIT_SKIP_MODULES) <= set(quantization["llm_int8_skip_modules"])
+    from safetensors import safe_open
+
+    with safe_open(str(copy / "model.safetensors"), "pt") as f:
+        dtypes = {name: f.get_slice(name).get_dtype() for name in f.keys()}
+    language = [n for n in dtypes if "language_model.layers" in n and n.endswith("q_proj.weight")]
+    vision = [n for n in dtypes if "visual.blocks" in n and n.endswith(".weight") and "norm" not in n]
+    assert language and all(dtypes[n] == "U8" for n in language), {n: dtypes[n] for n in language}
+    assert vision and all(dtypes[n] in ("BF16", "F32", "F16") for n in vision), {n: dtypes[n] for n in vision}
+    assert modeling.vllm_4bit_checkpoint(tiny_checkpoint, tmp_path / "cache", device="cpu",
+                                         log=logged.append) == copy
+    assert "written" in logged[0] and "reusing" in logged[1]
 
 
 def test_fast_inference_on_the_transformers_backend_says_what_to_change():

@@ -167,25 +167,58 @@ def test_vllm_rollouts_come_from_the_trainers_prompt_on_random_weights(tmp_path)
     assert summary["logp_difference_mean/mean"] < 0.1, summary
 
 
-def test_unsloth_fast_inference_rollouts(demo_lineage_data, tmp_path):
-    """The seeds' path: Unsloth loads the policy in 4-bit with its own vLLM engine (``fast_inference=True``,
-    ``UNSLOTH_VLLM_STANDBY=1``) and GSPO's rollouts go through it."""
-    pytest.importorskip("unsloth")
-    # Unsloth hands vLLM the 4-bit weights through vLLM's bitsandbytes loader, which imports compressed-tensors (a
-    # vLLM dependency; the GPU machine's trimmed vLLM bundle leaves it out, so there it stops at the import).
-    pytest.importorskip("compressed_tensors", reason="vLLM's bitsandbytes loader needs compressed-tensors")
-    from vlmrl_pipeline.core.modeling import apply_lora
+def _fast_inference(profile, **gspo_changes):
+    """``profile`` on the seeds' path: Unsloth 4-bit with its own vLLM engine (``fast_inference``), rollouts
+    through it."""
+    return dataclasses.replace(
+        profile,
+        model=dataclasses.replace(profile.model, backend="unsloth", load_in_4bit=True, dtype="auto",
+                                  fast_inference=True, gpu_memory_utilization=0.3),
+        gspo=dataclasses.replace(profile.gspo, use_vllm=True, optim="adamw_8bit", save_steps=0, **gspo_changes),
+    )
 
-    root, base = demo_lineage_data
-    rows = split_rows(read_manifest(root / "resized_images"), SPLIT_TRAIN).head(8)
-    model, processor, backend = load_model(base, backend="unsloth", load_in_4bit=True, max_seq_length=MAX_SEQ,
-                                           fast_inference=True, gpu_memory_utilization=0.3)
-    assert backend == "unsloth" and getattr(model, "vllm_engine", None) is not None
-    model = apply_lora(model, LoraSettings(r=8, lora_alpha=16), backend)
-    settings = GSPOSettings(
-        learning_rate=1e-4, per_device_train_batch_size=4, gradient_accumulation_steps=1, num_generations=4,
-        max_completion_length=16, max_steps=2, logging_steps=1, max_grad_norm=1.0, use_vllm=True, save_steps=0)
-    _, result = train_gspo(model, processor, trl_dataset(rows), settings, tmp_path / "trainer",
-                           (*REWARD_FUNCTIONS, ascii_share_reward), (*REWARD_WEIGHTS, 1.0), max_seq_length=MAX_SEQ)
-    assert result.global_step == 2
-    print(json.dumps(rollout_summary(result.log_history)))
+
+def _train_through_lora_adapter(profile, data_dir):
+    result = materialize([*all_assets, *all_checks],
+                         selection=["mathvista_filtered", "resized_images", "base_model", "lora_adapter"],
+                         resources=resources_for_profile(profile, str(data_dir)), instance=DagsterInstance.ephemeral())
+    assert result.success  # the blocking lora_weights_trained check included: the LoRA B matrices moved
+    meta = result.asset_materializations_for_node("lora_adapter")[0].metadata
+    log = json.loads((data_dir / "lora_adapter" / "training_log.json").read_text())
+    print(json.dumps({"rollout_engine": meta["rollout_engine"].value, "backend": meta["backend"].value,
+                      "rollout": meta["rollout_and_entropy"].value if "rollout_and_entropy" in meta else None,
+                      "rewards": [h["reward"] for h in log["log_history"] if "reward" in h]}))
+    assert meta["rollout_engine"].value == "vllm" and meta["backend"].value == "unsloth"
+    return meta, log
+
+
+def test_unsloth_fast_inference_demo_model_through_lora_adapter(tmp_path):
+    """The seeds' path on the demo model, through the real asset and its training process: the demo checkpoint is
+    16-bit, so Unsloth's engine is served the 4-bit copy in Unsloth's own packaging (vision tower in 16 bit). vLLM's
+    in-flight 4-bit quantized the vision tower too, and the first training forward then failed ("self and mat2 must
+    have the same dtype, but got BFloat16 and Byte")."""
+    pytest.importorskip("unsloth")
+    # Unsloth hands vLLM the 4-bit weights through vLLM's bitsandbytes loader, which imports compressed-tensors.
+    pytest.importorskip("compressed_tensors", reason="vLLM's bitsandbytes loader needs compressed-tensors")
+    _train_through_lora_adapter(_fast_inference(tiny_profile()), tmp_path)
+    copies = list((tmp_path / "lora_adapter_checkpoints" / "vllm-4bit-base").glob("4bit-*/config.json"))
+    assert len(copies) == 1, copies
+    quantization = json.loads(copies[0].read_text())["quantization_config"]
+    assert quantization["load_in_4bit"] and "model.visual" in quantization["llm_int8_skip_modules"]
+
+
+def test_unsloth_fast_inference_qwen3vl_2b_standin_through_lora_adapter(tmp_path):
+    """The same on the real architecture in the hub's packaging (the Qwen3-VL 2B stand-in, pre-quantized bnb 4-bit
+    as Unsloth's uploads, Qwen's real vocabulary, random weights): no copy is made, Unsloth's engine loads the
+    checkpoint as it is. Random weights earn no task reward, so the rehearsal's shaping reward gives GSPO a signal."""
+    pytest.importorskip("unsloth")
+    pytest.importorskip("compressed_tensors", reason="vLLM's bitsandbytes loader needs compressed-tensors")
+    from vlmrl_pipeline.core.standin import build_standin
+
+    checkpoint = build_standin("qwen3vl-2b", tmp_path / "standin", device="cuda")
+    profile = tiny_profile()
+    profile = _fast_inference(dataclasses.replace(
+        profile, model=dataclasses.replace(profile.model, model_name=str(checkpoint), max_seq_length=2048)),
+        max_steps=2, learning_rate=1e-4, max_completion_length=32, rehearsal_reward_weight=1.0)
+    _train_through_lora_adapter(profile, tmp_path / "data")
+    assert not (tmp_path / "data" / "lora_adapter_checkpoints" / "vllm-4bit-base").exists()

@@ -145,6 +145,80 @@ def require_fast_inference(backend_used: str) -> None:
         )
 
 
+VLLM_4BIT_SKIP_MODULES = ("lm_head", "model.visual", "visual", "merger", "model.vision_tower", "vision_tower",
+                          "multi_modal_projector")
+"""What a 4-bit checkpoint keeps in 16 bit for Unsloth's vLLM engine: the vision tower, the projector and ``lm_head``,
+as Unsloth's own ``-unsloth-bnb-4bit`` uploads do (transformers matches these as module-name prefixes or suffixes:
+``model.visual`` is Qwen-VL's tower, ``model.vision_tower`` Gemma-3's SigLIP)."""
+
+
+def is_prequantized_4bit(model_name: str) -> bool:
+    """Whether a checkpoint is stored in bitsandbytes 4-bit: its ``quantization_config`` for a local folder,
+    Unsloth's ``-bnb-4bit`` naming for a hub id (the test Unsloth's own vLLM loader makes).
+
+    >>> is_prequantized_4bit("unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit"), is_prequantized_4bit("Qwen/Qwen2.5-VL-7B-Instruct")
+    (True, False)
+    """
+    config = Path(model_name) / "config.json"
+    if config.is_file():
+        quant = json.loads(config.read_text()).get("quantization_config") or {}
+        return quant.get("quant_method") == "bitsandbytes" and bool(quant.get("load_in_4bit",
+                                                                              quant.get("_load_in_4bit")))
+    return model_name.lower().endswith("-bnb-4bit")
+
+
+def needs_vllm_4bit_copy(model_name: str, *, backend: str, fast_inference: bool, load_in_4bit: bool) -> bool:
+    """Unsloth's vLLM engine with ``load_in_4bit`` on a 16-bit checkpoint: vLLM would quantize in flight, vision
+    tower included, and the training model Unsloth rebuilds from vLLM's weights then fails in its first forward
+    ("self and mat2 must have the same dtype, but got BFloat16 and Byte", in ``get_image_features``). Such a
+    checkpoint is served from a 4-bit copy in Unsloth's own packaging instead (:func:`vllm_4bit_checkpoint`)."""
+    return backend == "unsloth" and fast_inference and load_in_4bit and not is_prequantized_4bit(model_name)
+
+
+def _checkpoint_fingerprint(model_name: str, revision: str | None) -> str:
+    import hashlib
+
+    files: list[tuple[str, int, int]] = []
+    folder = Path(model_name)
+    if folder.is_dir():
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    blob = json.dumps({"model": str(folder.resolve()) if folder.is_dir() else model_name, "revision": revision,
+                       "files": files, "skip": VLLM_4BIT_SKIP_MODULES})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def vllm_4bit_checkpoint(model_name: str, cache_root: str | os.PathLike, *, revision: str | None = None,
+                         dtype: str = "auto", device: str | int = 0, log=None) -> Path:
+    """The 4-bit copy of a 16-bit checkpoint that Unsloth's vLLM engine can serve: nf4 with double quantization,
+    :data:`VLLM_4BIT_SKIP_MODULES` in 16 bit. Quantized on the GPU with bitsandbytes and written once under
+    ``cache_root`` (keyed by the checkpoint's name, revision and files), then reused."""
+    import torch
+    from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
+
+    out = Path(cache_root) / f"4bit-{_checkpoint_fingerprint(model_name, revision)}"
+    if (out / "config.json").is_file():
+        if log is not None:
+            log(f"vLLM 4-bit copy of {model_name}: reusing {out}")
+        return out
+    compute = torch.float16 if dtype == "float16" else torch.bfloat16
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=compute,
+                                      llm_int8_skip_modules=list(VLLM_4BIT_SKIP_MODULES))
+    model = AutoModelForImageTextToText.from_pretrained(model_name, revision=revision, dtype=compute,
+                                                        quantization_config=quantization, device_map={"": device})
+    processor = load_processor(model_name, revision=revision)
+    save_checkpoint(model, processor, out, sidecars=tokenizer_sidecars(model_name, revision),
+                    extra={"vllm_4bit_copy_of": model_name, "revision": revision,
+                           "skip_modules": list(VLLM_4BIT_SKIP_MODULES)})
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if log is not None:
+        log(f"vLLM 4-bit copy of {model_name} written to {out} (vision tower, projector and lm_head in 16 bit, as "
+            "Unsloth's -bnb-4bit uploads; vLLM's in-flight 4-bit would quantize the vision tower too)")
+    return out
+
+
 def load_processor(model_name: str, revision: str | None = None):
     """The processor (tokenizer + image processor + chat template) of a hub id or local checkpoint."""
     from transformers import AutoProcessor
@@ -167,20 +241,30 @@ def load_model(
     fast_inference: bool = False,
     gpu_memory_utilization: float = 0.8,
     vllm_standby: bool = True,
+    vllm_4bit_cache: str | os.PathLike | None = None,
+    log=None,
 ):
     """Load a vision-language model and its processor for generation or training.
 
     ``backend="unsloth"`` goes through ``FastVisionModel.from_pretrained`` (4-bit when ``load_in_4bit``), the
     seeds' path; ``"transformers"`` through ``AutoModelForImageTextToText`` (4-bit through bitsandbytes when
     asked). ``fast_inference`` asks Unsloth for a vLLM engine (GSPO rollouts through vLLM, sharing the weights);
-    it needs the Unsloth backend and an installed vLLM, and says so plainly otherwise. Returns
-    ``(model, processor, backend_used)``.
+    it needs the Unsloth backend and an installed vLLM, and says so plainly otherwise. A 16-bit checkpoint with
+    ``fast_inference`` and ``load_in_4bit`` is served from its 4-bit copy under ``vllm_4bit_cache``
+    (:func:`needs_vllm_4bit_copy`). Returns ``(model, processor, backend_used)``.
     """
     used = resolve_backend(backend)
     if fast_inference:
         require_fast_inference(used)
         if vllm_standby:  # read when Unsloth is imported, which happens just below in a training process
             os.environ.setdefault("UNSLOTH_VLLM_STANDBY", "1")
+    if needs_vllm_4bit_copy(model_name, backend=used, fast_inference=fast_inference, load_in_4bit=load_in_4bit):
+        if vllm_4bit_cache is None:
+            raise ValueError(f"fast_inference with load_in_4bit on the 16-bit checkpoint {model_name} needs a folder "
+                             "for its 4-bit copy (vllm_4bit_cache)")
+        import unsloth  # noqa: F401  -- before the copy imports transformers, so Unsloth's patches apply to both
+        model_name = str(vllm_4bit_checkpoint(model_name, vllm_4bit_cache, revision=revision, dtype=dtype, log=log))
+        revision = None
     if used == "unsloth":
         from unsloth import FastVisionModel  # imported lazily: it patches transformers on import
 

@@ -19,6 +19,9 @@ from vlmrl_pipeline.core.gspo_config import GSPOSettings
 from vlmrl_pipeline.core.training import explain_out_of_memory, train_gspo
 
 TRAINING_LOG = "training_log.json"
+VLLM_4BIT_CACHE = "vllm-4bit-base"
+"""Beside the work folders: the 4-bit copies of 16-bit bases that Unsloth's vLLM engine serves
+(``core.modeling.vllm_4bit_checkpoint``); kept across runs, unlike the work folders."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
             max_seq_length=model_cfg["max_seq_length"], fast_inference=model_cfg["fast_inference"],
             gpu_memory_utilization=model_cfg["gpu_memory_utilization"], device=device,
             vllm_standby=model_cfg.get("vllm_standby", True),
+            vllm_4bit_cache=Path(job.work_dir).parent / VLLM_4BIT_CACHE, log=log if rank == 0 else None,
         )
         lora = LoraSettings(**model_cfg["lora"])
         # Unsloth wraps LoRA itself; on the transformers path TRL applies PEFT's config.
