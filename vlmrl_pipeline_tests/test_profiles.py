@@ -60,8 +60,12 @@ def test_presets_for_the_seeds_models():
     gemma = PROFILES["gemma3-4b"]()
     assert gemma.model.model_name == "unsloth/gemma-3-4b-it" and gemma.model.dtype == "bfloat16"
     for profile in (qwen3, qwen25, gemma):
-        assert not profile.model.fast_inference  # vLLM is opt-in
         assert not profile.model.lora.finetune_vision_layers
+    for make in PROFILES.values():
+        # The engine is picked on the training machine (core.rollout_engine); the low-level switches stay off.
+        profile = make()
+        assert profile.gspo.rollout_engine == "auto", profile.name
+        assert not profile.model.fast_inference and not profile.gspo.use_vllm, profile.name
     gpu_demo = PROFILES["demo-gpu"]()
     assert (gpu_demo.model.backend, gpu_demo.model.load_in_4bit, gpu_demo.gspo.optim) == ("unsloth", True, "adamw_8bit")
     assert gpu_demo.data == PROFILES["demo"]().data

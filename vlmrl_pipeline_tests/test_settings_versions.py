@@ -39,6 +39,7 @@ def _replace(profile, group: str, **changes):
     ("data", dict(answer_format="boxed"), {"base_model", "baseline_completions", "lora_adapter", "after_completions",
                                            "baseline_records", "after_records"}),
     ("gspo", dict(learning_rate=3.3e-4), {"lora_adapter"}),
+    ("gspo", dict(rollout_engine="generate"), {"lora_adapter"}),  # another engine samples other rollouts
     ("generation", dict(max_new_tokens=99), {"baseline_completions", "after_completions"}),
     ("export", dict(gguf_types=("f16",)), {"gguf_model"}),
     ("model", dict(lora=dataclasses.replace(demo_profile().model.lora, r=4)), {"lora_adapter"}),

@@ -5,13 +5,15 @@ combinations that cannot work are refused before anything loads. The vLLM runs t
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 
 import pytest
 from dagster import DagsterInstance, materialize
 
 from vlmrl_pipeline.core.generation import GenerationSettings
 from vlmrl_pipeline.core.gspo_config import SUPPRESSED_LOGIT_BIAS, GSPOSettings, build_grpo_config
-from vlmrl_pipeline.core.modeling import load_processor, vision_token_ids
+from vlmrl_pipeline.core.modeling import LoraSettings, load_processor, vision_token_ids, vllm_available
 from vlmrl_pipeline.core.plots import training_curves_png
 from vlmrl_pipeline.core.profiles import ModelSettings, geo3k_profile
 from vlmrl_pipeline.core.rewards import boxed_reward, boxed_reward_valued
@@ -67,6 +69,17 @@ def test_vllm_and_reward_settings_that_cannot_work_are_refused_when_made(bad, ma
     (ModelSettings(backend="transformers", load_in_4bit=True), GSPOSettings(use_vllm=True), None, "load_in_4bit"),
     (ModelSettings(backend="unsloth", fast_inference=True), GSPOSettings(use_vllm=True, vllm_enable_sleep_mode=True),
      None, "vllm_standby"),
+    # rollout_engine: what the settings alone rule out (GPU and packages are probed where training runs)
+    (ModelSettings(backend="unsloth", fast_inference=True), GSPOSettings(rollout_engine="generate"), None,
+     "training_settings.rollout_engine='generate' never uses"),
+    (ModelSettings(backend="transformers", load_in_4bit=True), GSPOSettings(rollout_engine="vllm"), None,
+     "rollout_engine='vllm' cannot run with these settings: the transformers backend trains a 4-bit policy"),
+    (ModelSettings(backend="transformers", load_in_4bit=True), GSPOSettings(rollout_engine="vllm", use_vllm=True),
+     None, "rollout_engine='vllm' cannot run with these settings"),
+    (ModelSettings(backend="auto", lora=LoraSettings(finetune_vision_layers=True)),
+     GSPOSettings(rollout_engine="vllm"), "unsloth", "finetune_vision_layers"),
+    (ModelSettings(backend="unsloth"), GSPOSettings(rollout_engine="vllm", vllm_enable_sleep_mode=True), None,
+     "vllm_standby"),
 ])
 def test_vllm_combinations_that_cannot_work_are_named(model, gspo, backend, match):
     problems = vllm_conflicts(model, gspo, backend)
@@ -76,9 +89,16 @@ def test_vllm_combinations_that_cannot_work_are_named(model, gspo, backend, matc
 def test_working_vllm_combinations_pass():
     assert vllm_conflicts(ModelSettings(backend="transformers", load_in_4bit=False), GSPOSettings(use_vllm=True)) == []
     assert vllm_conflicts(ModelSettings(backend="unsloth", fast_inference=True), GSPOSettings(use_vllm=True)) == []
+    # rollout_engine='vllm' sets use_vllm and fast_inference on the training machine: nothing to pair by hand, and
+    # with the backend still 'auto' a 4-bit policy may go to Unsloth, which serves it.
+    assert vllm_conflicts(ModelSettings(backend="unsloth"), GSPOSettings(rollout_engine="vllm")) == []
+    assert vllm_conflicts(ModelSettings(backend="auto", load_in_4bit=True), GSPOSettings(rollout_engine="vllm")) == []
+    assert vllm_conflicts(ModelSettings(backend="unsloth"), GSPOSettings(rollout_engine="generate")) == []
     # settings_conflicts (what a run checks at its start) includes them.
     problems = settings_conflicts(model=ModelSettings(backend="unsloth"), gspo=GSPOSettings(use_vllm=True))
     assert any("fast_inference" in p for p in problems)
+    problems = settings_conflicts(model=ModelSettings(backend="transformers"), gspo=GSPOSettings(rollout_engine="vllm"))
+    assert any("training_settings.rollout_engine='vllm'" in p for p in problems)
 
 
 def test_generation_engine_is_checked_when_made():
@@ -146,6 +166,84 @@ def test_training_with_vllm_rollouts_on_a_cpu_machine_is_refused_before_launch(t
     assert "training_settings.use_vllm=True needs a CUDA GPU" in message
     assert not (tmp_path / "lora_adapter_checkpoints").exists() or not any(
         (tmp_path / "lora_adapter_checkpoints").rglob("checkpoint-*"))
+
+
+def _vllm_can_run_here() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and vllm_available()
+
+
+def _rollout_profile(rollout_engine: str):
+    """The tiny profile trimmed to one optimizer step: these runs are about what is decided before training."""
+    from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
+
+    profile = tiny_profile()
+    return dataclasses.replace(
+        profile, warm_start=WarmStartSettings(steps=2, batch_size=2),
+        model=dataclasses.replace(profile.model, tiny_model=dataclasses.replace(profile.model.tiny_model,
+                                                                                tokenizer="trained")),
+        gspo=dataclasses.replace(profile.gspo, rollout_engine=rollout_engine, max_steps=1, save_steps=0,
+                                 max_completion_length=16))
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    """Data, manifest and the demo base model, materialized once for the rollout-engine runs below."""
+    from vlmrl_pipeline.definitions import all_assets
+    from vlmrl_pipeline.resources import resources_for_profile
+
+    data = tmp_path_factory.mktemp("rollout") / "data"
+    result = materialize([a for a in all_assets if a.key.to_user_string() in ("mathvista_filtered", "resized_images",
+                                                                              "base_model")],
+                         resources=resources_for_profile(_rollout_profile("auto"), str(data)),
+                         instance=DagsterInstance.ephemeral())
+    assert result.success
+    return data
+
+
+def _materialize_lora_adapter(profile, upstream, data):
+    """``lora_adapter`` alone (its check left out) on a copy of ``upstream``; the result and the run log."""
+    from vlmrl_pipeline.definitions import all_assets
+    from vlmrl_pipeline.resources import resources_for_profile
+
+    shutil.copytree(upstream, data)
+    instance = DagsterInstance.ephemeral()
+    result = materialize([a for a in all_assets if a.key.to_user_string() == "lora_adapter"],
+                         resources=resources_for_profile(profile, str(data)), instance=instance, raise_on_error=False)
+    return result, [e.user_message for e in instance.all_logs(result.run_id)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_vllm_can_run_here(), reason="auto picks vLLM on a machine with CUDA and vLLM")
+def test_auto_rollouts_go_through_generate_on_a_cpu_machine_and_say_why(upstream, tmp_path):
+    result, messages = _materialize_lora_adapter(_rollout_profile("auto"), upstream, tmp_path / "data")
+    assert result.success
+    [event] = result.asset_materializations_for_node("lora_adapter")
+    meta = {key: value.value for key, value in event.metadata.items()}
+    assert (meta["rollout_engine"], meta["rollout_engine_setting"]) == ("model.generate", "auto")
+    reason = meta["rollout_engine_reason"]
+    assert reason.startswith("rollout_engine=auto: ") and "through model.generate" in reason
+    assert reason in messages  # the run log says it too
+    log = json.loads((tmp_path / "data" / "lora_adapter" / "training_log.json").read_text())
+    assert log["rollout_engine"] == {"engine": "model.generate", "setting": "auto", "reason": reason}
+    assert log["settings"]["use_vllm"] is False and log["settings"]["rollout_engine"] == "auto"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_vllm_can_run_here(), reason="vLLM can run on this machine")
+def test_rollout_engine_vllm_where_it_cannot_run_is_refused_before_launch(upstream, tmp_path):
+    result, messages = _materialize_lora_adapter(_rollout_profile("vllm"), upstream, tmp_path / "data")
+    assert not result.success
+    [failure] = result.get_step_failure_events()
+    error = failure.step_failure_data.error
+    while error.cause is not None and "rollout_engine" not in error.message:
+        error = error.cause
+    assert error.message.startswith("ValueError: training_settings.rollout_engine='vllm' cannot run here: ")
+    assert "rollout_engine='auto'" in error.message  # what to do instead
+    assert not any(m.startswith("launching ") for m in messages)  # no training process was started
+    assert not (tmp_path / "data" / "lora_adapter_checkpoints").exists()  # nor a checkpoint folder made
+    assert not (tmp_path / "data" / "lora_adapter").exists()
 
 
 def test_geo3k_uses_rlinf_truncated_importance_sampling_and_reward_values():

@@ -47,6 +47,7 @@ from vlmrl_pipeline.core.launch import (
 from vlmrl_pipeline.core.modeling import resolve_backend
 from vlmrl_pipeline.core.plots import png_markdown, training_curves_png
 from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_set
+from vlmrl_pipeline.core.rollout_engine import resolve_rollout_engine
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_TRAIN, read_manifest, split_rows
 from vlmrl_pipeline.core.settings_check import vllm_conflicts
 from vlmrl_pipeline.core.training import rollout_summary
@@ -117,6 +118,13 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     gspo.check_generation_batch(processes)  # num_processes=0 resolves only here
     backend = resolve_backend(model_cfg.backend)
     check_backend_supports(backend, processes, gspo.distributed)
+    # Resolved before the checks, the checkpoint key and the job: they all see the switches training runs with, so
+    # a resumed run cannot change engines unnoticed (its key would differ).
+    engine = resolve_rollout_engine(model_cfg, gspo, backend)
+    if engine.problems:
+        raise ValueError("; ".join(engine.problems))
+    model_cfg, gspo = engine.apply(model_cfg, gspo)
+    context.log.info(engine.reason)
     refusals = vllm_conflicts(model_cfg, gspo, backend)
     if gspo.use_vllm:
         refusals += vllm_problems("training_settings.use_vllm=True")
@@ -160,6 +168,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             base_model_path=load_path, base_model_ref=ref, manifest_dir=str(manifest_dir), adapter_dir=str(tmp),
             work_dir=str(work), checkpoint_key=work.name, model=asdict(model_cfg), prompt_style=style,
             gspo=asdict(gspo), num_processes=processes, training_lock=str(training_lock),
+            rollout_engine=engine.record(),
         ).write(launch_dir / "job.json")
         config_file = write_accelerate_config(launch_dir / "accelerate_config.yaml", accelerate_config(
             processes, gspo.distributed, use_cpu=gpus == 0, gpu_ids=visible_gpu_ids(processes)))
@@ -195,7 +204,9 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             "adapter_sha256": stats["sha256"],
             "lora_b_nonzero": f"{stats['num_lora_b_nonzero']}/{stats['num_lora_b']}",
             "lora_all_finite": stats["all_finite"],
-            "rollout_engine": "vllm" if gspo.use_vllm else "model.generate",
+            "rollout_engine": engine.label,
+            "rollout_engine_setting": engine.setting,
+            "rollout_engine_reason": engine.reason,
             "report_to": gspo.report_to,
             **({"tensorboard_logdir": MetadataValue.path(str(artifacts.asset_dir(context.asset_key) / TENSORBOARD_DIR))}
                if "tensorboard" in report_targets(gspo.report_to) else {}),

@@ -19,9 +19,12 @@ VLLM_MODES = ("colocate",)
 """How TRL runs vLLM for rollouts. ``server`` (a separate ``trl vllm-serve`` process on other GPUs) is not offered:
 nothing in the lineage starts or owns such a server."""
 IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+ROLLOUT_ENGINES = ("auto", "vllm", "generate")
+"""``GSPOSettings.rollout_engine`` values; ``core.rollout_engine`` resolves them on the training machine."""
 LAUNCH_FIELDS = ("num_processes", "distributed")
 """``GSPOSettings`` fields that shape the launch (``core.launch``), not ``GRPOConfig``."""
-PROJECT_FIELDS = LAUNCH_FIELDS + ("rehearsal_reward_weight", "reward_max_val", "reward_min_val", "report_to")
+PROJECT_FIELDS = LAUNCH_FIELDS + ("rollout_engine", "rehearsal_reward_weight", "reward_max_val", "reward_min_val",
+                                  "report_to")
 """``GSPOSettings`` fields the project acts on itself; every other field is a ``GRPOConfig`` option."""
 
 REPORT_TARGETS = ("none", "tensorboard", "wandb", "mlflow")
@@ -141,11 +144,20 @@ class GSPOSettings:
         "when above 0. For rehearsals on stand-in checkpoints with random weights, which never earn a task "
         "reward: every group's advantages would be 0, the LoRA would stay zero and the ``lora_weights_trained`` "
         "check would stop the run. Leave at 0 for real training.")})
+    rollout_engine: str = field(default="auto", metadata={"help": (
+        "What generates the GSPO rollouts: ``vllm`` (required: TRL's colocated engine on the transformers "
+        "backend, Unsloth's engine with ``fast_inference`` on the Unsloth backend; refused before any model loads "
+        "where it cannot run), ``generate`` (``model.generate``, never vLLM), or ``auto`` (vLLM where it can run: "
+        "CUDA, vLLM installed, a policy it can serve; else ``model.generate``, with the reason in the run log). "
+        "Sets ``use_vllm`` / ``model_settings.fast_inference`` on the training machine; ``lora_adapter``'s "
+        "metadata records what it resolved to.")})
     use_vllm: bool = field(default=False, metadata={"help": (
-        "Generate the rollouts with vLLM instead of ``model.generate`` (several times faster; TRL's "
-        "``use_vllm``). The transformers backend runs TRL's colocated engine (same GPU, weights synced after "
-        "every update); the Unsloth backend needs ``model_settings.fast_inference=True`` (Unsloth's engine, "
-        "sharing the weights). Needs the ``vllm`` extra.")})
+        "The low-level switch under ``rollout_engine``: generate the rollouts with vLLM instead of "
+        "``model.generate`` (several times faster; TRL's ``use_vllm``). The transformers backend runs TRL's "
+        "colocated engine (same GPU, weights synced after every update); the Unsloth backend needs "
+        "``model_settings.fast_inference=True`` (Unsloth's engine, sharing the weights). Needs the ``vllm`` "
+        "extra. True means vLLM whatever ``rollout_engine`` (``auto``) would pick; refused with "
+        "``rollout_engine='generate'``.")})
     vllm_mode: str = field(default="colocate", metadata={"help": (
         "``colocate``: vLLM runs inside the training process on the same GPU (the only mode offered here).")})
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": (
@@ -188,6 +200,11 @@ class GSPOSettings:
         for name in ("adam_beta1", "adam_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.rollout_engine not in ROLLOUT_ENGINES:
+            raise ValueError(f"rollout_engine must be one of {ROLLOUT_ENGINES}, got {self.rollout_engine!r}")
+        if self.rollout_engine == "generate" and self.use_vllm:
+            raise ValueError("rollout_engine='generate' never uses vLLM, but use_vllm=True asks for vLLM rollouts: "
+                             "drop use_vllm, or set rollout_engine='vllm' (or 'auto')")
         if self.vllm_mode not in VLLM_MODES:
             raise ValueError(f"vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}: 'server' needs a "
                              "separate vLLM server process, which this pipeline does not start")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlmrl_pipeline.core.answers import ANSWER_FORMATS
+from vlmrl_pipeline.core.rollout_engine import vllm_rollout_blockers
 
 DATASET_FORMATS = ("mathvista", "rlinf")
 
@@ -46,23 +47,36 @@ def settings_conflicts(data: Any = None, model: Any = None, gspo: Any = None, ge
 
 def vllm_conflicts(model: Any = None, gspo: Any = None, backend: str | None = None) -> list[str]:
     """vLLM rollout settings that cannot work together. ``backend`` is the resolved one where known (``auto``
-    becomes Unsloth or transformers only on the training machine, which checks again with it)."""
+    becomes Unsloth or transformers only on the training machine, which checks again with it, after resolving
+    ``rollout_engine``: whether vLLM is installed and a GPU present is known only there)."""
     if model is None or gspo is None:
         return []
     backend = backend or model.backend
+    # rollout_engine='vllm' sets use_vllm and fast_inference itself (core.rollout_engine): their pairing is checked
+    # only where the user sets them.
+    engine = getattr(gspo, "rollout_engine", "auto")
     problems = []
-    if model.fast_inference and not gspo.use_vllm:
+    if engine == "generate" and model.fast_inference:
+        problems.append("model_settings.fast_inference=True loads a vLLM engine that "
+                        "training_settings.rollout_engine='generate' never uses: set fast_inference=False, or "
+                        "rollout_engine='vllm' (or 'auto')")
+    elif engine == "auto" and model.fast_inference and not gspo.use_vllm:
         problems.append("model_settings.fast_inference=True loads a vLLM engine that only rollouts with "
-                        "training_settings.use_vllm=True use: set both, or neither")
-    if gspo.use_vllm and backend == "unsloth" and not model.fast_inference:
+                        "training_settings.use_vllm=True use: set both, or neither (or "
+                        "training_settings.rollout_engine='vllm')")
+    if engine == "auto" and gspo.use_vllm and backend == "unsloth" and not model.fast_inference:
         problems.append("training_settings.use_vllm=True with the Unsloth backend needs "
                         "model_settings.fast_inference=True (Unsloth starts the vLLM engine when it loads the model)")
-    if gspo.use_vllm and backend == "transformers" and model.load_in_4bit:
+    if engine == "vllm":  # what the settings alone rule out; the GPU and packages are probed on the training machine
+        problems += [f"training_settings.rollout_engine='vllm' cannot run with these settings: {b.why}. To do: "
+                     f"{b.fix}; or set training_settings.rollout_engine='auto' (or 'generate')"
+                     for b in vllm_rollout_blockers(model, backend)]
+    elif gspo.use_vllm and backend == "transformers" and model.load_in_4bit:
         problems.append("training_settings.use_vllm=True on the transformers backend needs "
                         "model_settings.load_in_4bit=False: TRL's colocated vLLM would re-load the policy in 4-bit "
                         "and receive bitsandbytes' packed weights at every sync; use backend='unsloth' with "
                         "fast_inference=True for 4-bit training with vLLM rollouts")
-    if gspo.use_vllm and gspo.vllm_enable_sleep_mode and backend == "unsloth":
+    if (gspo.use_vllm or engine == "vllm") and gspo.vllm_enable_sleep_mode and backend == "unsloth":
         problems.append("training_settings.vllm_enable_sleep_mode is TRL's colocated engine's; with the Unsloth "
                         "backend use model_settings.vllm_standby instead")
     return problems

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,9 @@ class TrainingJob:
     training_lock: str = ""
     """A path whose lock (``core.atomic.exclusive``) rank 0 holds while it trains, so a training process that
     outlived its killed Dagster step is seen by the next launch; empty for none."""
+    rollout_engine: dict[str, str] = field(default_factory=dict)
+    """What ``training_settings.rollout_engine`` resolved to (``core.rollout_engine``): ``engine``, ``setting``,
+    ``reason``; ``model`` and ``gspo`` already carry the switches it set. Empty in job files written before it."""
 
     def write(self, path: str | os.PathLike) -> Path:
         from vlmrl_pipeline.core.atomic import atomic_file
@@ -194,7 +197,8 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
             "log_history": result.log_history, "global_step": result.global_step, "settings": job.gspo,
             "base_model": job.base_model_ref, "reward_version": REWARD_VERSION, "answer_format": style.answer_format,
             "reward_functions": [f.__name__ for f in rewards.functions], "reward_weights": list(rewards.weights),
-            "dropped_context_overflow": overflow, "backend": backend, "train_rows": len(train_rows),
+            "dropped_context_overflow": overflow, "backend": backend, "rollout_engine": job.rollout_engine,
+            "train_rows": len(train_rows),
             "train_runtime_s": result.train_runtime_s,
             "resume": {"resumed_from_step": result.resumed_from_step,
                        "resumed_from": str(resume[0]) if resume is not None else None,
