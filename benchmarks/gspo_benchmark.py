@@ -888,8 +888,9 @@ def unsloth_skip_reason() -> str | None:
 
 
 SEED_BATCH_CONFIGS = {
-    # backend: (vLLM engine GiB, capped, warm-up steps or None for --warmup). The engine's share holds the shared 4-bit weights (7.3 GB) and the KV cache
-    # of one rollout (32 sequences x ~1300 tokens x 144 KiB = 6 GB); 16-bit needs 17.5 GB of weights before any.
+    # backend: (vLLM engine GiB, capped, warm-up steps or None for --warmup). The engine's share holds the shared
+    # 4-bit weights (7.3 GB) and the KV cache of one rollout (32 sequences x ~1300 tokens x 144 KiB = 6 GB); 16-bit
+    # needs 17.5 GB of weights before any.
     "unsloth-4bit-vllm": (15.0, True, None),
     "unsloth-16bit-vllm": (21.0, True, None),
     # The reference, as measured before: TRL's colocated engine at 0.3 of the GPU, no cap (it needs ~70 GB).

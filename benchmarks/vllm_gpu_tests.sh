@@ -34,6 +34,7 @@ for stage in ${@:-eval8b eval2b gspo2b tests}; do
     # The seed's micro-step on the 8B stand-in, four paths side by side, 24 GiB cap (gspo_benchmark.py --seed-batch).
     seed-batch) python3 benchmarks/gspo_benchmark.py --seed-batch --batch 8 --grad-accum 4 --num-generations 4 \
              --max-completion-length 1024 --image-size 512 --warmup 1 --steps 1 --deadline-s ${SEED_BATCH_DEADLINE:-1500} \
+             --seed-configs ${SEED_CONFIGS:-unsloth-4bit-vllm,unsloth-16bit-vllm,transformers-bf16-vllm,unsloth-4bit} \
              --out /tmp/vlog/$stage.json --work-dir /tmp/seed_batch ;;
     tests) python3 -m pytest vlmrl_pipeline_tests/test_vllm_gpu.py -m gpu -s -p no:cacheprovider -W ignore \
              --durations=10 ;;

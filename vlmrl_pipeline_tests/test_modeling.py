@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch

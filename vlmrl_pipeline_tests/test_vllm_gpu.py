@@ -200,7 +200,11 @@ def test_unsloth_fast_inference_demo_model_through_lora_adapter(tmp_path):
     pytest.importorskip("unsloth")
     # Unsloth hands vLLM the 4-bit weights through vLLM's bitsandbytes loader, which imports compressed-tensors.
     pytest.importorskip("compressed_tensors", reason="vLLM's bitsandbytes loader needs compressed-tensors")
-    _train_through_lora_adapter(_fast_inference(tiny_profile()), tmp_path)
+    # Measured on an H200 (benchmarks/logs/fast_inference_h200/fast_tests_run1.log): the path trains, but the tiny
+    # model in 4-bit gave completions of ~6 tokens and every group of four the same reward in all three steps, so
+    # no advantage, zero LoRA B matrices and a (rightly) failed lora_weights_trained. The rehearsals' shaping reward
+    # gives the groups a spread, so the check speaks about the engine path, not about the tiny model's 4-bit skill.
+    _train_through_lora_adapter(_fast_inference(tiny_profile(), rehearsal_reward_weight=1.0), tmp_path)
     copies = list((tmp_path / "lora_adapter_checkpoints" / "vllm-4bit-base").glob("4bit-*/config.json"))
     assert len(copies) == 1, copies
     quantization = json.loads(copies[0].read_text())["quantization_config"]
@@ -220,5 +224,8 @@ def test_unsloth_fast_inference_qwen3vl_2b_standin_through_lora_adapter(tmp_path
     profile = _fast_inference(dataclasses.replace(
         profile, model=dataclasses.replace(profile.model, model_name=str(checkpoint), max_seq_length=2048)),
         max_steps=2, learning_rate=1e-4, max_completion_length=32, rehearsal_reward_weight=1.0)
-    _train_through_lora_adapter(profile, tmp_path / "data")
+    meta, _ = _train_through_lora_adapter(profile, tmp_path / "data")
+    # Per-token |logp_vLLM - logp_train| of the sampled tokens: 0.0155 nats measured, the bf16 rounding floor
+    # (a rollout prompt that differs from the trainer's costs 0.85 on such random weights).
+    assert meta["rollout_and_entropy"].value["logp_difference_mean/mean"] < 0.1
     assert not (tmp_path / "data" / "lora_adapter_checkpoints" / "vllm-4bit-base").exists()

@@ -156,8 +156,8 @@ def is_prequantized_4bit(model_name: str) -> bool:
     """Whether a checkpoint is stored in bitsandbytes 4-bit: its ``quantization_config`` for a local folder,
     Unsloth's ``-bnb-4bit`` naming for a hub id (the test Unsloth's own vLLM loader makes).
 
-    >>> is_prequantized_4bit("unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit"), is_prequantized_4bit("Qwen/Qwen2.5-VL-7B-Instruct")
-    (True, False)
+    >>> [is_prequantized_4bit(n) for n in ("unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit", "Qwen/Qwen2.5-VL-7B")]
+    [True, False]
     """
     config = Path(model_name) / "config.json"
     if config.is_file():

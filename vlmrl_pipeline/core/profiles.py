@@ -198,8 +198,9 @@ def qwen25vl_7b_profile() -> Profile:
     """Qwen2.5-VL 7B Instruct as in seed 002 (4-bit through Unsloth, LoRA r=16 alpha=32, temperature 0.9, 2 epochs).
 
     Quirks: the same Qwen-VL vision tokens (suppressed in generation); its known "addCriterion" gibberish during
-    RL is what the formatting reward's -2 penalty exists for. The seed turns on vLLM (``fast_inference``); it stays
-    off here by default because vLLM is an extra install, and loading says plainly when it is missing.
+    RL is what the formatting reward's -2 penalty exists for. The seed turns on vLLM (``fast_inference``); here
+    ``rollout_engine="auto"`` does where vLLM is installed (the 16-bit hub checkpoint is then served from its 4-bit
+    copy, ``core.modeling.vllm_4bit_checkpoint``), and falls back to ``model.generate`` saying why.
     """
     seed = qwen3vl_8b_profile()
     return replace(
@@ -229,12 +230,16 @@ def gemma3_4b_profile() -> Profile:
 def demo_gpu_profile() -> Profile:
     """The demo (synthetic data, tiny Qwen3-VL) through the GPU path: Unsloth ``FastVisionModel`` in 4-bit, 8-bit
     AdamW, and Unsloth's merged 4-bit checkpoint beside the 16-bit one. What the GPU tests run; a few minutes on
-    any CUDA GPU, much of it Unsloth's first compile."""
+    any CUDA GPU, much of it Unsloth's first compile.
+
+    Rollouts stay on ``model.generate``: through Unsloth's vLLM engine (``fast_inference``) the tiny model in 4-bit
+    answered in ~6 tokens and every group of four earned the same reward, so GSPO had nothing to learn from
+    (measured on an H200, ``benchmarks/logs/fast_inference_h200/``); the real profiles take vLLM (``auto``)."""
     demo = demo_profile()
     return replace(
         demo, name="demo-gpu",
         model=replace(demo.model, backend="unsloth", load_in_4bit=True, dtype="auto"),
-        gspo=replace(demo.gspo, optim="adamw_8bit"),
+        gspo=replace(demo.gspo, optim="adamw_8bit", rollout_engine="generate"),
         export=replace(demo.export, merged_4bit=True),
     )
 
