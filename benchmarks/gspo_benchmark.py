@@ -877,6 +877,16 @@ def run_child(spec: dict, timeout: float) -> dict:
         return {"status": "failed", "error": f"child exited with {rc} and wrote no result"}
 
 
+def run_timed_child(spec: dict, timeout: float, label: str) -> dict:
+    """:func:`run_child` with its wall time recorded and a failure logged under ``label``."""
+    t0 = time.perf_counter()
+    res = run_child(spec, timeout)
+    res["child_wall_s"] = round(time.perf_counter() - t0, 1)
+    if res.get("status") != "ok":
+        log(f"{label} failed: {res.get('error')}")
+    return res
+
+
 def unsloth_skip_reason() -> str | None:
     if importlib.util.find_spec("unsloth") is None:
         return "unsloth is not installed"
@@ -945,12 +955,9 @@ def run_seed_batch(args, start: float) -> int:
                 "cap_gb": cap, "engine_gb": engine_gb, "prequantize": True,
                 "vllm_4bit_cache": str(work_root / "vllm-4bit"), "work_dir": str(work_root / backend)}
         log(f"run {backend} (cap {cap} GiB, engine {engine_gb} GiB; {remaining():.0f}s left)")
-        t0 = time.perf_counter()
-        res = run_child(spec, remaining() - 5)
-        res["child_wall_s"] = round(time.perf_counter() - t0, 1)
+        res = run_timed_child(spec, remaining() - 5, backend)
         if res.get("status") != "ok":
             status = 1
-            log(f"{backend} failed: {res.get('error')}")
         elif cap and res.get("fits_cap") is False:
             res["status"] = "exceeds-cap"
             res["error"] = f"peak device memory {res.get('peak_device_gb')} GB over the {cap} GiB cap"
@@ -1139,12 +1146,9 @@ def main(argv=None) -> int:
                     "eval_batch": args.eval_batch, "max_new_tokens": args.max_new_tokens,
                     "eval_passes": args.eval_passes, "work_dir": str(work_root / f"{arch['name']}-{b}")}
             log(f"run {arch['name']} {b} ({remaining():.0f}s left)")
-            t0 = time.perf_counter()
-            res = run_child(spec, remaining() - 5)
-            res["child_wall_s"] = round(time.perf_counter() - t0, 1)
+            res = run_timed_child(spec, remaining() - 5, f"{arch['name']} {b}")
             if res.get("status") != "ok":
                 status = 1
-                log(f"{arch['name']} {b} failed: {res.get('error')}")
             ev = res.pop("eval", None)
             merge_result(out, {**entry, **res,
                                "peak_mem_gb": res.get("mem_train", {}).get("peak_allocated_gb"),
