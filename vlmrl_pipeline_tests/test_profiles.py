@@ -64,7 +64,8 @@ def test_presets_for_the_seeds_models():
     for make in PROFILES.values():
         # The engine is picked on the training machine (core.rollout_engine); the low-level switches stay off.
         profile = make()
-        assert profile.gspo.rollout_engine == "auto", profile.name
+        # demo-gpu keeps model.generate: the tiny model in 4-bit earned no reward spread through vLLM (measured).
+        assert profile.gspo.rollout_engine == ("generate" if profile.name == "demo-gpu" else "auto"), profile.name
         assert not profile.model.fast_inference and not profile.gspo.use_vllm, profile.name
     gpu_demo = PROFILES["demo-gpu"]()
     assert (gpu_demo.model.backend, gpu_demo.model.load_in_4bit, gpu_demo.gspo.optim) == ("unsloth", True, "adamw_8bit")
