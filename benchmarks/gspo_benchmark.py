@@ -635,7 +635,7 @@ def child_gspo(spec: dict) -> dict:
     result["vllm_gpu_memory_utilization"] = round(engine_share, 4) if vllm else None
     result["mem_after_load"] = mem_snapshot()
     if sampler is not None:
-        result["device_gb_after_load"] = round((torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]) / GB, 3)
+        result["device_gb_after_load"] = round(sampler._used() / GB, 3)
     result["param_gb_after_load"] = param_breakdown(model)
     result["suppressed_token_ids"] = vision_token_ids(processor)
     cfg = model.config
