@@ -116,8 +116,9 @@ ESTIMATE_S = {
     ("2b", "transformers-bf16"): 90, ("8b", "transformers-bf16"): 140,
     ("2b", "unsloth-4bit"): 150, ("8b", "unsloth-4bit"): 210,
     ("2b", "unsloth-16bit"): 140, ("8b", "unsloth-16bit"): 190,
-    ("8b", "unsloth-4bit-vllm"): 300, ("8b", "unsloth-16bit-vllm"): 240, ("8b", "transformers-bf16-vllm"): 200,
-    ("8b", "standin"): 90, ("8b", "unsloth-4bit-seed"): 330,
+    # Seed batch, child walls measured on an H200 (2026-12-03); the 4-bit vLLM path plus its warm-up step.
+    ("8b", "unsloth-4bit-vllm"): 420, ("8b", "unsloth-16bit-vllm"): 300, ("8b", "transformers-bf16-vllm"): 180,
+    ("8b", "standin"): 90, ("8b", "unsloth-4bit-seed"): 340,
 }
 
 GB = 1e9
@@ -529,17 +530,32 @@ def _optimizer_timer():
     import torch
     from transformers import TrainerCallback
 
+    def synced_now() -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     class OptimizerTimer(TrainerCallback):
-        """Seconds in ``optimizer.step`` (and the scheduler/zero_grad transformers does with it), per step."""
+        """Seconds in ``optimizer.step`` (and the scheduler/zero_grad transformers does with it), per step; and the
+        micro-step boundaries inside each optimizer step (step begin, each accumulation sub-step's end, the moment
+        before the optimizer), so a first micro-step's compile can be told from the micro-steps that reuse it."""
 
         def __init__(self):
             self.durations: list[float] = []
+            self.micro_edges: list[list[float]] = []
             self._t0 = None
 
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.micro_edges.append([synced_now()])
+
+        def on_substep_end(self, args, state, control, **kwargs):
+            if self.micro_edges:
+                self.micro_edges[-1].append(synced_now())
+
         def on_pre_optimizer_step(self, args, state, control, **kwargs):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self._t0 = time.perf_counter()
+            self._t0 = synced_now()
+            if self.micro_edges:
+                self.micro_edges[-1].append(self._t0)
 
         def on_optimizer_step(self, args, state, control, **kwargs):
             if self._t0 is not None:
@@ -556,6 +572,47 @@ def gpu_limits(device_name: str) -> tuple[float, float] | None:
         if key in device_name:
             return limits
     return None
+
+
+STEADY_BASIS = {
+    "warmup": "the timed steps after the warm-up step(s)",
+    "first-step": "the one step less its first micro-step's training compile; an upper bound where the first "
+                  "_prepare_inputs compiled too (Unsloth's logprob recompute for vLLM's importance correction)",
+}
+
+
+def steady_micro_step(micro_edges: list[list[float]], events: list[tuple[float, str, float]],
+                      step_walls: list[float], warmup: int, grad_accum: int, optimizer_s: list[float]) -> dict:
+    """Each optimizer step's micro-step walls, and the steady seconds per micro-step where no warm-up step was run:
+    the first micro-step's training (its wall less its ``_prepare_inputs``, which holds the rollout of the whole
+    optimizer step) beyond the median of the other micro-steps is the one-off compile, taken out of the step (the
+    micro-steps plus the optimizer; the trainer's construction, in the first logged step's wall, is left out).
+
+    >>> r = steady_micro_step([[0.0, 70.0, 80.0, 90.0, 100.0]], [(60.0, "T._prepare_inputs", 50.0)], [130.0], 0, 4,
+    ...                       [1.0])
+    >>> r["micro_step_s"], r["first_micro_step_excess_s"], r["s_per_micro_step_steady"]
+    ([[70.0, 10.0, 10.0, 10.0]], 10.0, 22.75)
+    """
+    walls = [[round(b - a, 3) for a, b in zip(e, e[1:])] for e in micro_edges]
+    out: dict = {"micro_step_s": walls, "first_micro_step_excess_s": None, "s_per_micro_step_steady": None}
+    complete = [w for w in walls if len(w) == grad_accum]
+    if len(complete) != len(step_walls) or grad_accum < 2:
+        return out
+    if warmup > 0:
+        timed = step_walls[warmup:]
+        out["s_per_micro_step_steady"] = round(sum(timed) / len(timed) / grad_accum, 3)
+        out["steady_basis"] = STEADY_BASIS["warmup"]
+        return out
+    first = micro_edges[0]
+    prepare = sum(d for t, name, d in events if name.endswith("._prepare_inputs") and first[0] <= t <= first[1])
+    rest = sorted(walls[0][1:])
+    excess = max(0.0, walls[0][0] - prepare - rest[len(rest) // 2])
+    out["first_micro_step_excess_s"] = round(excess, 3)
+    out["first_prepare_inputs_s"] = round(prepare, 3)
+    out["steady_basis"] = STEADY_BASIS["first-step"]
+    step = sum(walls[0]) + (optimizer_s[0] if optimizer_s else 0.0)
+    out["s_per_micro_step_steady"] = round((step - excess) / grad_accum, 3)
+    return out
 
 
 def phase_breakdown(phases: dict[str, float], step_s: float, optimizer_s: float | None) -> dict[str, float | None]:
@@ -730,7 +787,16 @@ def child_gspo(spec: dict) -> dict:
     result["projected_epoch_h"] = round(result["s_per_micro_step"] * SEED_EPOCH_MICRO_STEPS / 3600, 2)
     per_step = phases.per_step(edges)
     result["phases_per_step"] = per_step
+    # Each profiled block on its own (seconds from the start of training): a first micro-step that compiles shows
+    # here beside the three that do not.
+    result["phase_events"] = [[round(t - t_train, 3), name, round(d, 3)] for t, name, d in phases.events]
     opt = optimizer_timer.durations
+    result.update(steady_micro_step(optimizer_timer.micro_edges, phases.events, step_walls, w, grad_accum, opt))
+    if result.get("s_per_micro_step_steady") is not None:
+        # The compile is paid once a run, not once a step: the epoch is that once plus 232 steady micro-steps.
+        result["projected_epoch_h"] = round((result["first_micro_step_excess_s"] if w == 0 else 0.0)
+                                            / 3600 + result["s_per_micro_step_steady"] * SEED_EPOCH_MICRO_STEPS
+                                            / 3600, 2)
     timed_opt = opt[w:] if len(opt) == settings.max_steps else None
     breakdowns = [phase_breakdown(per_step[i], step_walls[i], timed_opt[i - w] if timed_opt else None)
                   for i in range(w, len(step_walls))]
@@ -901,11 +967,15 @@ SEED_BATCH_CONFIGS = {
     # backend: (vLLM engine GiB, capped, warm-up steps or None for --warmup). The engine's share holds the shared
     # 4-bit weights (7.3 GB) and the KV cache of one rollout (32 sequences x ~1300 tokens x 144 KiB = 6 GB); 16-bit
     # needs 17.5 GB of weights before any.
+    # A warm-up step: the first step's _prepare_inputs (33 s of vLLM rollout, 56 s of logprob recompute) compiles
+    # the recompute, which the first-step estimate cannot take out; a second step costs ~40 s.
     "unsloth-4bit-vllm": (15.0, True, None),
-    "unsloth-16bit-vllm": (21.0, True, None),
     # The reference, as measured before: TRL's colocated engine at 0.3 of the GPU, no cap (it needs ~70 GB).
     "transformers-bf16-vllm": (None, False, None),
-    # generate: one optimizer step (~4 min) and no warm-up step; its first step's compile is small beside it.
+    # 16-bit weights (17.5 GB) in a 21 GiB engine: measured to leave vLLM no KV cache under the 24 GiB cap.
+    "unsloth-16bit-vllm": (21.0, True, None),
+    # generate: one optimizer step (~5 min) and no warm-up step: its _prepare_inputs is the rollout alone (no
+    # recompute on this on-policy path), so the first-step estimate takes the whole compile out.
     "unsloth-4bit": (None, True, 0),
 }
 """The seed-batch paths, in the order they run (the most informative first, should the deadline cut the run)."""
@@ -972,9 +1042,9 @@ def seed_batch_report(entries: list[dict]) -> str:
     rows = [e for e in entries if e.get("kind") == "seed-batch"]
     if not rows:
         return ""
-    lines = ["| path | status | s / micro-step (8 x 1024) | first step s | peak device GB | torch peak GB | cap GiB | "
-             "seed epoch h | rollout s (limit) | fwd s | bwd+rest s | optimizer s | logp gap |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| path | status | s / micro-step (8 x 1024) | steady s / micro-step | first step s | peak device GB | "
+             "torch peak GB | cap GiB | seed epoch h | rollout s (limit) | fwd s | bwd+rest s | optimizer s | logp gap |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ref = next((e for e in rows if e["backend"] == "transformers-bf16-vllm" and e.get("status") == "ok"), None)
     for e in rows:
         b = e.get("breakdown") or {}
@@ -982,7 +1052,8 @@ def seed_batch_report(entries: list[dict]) -> str:
         gap = e.get("logp_gap_mean") or []
         status = e.get("status") if e.get("status") == "ok" else f"{e.get('status')}: {str(e.get('error'))[:60]}"
         lines.append("| " + " | ".join([
-            e["engine"], status, _fmt(e.get("s_per_micro_step")), _fmt((e.get("step_s_all") or [None])[0], 1),
+            e["engine"], status, _fmt(e.get("s_per_micro_step")), _fmt(e.get("s_per_micro_step_steady")),
+            _fmt((e.get("step_s_all") or [None])[0], 1),
             _fmt(e.get("peak_device_gb")), _fmt(e.get("peak_mem_gb")), _fmt(e.get("capped_gb"), 0),
             _fmt(e.get("projected_epoch_h")),
             f"{_fmt(b.get('rollout_s'), 1)} ({_fmt(lim.get('rollout_limit_s_per_optimizer_step'), 1)})",
@@ -991,8 +1062,12 @@ def seed_batch_report(entries: list[dict]) -> str:
     if ref:
         for e in rows:
             if e.get("status") == "ok" and e is not ref:
+                steady = e.get("s_per_micro_step_steady") or e["s_per_micro_step"]
+                ref_steady = ref.get("s_per_micro_step_steady") or ref["s_per_micro_step"]
                 lines.append(f"- {e['backend']}: {e['s_per_micro_step'] / ref['s_per_micro_step']:.2f}x the bf16 + "
-                             f"colocated vLLM micro-step ({ref['s_per_micro_step']:.2f} s)")
+                             f"colocated vLLM micro-step ({ref['s_per_micro_step']:.2f} s) as measured, "
+                             f"{steady / ref_steady:.2f}x steady ({steady:.2f} / {ref_steady:.2f} s; "
+                             f"{e.get('steady_basis') or 'as measured'})")
     return "\n".join(lines)
 
 

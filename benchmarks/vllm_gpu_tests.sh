@@ -3,6 +3,8 @@
 # .whl/install.sh (the RL wheelhouse), copy the checkout to /tmp/repo, then
 #   setsid nohup bash benchmarks/vllm_gpu_tests.sh [STAGE ...] > /tmp/vlog/session.log 2>&1 &
 # and poll /tmp/vlog (each stage writes STAGE.log, the benchmarks STAGE.json; "ALL DONE" ends session.log).
+# fast-tests materializes lora_adapter, whose first step checks the GGUF export's tools: send .tools/llama.cpp-0.3.36
+# along (vlmrl-fetch-tools), or it is refused before training. FAST_TESTS_K picks its tests (pytest -k).
 # Stages: eval8b eval2b gspo2b tests probe probe-as-trl mismatch fast-tests seed-batch (default: the first four).
 cd /tmp/repo || exit 1
 export VLMRL_TOOLS_DIR=$PWD/.tools HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONPATH=$PWD:$PYTHONPATH
@@ -30,11 +32,11 @@ for stage in ${@:-eval8b eval2b gspo2b tests}; do
     probe-as-trl) probe --vllm-as-trl --out /tmp/vlog/$stage.json ;;
     # The seeds' path: Unsloth fast_inference through the lora_adapter asset (demo model, Qwen3-VL 2B stand-in).
     fast-tests) python3 -m pytest vlmrl_pipeline_tests/test_vllm_gpu.py -m gpu -s -p no:cacheprovider -W ignore \
-             -k fast_inference --durations=10 ;;
+             -k "${FAST_TESTS_K:-fast_inference}" --durations=10 ;;
     # The seed's micro-step on the 8B stand-in, four paths side by side, 24 GiB cap (gspo_benchmark.py --seed-batch).
     seed-batch) python3 benchmarks/gspo_benchmark.py --seed-batch --batch 8 --grad-accum 4 --num-generations 4 \
              --max-completion-length 1024 --image-size 512 --warmup 1 --steps 1 --deadline-s ${SEED_BATCH_DEADLINE:-1500} \
-             --seed-configs ${SEED_CONFIGS:-unsloth-4bit-vllm,unsloth-16bit-vllm,transformers-bf16-vllm,unsloth-4bit} \
+             --seed-configs ${SEED_CONFIGS:-unsloth-4bit-vllm,transformers-bf16-vllm,unsloth-16bit-vllm,unsloth-4bit} \
              --out /tmp/vlog/$stage.json --work-dir /tmp/seed_batch ;;
     tests) python3 -m pytest vlmrl_pipeline_tests/test_vllm_gpu.py -m gpu -s -p no:cacheprovider -W ignore \
              --durations=10 ;;

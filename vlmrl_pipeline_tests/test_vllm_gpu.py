@@ -203,8 +203,11 @@ def test_unsloth_fast_inference_demo_model_through_lora_adapter(tmp_path):
     # Measured on an H200 (benchmarks/logs/fast_inference_h200/fast_tests_run1.log): the path trains, but the tiny
     # model in 4-bit gave completions of ~6 tokens and every group of four the same reward in all three steps, so
     # no advantage, zero LoRA B matrices and a (rightly) failed lora_weights_trained. The rehearsals' shaping reward
-    # gives the groups a spread, so the check speaks about the engine path, not about the tiny model's 4-bit skill.
-    _train_through_lora_adapter(_fast_inference(tiny_profile(), rehearsal_reward_weight=1.0), tmp_path)
+    # gives the groups a spread, so the check speaks about the engine path, not about the tiny model's 4-bit skill;
+    # at temperature 1.5 the 512-token byte-level vocabulary's non-ASCII bytes are sampled too, so the shaping
+    # reward (the share of printable ASCII) differs within a group even where the tiny model's answers agree.
+    _train_through_lora_adapter(_fast_inference(tiny_profile(), rehearsal_reward_weight=1.0, temperature=1.5),
+                                tmp_path)
     copies = list((tmp_path / "lora_adapter_checkpoints" / "vllm-4bit-base").glob("4bit-*/config.json"))
     assert len(copies) == 1, copies
     quantization = json.loads(copies[0].read_text())["quantization_config"]

@@ -239,7 +239,7 @@ def load_model(
     max_seq_length: int = 16384,
     device: str | None = None,
     fast_inference: bool = False,
-    gpu_memory_utilization: float = 0.8,
+    gpu_memory_utilization: float = 0.625,
     vllm_standby: bool = True,
     vllm_4bit_cache: str | os.PathLike | None = None,
     log=None,

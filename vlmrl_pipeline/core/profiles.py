@@ -96,11 +96,16 @@ class ModelSettings:
         "installed vLLM (refused before loading otherwise); vision layers must stay frozen, since vLLM cannot "
         "carry LoRA on them. The transformers backend gets vLLM rollouts from ``use_vllm`` alone, evaluation from "
         "``eval_settings.engine``.")})
-    gpu_memory_utilization: float = field(default=0.8, metadata={"help": (
-        "With ``fast_inference``: the share of GPU memory vLLM may take (lower it on out-of-memory errors).")})
+    gpu_memory_utilization: float = field(default=0.625, metadata={"help": (
+        "With ``fast_inference``: the share of GPU memory vLLM may take, its weights included (lower it on "
+        "out-of-memory errors). 0.625 is 15 GiB of a 24 GiB card, what the seed's 8B micro-step was measured to "
+        "fit in (21.5 GB for the whole process); the seeds' 0.8 leaves a 24 GB card too little for training, since "
+        "Unsloth keeps the engine's memory held during training for vision models (standby is off for them). A "
+        "larger card only gets a larger KV cache from the same share.")})
     vllm_standby: bool = field(default=True, metadata={"help": (
         "With ``fast_inference``: set ``UNSLOTH_VLLM_STANDBY=1`` before Unsloth loads (the seeds' setting: vLLM's "
-        "memory is shared with training instead of held apart, so ``gpu_memory_utilization`` can stay high).")})
+        "memory is shared with training instead of held apart). Unsloth 2026.10 ignores it for vision models "
+        "(\"unstable for multimodal models\") unless ``UNSLOTH_VLLM_STANDBY_VISION=1`` is set.")})
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": (
         "The LoRA adapter trained on the frozen base model.")})
     tiny_model: TinyModelSpec = field(default_factory=TinyModelSpec, metadata={"help": (
@@ -211,7 +216,9 @@ def qwen25vl_7b_profile() -> Profile:
 
 
 def gemma3_4b_profile() -> Profile:
-    """Gemma-3 4B it as in seed 003 (Unsloth inference, no vLLM).
+    """Gemma-3 4B it as in seed 003 (which generates through Unsloth, no vLLM; here ``rollout_engine="auto"``
+    takes Unsloth's vLLM engine where it is installed: Unsloth 2026.10 lists ``gemma3`` among the vision models it
+    serves, not yet run on this project's GPU machine).
 
     Quirks: bfloat16 only (float16 overflows Gemma-3's activations, so it needs a GPU newer than a T4); images are
     marked with ``<start_of_image>`` and expanded into ``<image_soft_token>``, which generation suppresses; its chat
