@@ -54,6 +54,22 @@ def tiny_checkpoint(tmp_path_factory) -> str:
 HEAVY_ENV_VAR = "VLMRL_HEAVY_TESTS"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def llama_cpp_tools_fetched():
+    """llama.cpp's tools, fetched once (cached under ``VLMRL_TOOLS_DIR`` or ``~/.cache``): ``lora_adapter`` checks
+    the GGUF export's converter before training and never fetches it itself, so without this a test that trains
+    passed only where an earlier test (``test_export.py``'s) happened to fetch the tools in the same run."""
+    import warnings
+
+    from vlmrl_pipeline.core.llama_cpp import llama_cpp_tools
+
+    try:
+        return llama_cpp_tools()
+    except (OSError, RuntimeError) as exc:  # offline: the tests that need the tools fail with the export check's message
+        warnings.warn(f"llama.cpp tools not available: {exc}", stacklevel=1)
+        return None
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` need CUDA: they are skipped (with the reason) on CPU machines such as CI. Tests marked
     ``heavy`` (the README's whole demo job in-process with its full accuracy assertions; the default run has the
