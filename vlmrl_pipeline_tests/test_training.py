@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import datasets
@@ -266,3 +267,22 @@ def test_report_targets_reach_the_trainer_and_a_missing_package_is_named(tiny_ch
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     [problem] = report_to_problems(_small(report_to="tensorboard,wandb"))
     assert problem.startswith("training_settings.report_to='tensorboard,wandb': wandb needs the wandb package")
+
+
+def test_every_step_line_gives_the_share_done_the_time_elapsed_and_left(tiny_checkpoint, tmp_path):
+    """Logging every second step: the steps between get a progress line of their own (the first line comes after
+    the first step, not the first logging step), the logged ones the same progress before their metrics, and the
+    progress file the same numbers."""
+    model, processor, _ = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
+    lines = []
+    train_gspo(model, processor, _dataset(), _small(max_steps=4, logging_steps=2), tmp_path / "out",
+               REWARD_FUNCTIONS, REWARD_WEIGHTS, peft_config=peft_lora_config(LoraSettings(r=4, lora_alpha=8)),
+               log=lines.append, progress_file=tmp_path / "progress.json")
+    steps = [line for line in lines if line.startswith("GSPO step")]
+    assert [line.split()[2] for line in steps] == ["1/4", "2/4", "3/4", "4/4"]
+    assert steps[0].startswith("GSPO step 1/4 (25%), 0:") and " elapsed, ~" in steps[0] and "reward=" not in steps[0]
+    assert "(50%)" in steps[1] and "reward=" in steps[1]
+    assert steps[-1].split(": ")[0].endswith("~0:00:00 left")
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert (progress["global_step"], progress["percent"], progress["eta_s"]) == (4, 100.0, 0.0)
+    assert progress["elapsed_s"] > 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -115,28 +116,74 @@ def explain_out_of_memory(settings: GSPOSettings, *, step: Callable[[], int | No
         )) from exc
 
 
+def _clock(seconds: float) -> str:
+    """``H:MM:SS`` of a duration.
+
+    >>> _clock(3725.4), _clock(59.6)
+    ('1:02:05', '0:01:00')
+    """
+    whole = int(round(seconds))
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def step_progress(global_step: int, max_steps: int, steps_run: int, elapsed_s: float) -> dict[str, Any]:
+    """Where training stands after ``global_step`` of ``max_steps``, ``steps_run`` of them by this process in
+    ``elapsed_s`` seconds: the share done and the time left at this process's own pace (a resumed run does not
+    count the steps an earlier process ran).
+
+    >>> step_progress(20, 80, 10, 50.0)["text"]
+    'GSPO step 20/80 (25%), 0:00:50 elapsed, ~0:05:00 left'
+    >>> step_progress(80, 80, 80, 400.0)["eta_s"]
+    0.0
+    """
+    percent = 100.0 * global_step / max_steps if max_steps > 0 else 100.0
+    eta = elapsed_s / steps_run * max(max_steps - global_step, 0) if steps_run > 0 else None
+    text = f"GSPO step {global_step}/{max_steps} ({percent:.0f}%), {_clock(elapsed_s)} elapsed"
+    if eta is not None:
+        text += f", ~{_clock(eta)} left"
+    return {"global_step": global_step, "max_steps": max_steps, "percent": round(percent, 1),
+            "elapsed_s": round(elapsed_s, 1), "eta_s": None if eta is None else round(eta, 1), "text": text}
+
+
 def _progress_callback(log: Callable[[str], None] | None, progress_file: str | Path | None = None):
     from transformers import TrainerCallback
 
     class ProgressCallback(TrainerCallback):
-        """Forwards each logged step to ``log``, stops on a non-finite logged loss naming the step, counts the steps
-        this process ran and (main process) writes ``progress_file`` after each one."""
+        """Forwards each step to ``log`` with the share done, the time elapsed and the time left (with the metrics
+        on logged steps), stops on a non-finite logged loss naming the step, counts the steps this process ran
+        and (main process) writes ``progress_file`` after each one."""
 
         def __init__(self):
             self.steps_run = 0
             self.current_step: int | None = None
+            self.started: float | None = None
+            self.progress: dict[str, Any] | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.current_step = state.global_step + 1
+            if self.started is None:
+                self.started = time.monotonic()
 
         def on_step_end(self, args, state, control, **kwargs):
             self.steps_run += 1
-            if progress_file is not None and getattr(state, "is_world_process_zero", True):
+            elapsed = time.monotonic() - (self.started or time.monotonic())
+            self.progress = step_progress(state.global_step, state.max_steps, self.steps_run, elapsed)
+            main = getattr(state, "is_world_process_zero", True)
+            if progress_file is not None and main:
                 from vlmrl_pipeline.core.atomic import atomic_file
 
                 with atomic_file(progress_file) as tmp:
                     tmp.write_text(json.dumps({"pid": os.getpid(), "global_step": state.global_step,
-                                               "max_steps": state.max_steps, "steps_run": self.steps_run}))
+                                               "max_steps": state.max_steps, "steps_run": self.steps_run,
+                                               **{k: v for k, v in self.progress.items() if k != "text"}}))
+            logging_steps = getattr(args, "logging_steps", 1) or 1
+            # A logged step's line comes from on_log with its metrics; the others get the progress alone, so the
+            # first line does not wait for the first logging step.
+            if log is not None and main and state.global_step % logging_steps != 0:
+                log(self.progress["text"])
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
@@ -146,7 +193,10 @@ def _progress_callback(log: Callable[[str], None] | None, progress_file: str | P
             if log is not None and "reward" in logs and getattr(state, "is_world_process_zero", True):
                 keys = ("loss", "reward", "reward_std", "completions/mean_length", "frac_reward_zero_std")
                 shown = " ".join(f"{k}={float(logs[k]):.4g}" for k in keys if k in logs)
-                log(f"GSPO step {state.global_step}/{state.max_steps}: {shown}")
+                progress = self.progress if self.progress and self.progress["global_step"] == state.global_step \
+                    else None
+                head = progress["text"] if progress else f"GSPO step {state.global_step}/{state.max_steps}"
+                log(f"{head}: {shown}")
 
     return ProgressCallback()
 
