@@ -113,12 +113,14 @@ class SettingsError(ValueError):
     """Settings that cannot work, found at the start of a run, before its first step."""
 
 
-def settings_problems(job_def, run_config: dict) -> list[str]:
+def settings_problems(job_def, run_config: dict, *, probe_machine: bool = False) -> list[str]:
     """Every settings resource of the job, built from the run's config as its steps would build it, converted
-    to its core dataclass (whose checks run then), and checked against the others. One line per problem."""
+    to its core dataclass (whose checks run then), and checked against the others. One line per problem. With
+    ``probe_machine`` (where the steps run on this machine), also what this machine lacks for the settings that
+    ask for vLLM by name (``core.settings_check.machine_problems``)."""
     from dagster import build_resources
 
-    from vlmrl_pipeline.core.settings_check import settings_conflicts
+    from vlmrl_pipeline.core.settings_check import machine_problems, settings_conflicts
 
     defs = {key: job_def.resource_defs[key] for key in SETTINGS_RESOURCE_KEYS if key in job_def.resource_defs}
     config = {key: value for key, value in (run_config.get("resources") or {}).items() if key in defs}
@@ -135,6 +137,9 @@ def settings_problems(job_def, run_config: dict) -> list[str]:
     if not problems:
         problems += settings_conflicts(data=core.get("data_settings"), model=core.get("model_settings"),
                                        gspo=core.get("training_settings"), generation=core.get("eval_settings"))
+    if not problems and probe_machine:
+        problems += machine_problems(model=core.get("model_settings"), gspo=core.get("training_settings"),
+                                     generation=core.get("eval_settings"))
     return problems
 
 
@@ -157,7 +162,9 @@ class _RecoveringExecutor(Executor):
         instance = plan_context.instance
         instance.add_run_tags(plan_context.run_id, {RUN_WORKER_TAG: json.dumps(process_identity())})
         fail_runs_of_dead_workers(instance, plan_context.run_id, log=plan_context.log.warning)
-        problems = settings_problems(plan_context.reconstructable_job.get_definition(), plan_context.run_config)
+        # This executor runs every step on this machine, so what the machine lacks is known here too.
+        problems = settings_problems(plan_context.reconstructable_job.get_definition(), plan_context.run_config,
+                                     probe_machine=True)
         if problems:
             # The same settings would fail again: not a case for the instance's automatic retry.
             instance.add_run_tags(plan_context.run_id, {"dagster/max_retries": "0"})

@@ -40,6 +40,28 @@ def _launchpad_config(resource_key: str, **changes) -> dict:
 ])
 def test_settings_that_cannot_work_stop_the_run_before_its_first_step(tmp_path, monkeypatch, resource_key, changes,
                                                                         message):
+    _refused_before_the_first_step(tmp_path, monkeypatch, resource_key, changes, message)
+
+
+def _cuda_here() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_cuda_here(), reason="probes a machine without a CUDA GPU")
+@pytest.mark.parametrize("resource_key, changes, message", [
+    ("training_settings", dict(use_vllm=True), "training_settings.use_vllm=True needs a CUDA GPU"),
+    ("training_settings", dict(rollout_engine="vllm"), "training_settings.rollout_engine='vllm' needs a CUDA GPU"),
+    ("eval_settings", dict(engine="vllm"), "eval_settings.engine='vllm' needs a CUDA GPU"),
+])
+def test_vllm_asked_by_name_on_a_machine_without_cuda_stops_the_run_before_its_first_step(
+        tmp_path, monkeypatch, resource_key, changes, message):
+    """Refused when the run starts, not when lora_adapter starts after the base model and the baseline ran."""
+    _refused_before_the_first_step(tmp_path, monkeypatch, resource_key, changes, message)
+
+
+def _refused_before_the_first_step(tmp_path, monkeypatch, resource_key, changes, message):
     monkeypatch.setenv("VLMRL_DATA_DIR", str(tmp_path / "data"))
     (tmp_path / "home").mkdir()
     shutil.copy(INSTANCE_YAML, tmp_path / "home" / "dagster.yaml")

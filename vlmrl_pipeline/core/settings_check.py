@@ -80,3 +80,38 @@ def vllm_conflicts(model: Any = None, gspo: Any = None, backend: str | None = No
         problems.append("training_settings.vllm_enable_sleep_mode is TRL's colocated engine's; with the Unsloth "
                         "backend use model_settings.vllm_standby instead")
     return problems
+
+
+def machine_problems(model: Any = None, gspo: Any = None, generation: Any = None) -> list[str]:
+    """Settings that ask for vLLM by name (``use_vllm``, ``rollout_engine='vllm'``, ``fast_inference``,
+    ``eval_settings.engine='vllm'``) on a machine without a CUDA GPU or without vLLM: one line each, naming the
+    setting. For where the run starts on the machine its steps run on (the default executor); ``auto`` settings
+    fall back to ``model.generate`` there by themselves and are not problems.
+
+    CUDA is probed through NVML (``PYTORCH_NVML_BASED_CUDA_CHECK``), so the process that starts the run never
+    initialises CUDA: a step forked from it could not use the GPU.
+    """
+    import os
+
+    from vlmrl_pipeline.core.vllm_engine import vllm_problems
+
+    asked = []
+    if gspo is not None and getattr(gspo, "rollout_engine", "auto") == "vllm":
+        asked.append("training_settings.rollout_engine='vllm'")
+    elif gspo is not None and gspo.use_vllm:
+        asked.append("training_settings.use_vllm=True")
+    elif model is not None and model.fast_inference:
+        asked.append("model_settings.fast_inference=True")
+    if generation is not None and getattr(generation, "engine", "transformers") == "vllm":
+        asked.append("eval_settings.engine='vllm'")
+    if not asked:
+        return []
+    previous = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    try:
+        return [problem for setting in asked for problem in vllm_problems(setting)]
+    finally:
+        if previous is None:
+            os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+        else:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = previous
