@@ -21,7 +21,7 @@ def test_doctests():
 
 def test_the_fingerprint_names_every_version_that_decides_results():
     fingerprint = environment_fingerprint()
-    assert set(fingerprint) == {"python", "cuda", "gpu", *RESULT_PACKAGES}
+    assert set(fingerprint) == {"python", "torch_cuda_build", "gpu", *RESULT_PACKAGES}
     assert all(isinstance(v, str) and v for v in fingerprint.values())
     assert json.loads(json.dumps(fingerprint)) == fingerprint
     import torch
@@ -60,3 +60,10 @@ def test_differences_name_each_changed_entry_in_order():
     assert environment_differences(after, dict(after)) == []
     assert environment_differences({"torch": "1"}, {"torch": "1", "unsloth": "2026.10.9"}) == [
         "unsloth: unrecorded -> 2026.10.9"]
+
+
+def test_a_record_from_before_the_rename_compares_under_the_new_name():
+    old = {"python": "3.11.7", "cuda": "12.8", "gpu": "none"}
+    new = {"python": "3.11.7", "torch_cuda_build": "12.8", "gpu": "none"}
+    assert environment_differences(old, new) == []
+    assert environment_differences(old, {**new, "torch_cuda_build": "13.0"}) == ["torch_cuda_build: 12.8 -> 13.0"]

@@ -71,10 +71,19 @@ def environment_fingerprint() -> dict[str, str]:
     Computed once per process (none of it changes while a process runs)."""
     return {
         "python": platform.python_version(),
-        "cuda": _cuda_runtime(),
+        # torch's build, not the machine: "12.8" here says nothing of a GPU; "gpu" says whether there is one.
+        "torch_cuda_build": _cuda_runtime(),
         **{name: package_version(name) for name in RESULT_PACKAGES},
         "gpu": _gpu_names(),
     }
+
+
+LEGACY_KEYS = {"cuda": "torch_cuda_build"}
+"""Fingerprint keys of earlier records and their names now."""
+
+
+def _current_keys(env: Mapping[str, Any]) -> dict[str, Any]:
+    return {LEGACY_KEYS.get(k, k): v for k, v in env.items()}
 
 
 def environment_differences(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> list[str]:
@@ -89,5 +98,6 @@ def environment_differences(before: Mapping[str, Any] | None, after: Mapping[str
     if not before or not after:
         return [f"{side}: no environment recorded" for side, env in (("before", before), ("after", after))
                 if not env]
+    before, after = _current_keys(before), _current_keys(after)
     return [f"{k}: {before.get(k, 'unrecorded')} -> {after.get(k, 'unrecorded')}"
             for k in dict.fromkeys([*before, *after]) if before.get(k) != after.get(k)]

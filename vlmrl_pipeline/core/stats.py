@@ -4,14 +4,13 @@ The baseline and the trained model answer the same questions, so their results a
 paired: the question is not "are 5% and 6% different rates" but "did the samples
 that changed move one way more than chance allows". McNemar's exact test answers
 that from the discordant pairs alone; a paired bootstrap puts a confidence interval
-on the accuracy difference. Both are small enough to write out here rather than
-depend on scipy.
+on the accuracy difference. Both come from ``scipy.stats`` (``binomtest`` and
+``bootstrap``); this module adds the pairing, the input checks and the result shape.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from fractions import Fraction
 
 import numpy as np
 
@@ -36,24 +35,17 @@ def mcnemar_exact(before: Sequence[bool], after: Sequence[bool]) -> dict:
     that went False -> True, ``lost`` True -> False, ``discordant`` their sum. Under
     the null hypothesis (no change in accuracy) each discordant pair is a fair coin,
     so ``p = min(1, 2 * P(X <= min(gained, lost)))`` with ``X ~ Binomial(discordant,
-    1/2)``, and ``p = 1.0`` when nothing changed. Computed with integer binomial
-    coefficients (``math.comb``'s values, built up term by term) and one final
-    division, so it stays exact for thousands of pairs where a float pmf would
-    underflow. Raises ValueError when the lengths differ.
+    1/2)`` (``scipy.stats.binomtest``), and ``p = 1.0`` when nothing changed.
+    Raises ValueError when the lengths differ.
     """
+    from scipy.stats import binomtest
+
     b, a = _paired_flags(before, after)
     gained = sum(1 for x, y in zip(b, a) if not x and y)
     lost = sum(1 for x, y in zip(b, a) if x and not y)
     discordant = gained + lost
-    if discordant == 0:
-        p_value = 1.0
-    else:
-        # Sum of C(n, k) for k <= min(gained, lost); C(n, k+1) = C(n, k) * (n - k) / (k + 1).
-        term = tail = 1
-        for k in range(min(gained, lost)):
-            term = term * (discordant - k) // (k + 1)  # exact: the product is always divisible
-            tail += term
-        p_value = float(min(Fraction(1), Fraction(2 * tail, 2**discordant)))
+    # binomtest's two-sided p for p=1/2 is min(1, 2 * P(X <= min(gained, lost))): McNemar's exact test.
+    p_value = 1.0 if discordant == 0 else float(binomtest(min(gained, lost), discordant, 0.5).pvalue)
     return {"gained": gained, "lost": lost, "discordant": discordant, "p_value": p_value}
 
 
@@ -71,9 +63,10 @@ def paired_bootstrap_ci(
     both sides (that is what keeps the pairs together), so the resampled statistic is
     the mean of the per-sample differences at those indices. The interval is the
     ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the
-    ``n_resamples`` resampled means. Indices are drawn in chunks of at most about
-    four million, so memory stays bounded for large inputs. Deterministic for a given
-    seed and input.
+    ``n_resamples`` resampled means (``scipy.stats.bootstrap``, percentile method, on
+    the per-sample differences). Indices are drawn in batches of at most about four
+    million, so memory stays bounded for large inputs. Deterministic for a given seed
+    and input.
 
     Returns ``(difference, lower, upper)`` as floats. Raises ValueError for unequal
     lengths, empty or non-finite input, ``n_resamples < 1`` or a confidence outside
@@ -94,17 +87,15 @@ def paired_bootstrap_ci(
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
 
+    from scipy.stats import bootstrap
+
     diffs = a - b
-    n = len(diffs)
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples, dtype=float)
-    rows = max(1, _MAX_CHUNK_ELEMENTS // n)
-    for start in range(0, n_resamples, rows):
-        stop = min(start + rows, n_resamples)
-        indices = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = diffs[indices].mean(axis=1)
-    alpha = 1.0 - confidence
-    lower, upper = np.quantile(means, [alpha / 2, 1.0 - alpha / 2])
+    if np.all(diffs == diffs[0]):  # every resample has the same mean (scipy would warn of a degenerate sample)
+        return float(diffs[0]), float(diffs[0]), float(diffs[0])
+    result = bootstrap((diffs,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                       method="percentile", vectorized=True, batch=max(1, _MAX_CHUNK_ELEMENTS // len(diffs)),
+                       random_state=np.random.default_rng(seed))
+    lower, upper = result.confidence_interval
     return float(diffs.mean()), float(lower), float(upper)
 
 
