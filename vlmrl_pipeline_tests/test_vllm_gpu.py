@@ -214,21 +214,32 @@ def test_unsloth_fast_inference_demo_model_through_lora_adapter(tmp_path):
     assert quantization["load_in_4bit"] and "model.visual" in quantization["llm_int8_skip_modules"]
 
 
-def test_unsloth_fast_inference_qwen3vl_2b_standin_through_lora_adapter(tmp_path):
-    """The same on the real architecture in the hub's packaging (the Qwen3-VL 2B stand-in, pre-quantized bnb 4-bit
-    as Unsloth's uploads, Qwen's real vocabulary, random weights): no copy is made, Unsloth's engine loads the
-    checkpoint as it is. Random weights earn no task reward, so the rehearsal's shaping reward gives GSPO a signal."""
+@pytest.mark.parametrize("key, profile_name", [("qwen3vl-2b", "qwen3vl-8b"), ("qwen25vl-7b", "qwen25vl-7b"),
+                                               ("gemma3-4b", "gemma3-4b")])
+def test_unsloth_fast_inference_standin_through_lora_adapter(tmp_path, key, profile_name):
+    """The same on the real architectures, each in its hub id's packaging (Qwen's real vocabulary, random
+    weights) and with its profile's model settings (Gemma-3 in bf16): the Qwen3-VL 2B stand-in pre-quantized in
+    bnb 4-bit as Unsloth's uploads, loaded by Unsloth's engine as it is; Qwen2.5-VL 7B and Gemma-3 4B in bf16, as
+    ``Qwen/Qwen2.5-VL-7B-Instruct`` and ``unsloth/gemma-3-4b-it`` are, so served from their 4-bit copy. Random
+    weights earn no task reward, so the rehearsal's shaping reward gives GSPO a signal."""
     pytest.importorskip("unsloth")
     pytest.importorskip("compressed_tensors", reason="vLLM's bitsandbytes loader needs compressed-tensors")
+    from vlmrl_pipeline.core.profiles import get_profile
     from vlmrl_pipeline.core.standin import build_standin
+    from vlmrl_pipeline.core.standin.specs import standin_spec
 
-    checkpoint = build_standin("qwen3vl-2b", tmp_path / "standin", device="cuda")
+    checkpoint = build_standin(key, tmp_path / "standin", device="cuda")
+    real = get_profile(profile_name).model
     profile = tiny_profile()
     profile = _fast_inference(dataclasses.replace(
-        profile, model=dataclasses.replace(profile.model, model_name=str(checkpoint), max_seq_length=2048)),
+        profile, model=dataclasses.replace(profile.model, model_name=str(checkpoint), max_seq_length=2048,
+                                           lora=real.lora)),
         max_steps=2, learning_rate=1e-4, max_completion_length=32, rehearsal_reward_weight=1.0)
+    if real.dtype != "auto":
+        profile = dataclasses.replace(profile, model=dataclasses.replace(profile.model, dtype=real.dtype))
     meta, _ = _train_through_lora_adapter(profile, tmp_path / "data")
-    # Per-token |logp_vLLM - logp_train| of the sampled tokens: 0.0155 nats measured, the bf16 rounding floor
-    # (a rollout prompt that differs from the trainer's costs 0.85 on such random weights).
+    # Per-token |logp_vLLM - logp_train| of the sampled tokens: 0.0155 nats measured on the 2B, the bf16 rounding
+    # floor (a rollout prompt that differs from the trainer's costs 0.85 on such random weights).
     assert meta["rollout_and_entropy"].value["logp_difference_mean/mean"] < 0.1
-    assert not (tmp_path / "data" / "lora_adapter_checkpoints" / "vllm-4bit-base").exists()
+    copies = tmp_path / "data" / "lora_adapter_checkpoints" / "vllm-4bit-base"
+    assert copies.exists() == (standin_spec(key).packaging == "bf16")
