@@ -9,7 +9,7 @@ from vlmrl_pipeline.playground.presets import PRESETS
 from vlmrl_pipeline.playground.scoring import RequestError, parse_request, score_payload, score_request
 from vlmrl_pipeline.playground.server import (
     MAX_BODY_BYTES,
-    PlaygroundHandler,
+    PlaygroundApp,
     PlaygroundServer,
     page_html,
     running_server,
@@ -19,7 +19,7 @@ from vlmrl_pipeline.playground.server import (
 __all__ = [
     "MAX_BODY_BYTES",
     "PRESETS",
-    "PlaygroundHandler",
+    "PlaygroundApp",
     "PlaygroundServer",
     "RequestError",
     "page_html",

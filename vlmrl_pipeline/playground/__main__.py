@@ -4,6 +4,7 @@ and the pipeline's report page (``/reports/report.html``) until Ctrl-C."""
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 
 from vlmrl_pipeline.core.experiments import REPORT_ASSET
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from vlmrl_pipeline.resources import default_data_dir
 
+    if not args.quiet:  # uvicorn's request and error lines on stderr
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     server = PlaygroundServer(args.host, args.port, quiet=args.quiet, data_dir=args.data_dir or default_data_dir())
     # Stop on SIGTERM even when the parent started us with it ignored (an inherited SIG_IGN would otherwise
     # leave a server that `kill`, a supervisor or a test's terminate() cannot stop).

@@ -1,28 +1,37 @@
-"""A small stdlib HTTP server for the reward playground (one page and two JSON endpoints) and the report page.
+"""The reward playground's server (one page and two JSON endpoints) and the report page, on uvicorn.
 
 Routes: ``GET /`` (the page), ``GET /api/presets``, ``POST /api/score`` (see
 :func:`vlmrl_pipeline.playground.scoring.score_payload`), and ``GET /reports/<file>``: the ``eval_diff_report``
 asset's files from the data folder the server was given, so the Dagster UI can link the report over http (a
 browser does not open a ``file://`` link from an ``http://`` page). Every answer other than a page is JSON, errors
 included (``{"error": "..."}``), and no input may take the server down: the body size is checked from its
-``Content-Length`` before any of it is read, JSON and field errors are 400s, and anything unexpected inside a
-handler becomes a 500 JSON answer while the server keeps serving.
+``Content-Length`` before any of it is read, JSON and field errors are 400s, malformed HTTP is a JSON 400 too,
+and anything unexpected inside a handler becomes a 500 JSON answer while the server keeps serving.
+
+uvicorn (which ``dagster-webserver`` already brings) serves it on one asyncio event loop: a connection that stalls
+holds a few kilobytes, not a thread, so slow or many clients wait their turn instead of locking others out (the
+stdlib's thread-per-connection server answered 503 for 30 s behind 70 stalled connections).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import re
 import socket
-import sys
 import threading
+import time
 from collections.abc import Iterator
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from vlmrl_pipeline.core.experiments import EXPERIMENTS_DIR, REPORT_ASSET, report_dir
 from vlmrl_pipeline.core.experiments import NAME as EXPERIMENT_NAME
@@ -67,214 +76,219 @@ def page_html() -> str:
     return template.replace(_DATA_MARKER, _json_for_script(data))
 
 
-class PlaygroundHandler(BaseHTTPRequestHandler):
-    """Request handler; one instance per request, run in the server's worker threads."""
+KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+"""Methods answered with 405 on a known path that takes others; any other method is a 501."""
 
-    server_version = "vlmrl-playground"
-    protocol_version = "HTTP/1.1"
-    timeout = 30  # seconds a client may stall mid-request before its connection is dropped
 
-    def setup(self) -> None:
-        super().setup()
-        # Every answer is one complete write (see _send), so nothing is gained by delaying small packets.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+class _Answer(Exception):
+    """An answer decided before the handler's end: a JSON error with its status and extra headers."""
 
-    def version_string(self) -> str:
-        """The Server header: the name only, not the Python version."""
-        return self.server_version
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, close: bool = False):
+        super().__init__(message)
+        self.status, self.message, self.headers, self.close = status, message, headers or {}, close
 
-    # --- responses -------------------------------------------------------------------------------------
 
-    def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for key, value in (extra or {}).items():
-            self.send_header(key, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        # Headers and body in one write: two small writes on a kept-alive connection meet Nagle's algorithm and
-        # the client's delayed ACK, a ~40 ms stall per request.
-        if self.request_version != "HTTP/0.9":  # 0.9 has no headers (the stdlib keeps no buffer for it)
-            self._headers_buffer.append(b"\r\n")
-        head = b"".join(getattr(self, "_headers_buffer", []))
-        self._headers_buffer = []
-        self.wfile.write(head if self.command == "HEAD" else head + body)
+def _json_body(payload: Any) -> bytes:
+    return json.dumps(payload, allow_nan=False).encode("ascii")  # ensure_ascii: lone surrogates survive
 
-    def _send_json(self, status: int, payload: Any, extra: dict[str, str] | None = None) -> None:
-        body = json.dumps(payload, allow_nan=False).encode("ascii")  # ensure_ascii: lone surrogates survive
-        self._send(status, body, "application/json; charset=utf-8", extra)
 
-    def _error(self, status: int, message: str, extra: dict[str, str] | None = None) -> None:
-        self._send_json(status, {"error": message}, extra)
+class PlaygroundApp:
+    """The ASGI application: routing, the body limit, JSON errors. ``data_dir`` holds the reports served."""
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """JSON instead of the stdlib's HTML error page, also for errors raised while parsing the request line."""
+    def __init__(self, data_dir: Path | None = None, log: logging.Logger | None = None):
+        self.data_dir = data_dir
+        self.log = log or logging.getLogger("vlmrl.playground")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":  # lifespan is off; websockets are not served
+            return
+        method, path = scope["method"], scope["path"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        declares_body = "transfer-encoding" in headers or headers.get("content-length", "0").strip() != "0"
+        # A body nobody reads would be parsed as the next request on this connection: close after answering.
+        close = declares_body and (path, method) != ("/api/score", "POST")
         try:
-            phrase = HTTPStatus(code).phrase
-        except ValueError:
-            phrase = "error"
-        self.log_error("code %d, message %s", code, message)
-        self.close_connection = True
-        if not hasattr(self, "command"):  # the request line itself was unreadable
-            self.command = ""
-        self._error(code, message or phrase)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's parameter name
-        if not getattr(self.server, "quiet", False):
-            sys.stderr.write(f"{self.address_string()} - {format % args}\n")
-
-    # --- dispatch --------------------------------------------------------------------------------------
-
-    def _dispatch(self) -> None:
-        try:
-            path = self.path.split("?", 1)[0]
-            is_report = path.startswith(REPORTS_PREFIX) or EXPERIMENT_REPORTS.match(path)
-            allowed = ("GET", "HEAD") if is_report else _ROUTES.get(path)
-            declares_body = "Transfer-Encoding" in self.headers or (
-                self.headers.get("Content-Length", "0").strip() != "0"
-            )
-            if declares_body and (path, self.command) != ("/api/score", "POST"):
-                # A body nobody reads would be parsed as the next request on this connection.
-                self.close_connection = True
-            if allowed is None:
-                self._error(404, f"no such path: {path}")
-            elif self.command not in allowed:
-                self._error(405, f"{self.command} is not allowed here; use {' or '.join(allowed)}",
-                            {"Allow": ", ".join(allowed)})
-            elif path.startswith(REPORTS_PREFIX):
-                self._report_file(path[len(REPORTS_PREFIX):])
-            elif match := EXPERIMENT_REPORTS.match(path):
-                self._report_file(match.group(2), match.group(1))
-            elif path == "/api/score":
-                self._score()
-            elif path == "/api/presets":
-                self._send_json(200, {"presets": list(PRESETS)})
-            else:
-                self._send(200, page_html().encode("utf-8"), "text/html; charset=utf-8",
-                           {"Content-Security-Policy": _PAGE_CSP, "Referrer-Policy": "no-referrer"})
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client went away; nothing to answer
+            status, body, content_type, extra = await self._dispatch(method, path, headers, receive)
+        except _Answer as answer:
+            status, body, content_type, extra = (answer.status, _json_body({"error": answer.message}),
+                                                 "application/json; charset=utf-8", answer.headers)
+            close = close or answer.close
         except Exception as exc:  # noqa: BLE001 - never let one request take the server down
-            self.close_connection = True
-            self.log_error("internal error: %r", exc)
-            with contextlib.suppress(Exception):
-                self._error(500, f"internal error: {type(exc).__name__}")
+            self.log.error("internal error: %r", exc)
+            status, body, content_type, extra = (500, _json_body({"error": f"internal error: {type(exc).__name__}"}),
+                                                 "application/json; charset=utf-8", {})
+            close = True
+        head = [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"),
+                ("X-Content-Type-Options", "nosniff"), *extra.items()]
+        if close:
+            head.append(("Connection", "close"))
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in head]})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
+    async def _dispatch(self, method: str, path: str, headers: dict[str, str], receive):
+        is_report = path.startswith(REPORTS_PREFIX) or EXPERIMENT_REPORTS.match(path)
+        allowed = ("GET", "HEAD") if is_report else _ROUTES.get(path)
+        if method not in KNOWN_METHODS:
+            raise _Answer(501, f"{method} is not a method this server knows", close=True)
+        if allowed is None:
+            raise _Answer(404, f"no such path: {path}")
+        if method not in allowed:
+            raise _Answer(405, f"{method} is not allowed here; use {' or '.join(allowed)}",
+                          {"Allow": ", ".join(allowed)})
+        json_type = "application/json; charset=utf-8"
+        if path.startswith(REPORTS_PREFIX):
+            return self._report_file(path[len(REPORTS_PREFIX):])
+        if match := EXPERIMENT_REPORTS.match(path):
+            return self._report_file(match.group(2), match.group(1))
+        if path == "/api/score":
+            return 200, _json_body(await self._score(headers, receive)), json_type, {}
+        if path == "/api/presets":
+            return 200, _json_body({"presets": list(PRESETS)}), json_type, {}
+        return (200, page_html().encode("utf-8"), "text/html; charset=utf-8",
+                {"Content-Security-Policy": _PAGE_CSP, "Referrer-Policy": "no-referrer"})
 
-    def _report_file(self, name: str, experiment: str | None = None) -> None:
+    def _report_file(self, name: str, experiment: str | None = None):
         """File ``name`` of the report (``core.experiments.report_dir``: the main one, or ``experiment``'s)."""
-        data_dir = getattr(self.server, "data_dir", None)
-        folder = report_dir(data_dir, experiment) if data_dir is not None else None
+        folder = report_dir(self.data_dir, experiment) if self.data_dir is not None else None
         if name not in REPORT_FILES:
-            self._error(404, f"no such report file: {name!r}; served: {sorted(REPORT_FILES)}")
-        elif folder is None:
-            self._error(404, "this server has no data folder: start it with --data-dir (the pipeline's data folder)")
-        elif not (folder / name).is_file():
-            self._error(404, f"no {name} in {folder}: materialize {REPORT_ASSET} first")
-        else:
-            self._send(200, (folder / name).read_bytes(), REPORT_FILES[name], {"Referrer-Policy": "no-referrer"})
+            raise _Answer(404, f"no such report file: {name!r}; served: {sorted(REPORT_FILES)}")
+        if folder is None:
+            raise _Answer(404, "this server has no data folder: start it with --data-dir (the pipeline's data folder)")
+        if not (folder / name).is_file():
+            raise _Answer(404, f"no {name} in {folder}: materialize {REPORT_ASSET} first")
+        return 200, (folder / name).read_bytes(), REPORT_FILES[name], {"Referrer-Policy": "no-referrer"}
 
-    def _read_body(self) -> bytes | None:
-        """The request body, or None after answering an error (length missing, invalid or too large)."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            self._error(411, "send the body with a Content-Length, not chunked")
-            return None
-        raw = self.headers.get("Content-Length")
+    @staticmethod
+    async def _read_body(headers: dict[str, str], receive) -> bytes:
+        """The request body; an error answer when its length is missing, invalid or too large (refused before any
+        of it is read: the unread body goes with the connection)."""
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            raise _Answer(411, "send the body with a Content-Length, not chunked", close=True)
+        raw = headers.get("content-length")
         if raw is None:
-            self.close_connection = True
-            self._error(411, "Content-Length is required")
-            return None
-        try:
-            length = int(raw.strip())
-        except ValueError:
-            length = -1
-        if length < 0:
-            self.close_connection = True
-            self._error(400, "Content-Length must be a non-negative integer")
-            return None
+            raise _Answer(411, "Content-Length is required", close=True)
+        length = int(raw.strip())  # h11 has refused a length that is not a non-negative integer
         if length > MAX_BODY_BYTES:
-            # Refuse before reading: the unread body is dropped with the connection.
-            self.close_connection = True
-            self._error(413, f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}")
-            return None
-        body = self.rfile.read(length)
+            raise _Answer(413, f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}", close=True)
+        chunks, size = [], 0
+        while size < length:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Answer(400, "request body ended early", close=True)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
         if len(body) < length:
-            self.close_connection = True
-            self._error(400, "request body ended early")
-            return None
+            raise _Answer(400, "request body ended early", close=True)
         return body
 
-    def _score(self) -> None:
-        body = self._read_body()
-        if body is None:
-            return
+    async def _score(self, headers: dict[str, str], receive) -> Any:
+        body = await self._read_body(headers, receive)
         try:
             payload = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
         except UnicodeDecodeError:
-            self._error(400, "request body is not UTF-8")
-            return
+            raise _Answer(400, "request body is not UTF-8") from None
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-            self._error(400, f"request body is not valid JSON: {str(exc)[:200]}")
-            return
+            raise _Answer(400, f"request body is not valid JSON: {str(exc)[:200]}") from None
         try:
-            result = score_payload(payload)
+            return score_payload(payload)
         except RequestError as exc:
-            self._error(400, str(exc))
-            return
-        self._send_json(200, result)
+            raise _Answer(400, str(exc)) from None
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_BUSY_BODY = b'{"error": "the server is busy (too many connections); try again"}'
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
-         b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-         + _BUSY_BODY)
+def _error_bytes(status: int, message: str) -> bytes:
+    """A whole HTTP/1.1 error answer with a JSON body, for the protocol level (before the application runs)."""
+    body = _json_body({"error": message})
+    phrase = HTTPStatus(status).phrase
+    return (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("ascii") + body
 
 
-class PlaygroundServer(ThreadingHTTPServer):
-    """The threading HTTP server with the playground's handler, plus its URL and a one-call stop."""
+def _protocol_class(max_connections: int) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with the playground's answers where uvicorn's own would be plain text: malformed
+    HTTP (a JSON 400), connections beyond ``max_connections`` (a JSON 503 at once), and a client that half-closes
+    after its request (it still gets its answer; asyncio would close the connection on the first EOF)."""
 
-    daemon_threads = True  # a stalled client must not keep the process alive at exit
-    # listen() backlog: the stdlib's 5 resets connections beyond it when a page opens several at once.
-    request_queue_size = 128
+    class PlaygroundProtocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            # uvicorn writes headers and body separately: without TCP_NODELAY the body waits for the client's
+            # delayed ACK (Nagle), ~40 ms on every kept-alive request.
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if len(self.connections) > max_connections:
+                transport.write(_error_bytes(503, "the server is busy (too many connections); try again"))
+                transport.close()
 
-    max_connections = 64
-    """Connections served at once (one thread each); more are answered 503 at once instead of piling up threads."""
+        def send_400_response(self, msg: str) -> None:
+            incomplete_body = self.conn.their_state is h11.SEND_BODY
+            message = "request body ended early" if incomplete_body else f"malformed HTTP request: {msg}"
+            with contextlib.suppress(Exception):
+                self.transport.write(_error_bytes(400, message))
+            self.transport.close()
+
+        def eof_received(self) -> bool:
+            # The client is done sending. Nothing in flight: let the connection close. A body cut short: the 400
+            # above. A whole request still being answered: keep the connection open for the answer, then close.
+            if self.cycle is None or self.cycle.response_complete:
+                return False
+            if self.conn.their_state is h11.SEND_BODY:
+                self.send_400_response("")
+                return True
+            self._client_done = True
+            return True
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if getattr(self, "_client_done", False) and not self.transport.is_closing():
+                self.transport.close()
+
+    return PlaygroundProtocol
+
+
+class PlaygroundServer:
+    """The playground on uvicorn, listening from construction on: ``url``, ``start()`` (a background thread),
+    ``serve_forever()`` (this thread, stopped by SIGINT/SIGTERM) and ``stop()``."""
+
+    request_queue_size = 2048
+    """listen() backlog: a burst of connections queues instead of being reset (the stdlib's default is 5)."""
+
+    max_connections = 1024
+    """Connections open at once; more get a JSON 503 at once. Each costs a few kilobytes, not a thread."""
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, quiet: bool = False,
                  max_connections: int | None = None, data_dir: str | Path | None = None) -> None:
         self.quiet = quiet
         self.data_dir = Path(data_dir) if data_dir is not None else None
-        self._thread: threading.Thread | None = None
-        self._slots = threading.BoundedSemaphore(max_connections or self.max_connections)
-        super().__init__((host, port), PlaygroundHandler)
-
-    def process_request(self, request, client_address) -> None:
-        # Never block here: this runs in the accept loop, and shutdown() waits for that loop.
-        if not self._slots.acquire(blocking=False):
-            with contextlib.suppress(OSError):
-                request.sendall(_BUSY)
-            self.shutdown_request(request)
-            return
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
+            self.socket.bind((host, port))
+            self.socket.listen(self.request_queue_size)
+        except OSError:
+            self.socket.close()
             raise
+        config = uvicorn.Config(
+            PlaygroundApp(self.data_dir), http=_protocol_class(max_connections or self.max_connections),
+            loop="asyncio", lifespan="off", ws="none", access_log=not quiet, log_config=None,
+            log_level="warning" if quiet else "info", server_header=False, date_header=False,
+            timeout_keep_alive=30, timeout_graceful_shutdown=5, backlog=self.request_queue_size)
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
 
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+    @property
+    def server_address(self) -> tuple:
+        return self.socket.getsockname()
 
     @property
     def url(self) -> str:
@@ -283,19 +297,36 @@ class PlaygroundServer(ThreadingHTTPServer):
         host = f"[{host}]" if ":" in str(host) else host
         return f"http://{host}:{port}"
 
+    def serve_forever(self) -> None:
+        """Serve in this thread until SIGINT or SIGTERM (uvicorn's handlers, set even where they were ignored)."""
+        self._server.run(sockets=[self.socket])
+
     def start(self) -> PlaygroundServer:
-        """Serve in a daemon thread and return at once."""
-        self._thread = threading.Thread(target=self.serve_forever, name="vlmrl-playground", daemon=True)
+        """Serve in a daemon thread and return once the server accepts connections."""
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve(sockets=[self.socket])),
+                                        name="vlmrl-playground", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the playground server did not start")
+            time.sleep(0.01)
         return self
+
+    @property
+    def open_connections(self) -> list:
+        """The protocols of the connections open now (each one's ``transport``)."""
+        return list(self._server.server_state.connections)
 
     def stop(self) -> None:
         """Stop serving (when started) and close the socket."""
         if self._thread is not None:
-            self.shutdown()
-            self._thread.join()
+            self._server.should_exit = True
+            self._thread.join(timeout=30)
             self._thread = None
-        self.server_close()
+        self.socket.close()
+
+    server_close = stop
 
 
 def serve(host: str = DEFAULT_HOST, port: int = 0, *, quiet: bool = True, max_connections: int | None = None,
