@@ -150,7 +150,7 @@ def parse_experiments(document: Any, source: str = "experiments file") -> dict[s
     if not isinstance(document, dict):
         raise ExperimentsFileError(f"{source}: the file must be a mapping with the key 'experiments' "
                                    f"('experiments: {{name: {{profile: ..., data: ...}}}}'), got a "
-                                   f"{type(document).__name__}: {str(document)[:80]!r}")
+                                   f"{type(document).__name__}: {repr(document)[:80]}")
     unknown = [str(k) for k in document if k not in TOP_LEVEL_KEYS]
     if unknown:
         raise ExperimentsFileError(f"{source}: unknown top-level key(s) {unknown}; the only key is 'experiments'")
@@ -159,7 +159,7 @@ def parse_experiments(document: Any, source: str = "experiments file") -> dict[s
         return {}
     if not isinstance(declared, dict):
         raise ExperimentsFileError(f"{source}: 'experiments' must be a mapping of experiment name to settings, got "
-                                   f"{type(declared).__name__} {str(declared)[:80]!r}")
+                                   f"{type(declared).__name__} {repr(declared)[:80]}")
     experiments = {}
     for name, body in declared.items():
         name = str(name)
@@ -171,7 +171,7 @@ def parse_experiments(document: Any, source: str = "experiments file") -> dict[s
             body = {}
         if not isinstance(body, dict):
             raise ExperimentsFileError(f"{source}: experiment {name} must be a mapping (profile, {', '.join(GROUPS)}), "
-                                       f"got {type(body).__name__} {str(body)[:80]!r}")
+                                       f"got {type(body).__name__} {repr(body)[:80]}")
         body = dict(body)
         profile = body.pop("profile", "demo")
         if not isinstance(profile, str):
