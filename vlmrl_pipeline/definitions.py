@@ -5,6 +5,7 @@ The profile comes from ``$VLMRL_PROFILE`` (``demo`` when unset: offline, CPU, mi
 ``$VLMRL_DATA_DIR`` (``data/`` in the checkout when unset); the executor from ``$VLMRL_EXECUTOR``.
 """
 
+import logging
 from collections.abc import Sequence
 
 from dagster import (
@@ -19,7 +20,7 @@ from dagster import (
 from vlmrl_pipeline.assets import data, evaluation, export, model, report, training
 from vlmrl_pipeline.assets.experiments import build_experiment_comparison
 from vlmrl_pipeline.automation import retrain_schedule, source_data_sensor, vlmrl_lineage_job
-from vlmrl_pipeline.core.experiments import declared_experiment_names, report_page_path
+from vlmrl_pipeline.core.experiments import declared_experiments, report_page_path
 from vlmrl_pipeline.core.profiles import Profile, get_profile
 from vlmrl_pipeline.core.settings_versions import settings_versions
 from vlmrl_pipeline.execution import executor_for_environment
@@ -49,8 +50,12 @@ def build_definitions(profile: Profile, data_dir: str | None = None, key_prefix:
     (``$VLMRL_DATA_DIR`` when None); an experiment's location also gives its assets ``key_prefix``."""
     assets = list(assets_for_profile(profile, key_prefix))
     if key_prefix is None:  # the main location also sets every declared experiment beside its own numbers
-        experiments = declared_experiment_names(experiments_file())
-        assets.append(build_experiment_comparison(f"main ({profile.name})", experiments))
+        # A malformed experiments file never stops this location: it is reported here, at load, and in the run
+        # log of experiment_comparison; each experiment's own location fails with the same message.
+        experiments, problem = declared_experiments(experiments_file())
+        if problem:
+            logging.getLogger("vlmrl_pipeline").warning("experiments file not used: %s", problem)
+        assets.append(build_experiment_comparison(f"main ({profile.name})", experiments, problem))
     return Definitions(
         assets=assets,
         asset_checks=load_asset_checks_from_modules(ASSET_MODULES, asset_key_prefix=key_prefix),

@@ -9,7 +9,7 @@ active profile's values become the resource's defaults, so a run changes one fie
 import dataclasses
 import os
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union, get_args, get_origin, get_type_hints
@@ -21,6 +21,7 @@ from vlmrl_pipeline.core.atomic import atomic_dir, exclusive, remove_dead_stagin
 from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
 from vlmrl_pipeline.core.export.settings import ExportSettings
 from vlmrl_pipeline.core.generation import GenerationSettings
+from vlmrl_pipeline.core.integrity import record_files, verify_files
 from vlmrl_pipeline.core.gspo_config import GSPOSettings
 from vlmrl_pipeline.core.profiles import DataSettings, ModelSettings, Profile
 
@@ -38,6 +39,9 @@ def default_data_dir() -> str:
     return os.environ.get(DATA_DIR_ENV_VAR) or str(PROJECT_ROOT / "data")
 
 
+VERIFIED_HASH_CACHE = ".cache/verified_sha256.json"
+"""Under the data folder: sha256 of artifact files that changed inode or mtime but not content (a copied folder),
+so each is read once (``core.integrity.verify_files``)."""
 EXPERIMENTS_FILE_ENV_VAR = "VLMRL_EXPERIMENTS"
 
 
@@ -105,6 +109,23 @@ class ArtifactStore(ConfigurableResource):
             remove_dead_staging(self.asset_dir(asset))
             with atomic_dir(self.asset_dir(asset)) as tmp:
                 yield tmp
+                record_files(tmp)  # last: what every reader verifies (``read``)
+
+    def read(self, asset: AssetRef, log: Callable[[str], None] | None = None) -> Path:
+        """``asset_dir(asset)`` after checking its files against the ``integrity.json`` its materialization wrote
+        (``core.integrity``): a missing, truncated or changed file fails the reading step now, naming the file and
+        the asset to materialize again. Cheap: only files whose size, mtime or inode changed are read."""
+        folder = self.asset_dir(asset)
+        checked = verify_files(folder, asset_folder(asset), cache_file=Path(self.root) / VERIFIED_HASH_CACHE)
+        if checked is None and log is not None:
+            log(f"{folder} has no integrity record (written before records existed): its files are not verified; "
+                f"materialize {asset_folder(asset)} again to record them")
+        return folder
+
+    def verify(self, *assets: AssetRef, log: Callable[[str], None] | None = None) -> None:
+        """``read`` each of ``assets``: what a step calls on its upstream folders before it reads any of them."""
+        for asset in assets:
+            self.read(asset, log)
 
 
 def _config_type(tp: Any, value: Any) -> Any:

@@ -17,6 +17,8 @@ from vlmrl_pipeline.resources import resources_for_profile
 from vlmrl_pipeline_tests.conftest import tiny_profile
 
 LINEAGE_TO_ADAPTER = ["mathvista_filtered", "resized_images", "base_model", "lora_adapter"]
+FIRST_STEPS = ["mathvista_filtered", "resized_images"]
+"""The ``vlmrl_first_steps`` job: what two runs started together on a fresh instance both begin with."""
 MAX_STEPS = 8
 SAVE_STEPS = 2
 
@@ -37,7 +39,8 @@ defs = Definitions(
     asset_checks=all_checks,
     # Without the asset checks: a two-step warm start gives rewards too flat for lora_weights_trained, whose
     # blocking check is not what this test is about (test_end_to_end runs it).
-    jobs=[define_asset_job("vlmrl_lineage", selection=AssetSelection.assets(*LINEAGE_TO_ADAPTER).without_checks())],
+    jobs=[define_asset_job("vlmrl_lineage", selection=AssetSelection.assets(*LINEAGE_TO_ADAPTER).without_checks()),
+          define_asset_job("vlmrl_first_steps", selection=AssetSelection.assets(*FIRST_STEPS))],
     resources=resources_for_profile(recovery_profile()),
     executor=executor_for_environment(),
 )

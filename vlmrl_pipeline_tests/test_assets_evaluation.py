@@ -91,3 +91,63 @@ def test_scoring_refuses_completions_for_the_wrong_samples():
         score_stored_completions(rows, pd.DataFrame({"pid": ["c"], "completion": ["x"]}))
     with pytest.raises(ValueError, match="repeated"):
         score_stored_completions(rows, pd.DataFrame({"pid": ["a", "a"], "completion": ["x", "y"]}))
+
+
+def _step_error(result) -> str:
+    [failure] = result.get_step_failure_events()
+    error, text = failure.step_failure_data.error, []
+    while error is not None:
+        text.append(error.message)
+        error = error.cause
+    return "\n".join(text)
+
+
+def test_a_damaged_or_deleted_artifact_file_fails_the_step_that_reads_it(tmp_path):
+    # Before: 4 KiB overwritten in the base model's weights gave 100 of 100 changed (empty) completions and no
+    # warning; a deleted resized image surfaced as a bare FileNotFoundError in a later step; a truncated
+    # model.safetensors failed with "SafetensorError ... incomplete metadata" without the file's name.
+    import shutil
+
+    upstream = tmp_path / "upstream"
+    names = ("mathvista_filtered", "resized_images", "base_model")
+    assert materialize([a for a in all_assets if a.key.to_user_string() in names],
+                       resources=resources_for_profile(tiny_profile(), str(upstream)),
+                       instance=DagsterInstance.ephemeral()).success
+
+    def run(asset: str, damage) -> str:
+        data = tmp_path / f"data-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(upstream, data)  # new inodes: the first check hashes, as after a move to another disk
+        damaged = damage(data)
+        result = materialize([a for a in all_assets if a.key.to_user_string() == asset],
+                             resources=resources_for_profile(tiny_profile(), str(data)),
+                             instance=DagsterInstance.ephemeral(), raise_on_error=False)
+        assert not result.success
+        message = _step_error(result)
+        assert str(damaged) in message, message
+        return message
+
+    def overwrite_weights(data):
+        weights = data / "base_model" / "checkpoint" / "model.safetensors"
+        with open(weights, "r+b") as handle:
+            handle.seek(weights.stat().st_size // 2)
+            handle.write(bytes(4096))
+        return weights
+
+    def truncate_weights(data):
+        weights = data / "base_model" / "checkpoint" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+        return weights
+
+    def delete_an_image(data):
+        manifest = pd.read_parquet(data / "resized_images" / "manifest.parquet")
+        image = data / "resized_images" / manifest["image_path"].iloc[-1]  # a held-out row's
+        image.unlink()
+        return image
+
+    message = run("baseline_completions", overwrite_weights)
+    assert "has changed since base_model wrote it" in message and "materialize base_model again" in message
+    assert "but base_model wrote" in run("baseline_completions", truncate_weights)
+    for reader in ("baseline_completions", "lora_adapter"):  # generation and training check every image
+        message = run(reader, delete_an_image)
+        assert "is missing: it was written by resized_images" in message
+        assert "materialize resized_images again" in message

@@ -219,3 +219,37 @@ def test_bad_json_names_the_file(tmp_path):
     (tmp_path / "query.json").write_text("[1, 2")
     with pytest.raises(DataError, match=r"query\.json"):
         load_mathvista(str(tmp_path), "testmini")
+
+
+def test_a_pid_given_twice_in_the_json_object_is_a_counted_duplicate_like_in_the_list_form(tmp_path):
+    # Before: json kept the later of two "3" keys and the earlier problem vanished without a count, while the
+    # list form counted the same repeat as dropped_duplicate_pid.
+    from vlmrl_pipeline.core.data.filtering import filter_rows
+
+    root = _write_github_layout(tmp_path / "object")
+    problems = json.loads((root / "data" / "testmini.json").read_text())
+    text = json.dumps(problems)
+    repeat = json.dumps({**problems["3"], "answer": "7.5"})
+    (root / "data" / "testmini.json").write_text(text[:-1] + f', "3": {repeat}}}')  # a second key "3", last
+    listed = _write_github_layout(tmp_path / "list")
+    (listed / "data" / "testmini.json").write_text(json.dumps([*problems.values(), {**problems["3"], "answer": "7.5"}]))
+    outcomes = []
+    for source in (root, listed):
+        loaded = load_mathvista(str(source), "testmini")
+        assert loaded["pid"].tolist() == ["1", "2", "3", "4", "5", "3"]
+        kept, counts, dropped = filter_rows(loaded, numeric_only=False)
+        assert counts["dropped_duplicate_pid"] == 1 and counts["rows_kept"] == 5
+        assert kept.loc[kept["pid"] == "3", "answer"].tolist() == ["0.25"]  # the first one is kept, as in a list
+        outcomes.append([(d["row"], d["pid"], d["kind"]) for d in dropped])
+    assert outcomes[0] == outcomes[1] == [(5, "3", "duplicate_pid")]
+
+
+def test_a_misnamed_json_field_is_named_like_a_missing_parquet_column(tmp_path):
+    # Before: "answr" for "answer" in every problem ended as "no rows left after filtering" without the name.
+    root = _write_github_layout(tmp_path)
+    problems = json.loads((root / "data" / "testmini.json").read_text())
+    renamed = {pid: {("answr" if k == "answer" else k): v for k, v in p.items()} for pid, p in problems.items()}
+    (root / "data" / "testmini.json").write_text(json.dumps(renamed))
+    with pytest.raises(DataError, match=r"testmini\.json: no problem has the field\(s\) \['answer'\] \(required\); "
+                                        r"fields found: \[.*'answr'"):
+        load_mathvista(str(root), "testmini")

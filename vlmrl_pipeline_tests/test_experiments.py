@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -180,3 +181,78 @@ def test_the_main_location_sets_every_experiment_side_by_side(tmp_path, monkeypa
 def test_a_broken_experiments_file_leaves_the_main_location_loadable(tmp_path):
     (tmp_path / "experiments.yaml").write_text("experiments: [this is: not a mapping")
     assert declared_experiment_names(tmp_path / "experiments.yaml") == []
+
+
+# Each malformed content, and what its one error must say (after the file's path). Before: non-UTF-8 bytes and
+# `experiments: 5` broke every command at code-location load with a bare UnicodeDecodeError / TypeError; the
+# others were silently ignored by the main location (rc 0).
+MALFORMED = {
+    "not UTF-8": (b"experiments:\n  caf\xe9: {profile: demo}\n", r"line 2: byte 0xe9 \(offset 18\) is not UTF-8"),
+    "a number": (b"experiments: 5\n", r"'experiments' must be a mapping of experiment name to settings, got int"),
+    "YAML syntax": (b"experiments:\n  a: {profile: demo\n  b: [\n", r"line \d+, column \d+: not valid YAML"),
+    "a YAML list": (b"- experiments\n- a\n", r"the file must be a mapping with the key 'experiments'.*got a list"),
+    "an unknown top-level key": (b"experiment:\n  a: {profile: demo}\n",
+                                 r"unknown top-level key\(s\) \['experiment'\]"),
+    "an unknown setting": (b"experiments:\n  a: {data: {eval_sise: 3}}\n", r"experiment a: data\.eval_sise: no such"),
+    "a name given twice": (b"experiments:\n  a: {profile: demo}\n  a: {profile: demo}\n",
+                           r"line 3, column 3: not valid YAML .*'a' is given twice \(first on line 2\)"),
+    "a word for a number": (b"experiments:\n  a: {data: {eval_size: five}}\n",
+                            r"experiment a: data\.eval_size must be int, got str 'five'"),
+    "an experiment that is a list": (b"experiments:\n  a: [1, 2]\n", r"experiment a must be a mapping"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_experiments_file_is_one_error_naming_the_file_and_the_place(case, tmp_path, monkeypatch):
+    from vlmrl_pipeline.core.experiments import ExperimentsFileError, declared_experiments, load_experiments
+
+    content, message = MALFORMED[case]
+    path = tmp_path / "experiments.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ExperimentsFileError) as info:
+        load_experiments(path)
+    assert str(info.value).startswith(f"{path}: ") and re.search(message, str(info.value)), str(info.value)
+    _, problem = declared_experiments(path)  # what the main location gets: the same words, never an exception
+    assert problem == str(info.value)
+    # The experiment's own location shows it (Dagster's loader reports it as the location's load error).
+    monkeypatch.setenv("VLMRL_EXPERIMENTS", str(path))
+    experiments_module.experiment_definitions.cache_clear()
+    with pytest.raises(ExperimentsFileError, match=re.escape(str(path))):
+        experiments_module.a  # noqa: B018 - the attribute access is what Dagster's loader does
+    experiments_module.experiment_definitions.cache_clear()
+
+
+def test_the_main_location_and_its_job_keep_working_with_a_malformed_experiments_file(tmp_path, monkeypatch, caplog):
+    from vlmrl_pipeline.definitions import build_definitions
+    from vlmrl_pipeline_tests.conftest import tiny_profile
+
+    path = tmp_path / "experiments.yaml"
+    path.write_bytes(MALFORMED["a number"][0])
+    monkeypatch.setenv("VLMRL_EXPERIMENTS", str(path))
+    with caplog.at_level("WARNING", logger="vlmrl_pipeline"):
+        defs = build_definitions(tiny_profile(), data_dir=str(tmp_path / "data"))
+    assert any(str(path) in r.getMessage() and "must be a mapping" in r.getMessage() for r in caplog.records)
+    job = defs.resolve_job_def("vlmrl_lineage")  # the main job still resolves, with the comparison in it
+    assert AssetKey("experiment_comparison") in job.asset_layer.executable_asset_keys
+    report = tmp_path / "data" / "eval_diff_report"
+    report.mkdir(parents=True)
+    (report / "report.json").write_text(json.dumps(_report(0.2, 0.6)))
+    instance = DagsterInstance.ephemeral()
+    result = job.get_subset(asset_selection={AssetKey("experiment_comparison")}).execute_in_process(
+        instance=instance)
+    assert result.success
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level >= 30]
+    assert any("experiments file not used" in w and str(path) in w for w in warnings), warnings
+    [event] = result.asset_materializations_for_node("experiment_comparison")
+    assert str(path) in event.metadata["experiments_file_problem"].value
+
+
+@pytest.mark.parametrize("content", [MALFORMED["not UTF-8"][0], MALFORMED["a number"][0]])
+def test_the_main_module_loads_in_a_fresh_process_whatever_the_experiments_file_holds(content, tmp_path):
+    path = tmp_path / "experiments.yaml"
+    path.write_bytes(content)
+    env = {**os.environ, "VLMRL_EXPERIMENTS": str(path), "VLMRL_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run([sys.executable, "-c", "import vlmrl_pipeline.definitions as d; print(len(d.defs.assets))"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "experiments file not used" in done.stderr and str(path) in done.stderr

@@ -260,3 +260,94 @@ def test_a_run_whose_process_is_gone_is_failed_with_the_reason_and_its_slot_free
     assert messages == [f"{failure.message}; freed 1 concurrency slot(s) (pools: ['{GPU_POOL}'])"]
     assert storage.claim_concurrency_slot(GPU_POOL, "next-run", "lora_adapter").is_claimed  # nothing waits
     assert fail_runs_of_dead_workers(instance, "next-run", log=messages.append) == []  # once only
+
+
+# ----------------------------------------------------------------------- first use by several processes at once
+
+
+def _open_at_once(home: str, barrier, results) -> None:
+    """One process's first use of the instance, released with the others by ``barrier``."""
+    from dagster import DagsterInstance as Instance
+
+    barrier.wait()
+    try:
+        with Instance.from_config(home) as opened:
+            opened.get_runs()
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - the test reports what each process hit
+        results.put(f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _first_use_by(processes: int, home: Path) -> list[str]:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter each, as separate commands are
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_open_at_once, args=(str(home), barrier, results)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=300) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    return outcomes
+
+
+def _alembic_rows(db_file: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(db_file) as connection:
+        return [row[0] for row in connection.execute("SELECT version_num FROM alembic_version")]
+
+
+def test_processes_opening_a_fresh_instance_at_once_all_get_a_working_instance(tmp_path):
+    # Before: Dagster stamps a new SQLite database without a lock between processes; of four processes released
+    # together, some failed with "'alembic_version' has more than one head present" (or a UNIQUE constraint), and
+    # the instance stayed broken for every later command.
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(INSTANCE_YAML, home / "dagster.yaml")
+    assert _first_use_by(4, home) == ["ok"] * 4
+    for db_file in (home / "history" / "runs.db", home / "schedules" / "schedules.db",
+                    home / "history" / "runs" / "index.db"):
+        assert len(_alembic_rows(db_file)) == 1, db_file
+    with DagsterInstance.from_config(str(home)) as instance:  # and it is still usable afterwards
+        assert instance.get_runs() == []
+
+
+def test_an_instance_broken_by_two_first_runs_is_repaired_when_opened(tmp_path):
+    import sqlite3
+
+    from vlmrl_pipeline.instance import ProjectInstance
+
+    home = tmp_path / "home"
+    with _instance_from(home) as instance:
+        assert isinstance(instance, ProjectInstance)
+    runs_db = home / "history" / "runs.db"
+    [head] = _alembic_rows(runs_db)
+    # What the loser of the race leaves: an older revision stamped beside the winner's head.
+    with sqlite3.connect(runs_db) as connection:
+        connection.execute("INSERT INTO alembic_version (version_num) VALUES ('7e2f3204cf8e')")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copytree(home / "history", plain / "history")
+    (plain / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with pytest.raises(Exception, match="more than one head"):
+        DagsterInstance.from_config(str(plain))  # Dagster's own instance cannot open it
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_runs() == []
+    assert _alembic_rows(runs_db) == [head]
+
+
+def test_the_storage_lock_names_a_holder_that_never_lets_go(tmp_path):
+    import fcntl
+
+    from vlmrl_pipeline.instance import INIT_LOCK, InstanceInitError, storage_init_lock
+
+    tmp_path.joinpath(INIT_LOCK).touch()
+    with open(tmp_path / INIT_LOCK) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another open file description: as another process would hold it
+        with pytest.raises(InstanceInitError, match=INIT_LOCK):
+            with storage_init_lock(tmp_path, timeout_s=0.3):
+                pass
+    with storage_init_lock(tmp_path, timeout_s=0.3):  # released with its holder
+        pass

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import datasets
 import pytest
 from PIL import Image
 
-from vlmrl_pipeline.core.checkpoints import latest_checkpoint
+from vlmrl_pipeline.core.checkpoints import checkpoint_problem, latest_checkpoint, resume_candidates
 from vlmrl_pipeline.core.export.merge import inspect_lora_adapter
 from vlmrl_pipeline.core.gspo_config import (
     GSPOSettings,
@@ -21,6 +22,7 @@ from vlmrl_pipeline.core.gspo_config import (
 from vlmrl_pipeline.core.modeling import LoraSettings, load_model, peft_lora_config, vision_token_ids
 from vlmrl_pipeline.core.profiles import qwen3vl_8b_profile
 from vlmrl_pipeline.core.rewards import REWARD_FUNCTIONS, REWARD_WEIGHTS
+from vlmrl_pipeline.core.training_job import describe_failure
 from vlmrl_pipeline.core.training import (
     NonFiniteLossError,
     TrainingOutOfMemoryError,
@@ -166,6 +168,61 @@ def test_checkpoints_are_written_and_a_half_written_one_is_skipped(tiny_checkpoi
     state = tmp_path / "checkpoint-2" / "trainer_state.json"
     state.write_text(state.read_text()[:40])
     assert latest_checkpoint(tmp_path) == (tmp_path / "checkpoint-1", 1)
+
+
+def _truncate(path, fraction):
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * fraction)])
+
+
+def _overwrite_middle(path):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(min(4096, len(data) - middle))  # same size, zeros in the middle
+    path.write_bytes(bytes(data))
+
+
+# Each damage a disk, a full volume or an interrupted copy leaves, with the part of the reason that names it.
+DAMAGES = {
+    "adapter truncated to half": ("adapter_model.safetensors", lambda p: _truncate(p, 0.5),
+                                  "adapter_model.safetensors is .* bytes but its header describes"),
+    "adapter header cut": ("adapter_model.safetensors", lambda p: _truncate(p, 0.001),
+                           "adapter_model.safetensors"),
+    "optimizer emptied": ("optimizer.pt", lambda p: _truncate(p, 0), "optimizer.pt cannot be loaded"),
+    "optimizer overwritten in the middle": ("optimizer.pt", _overwrite_middle, "optimizer.pt"),
+    "scheduler truncated": ("scheduler.pt", lambda p: _truncate(p, 0.5), "scheduler.pt cannot be loaded"),
+    "rng state emptied": ("rng_state.pth", lambda p: _truncate(p, 0), "rng_state.pth"),
+    "trainer state deleted": ("trainer_state.json", lambda p: p.unlink(), "trainer_state.json is missing"),
+}
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_that_loads(tiny_checkpoint, tmp_path):
+    # Before: only file names were checked, so a truncated adapter or an emptied optimizer.pt in the newest
+    # checkpoint was resumed, and every later attempt failed in the trainer with EOFError.
+    import shutil
+
+    model, processor, _ = load_model(tiny_checkpoint, backend="transformers", dtype="float32")
+    trained = tmp_path / "trained"
+    train_gspo(model, processor, _dataset(), _small(max_steps=2, save_steps=1, save_total_limit=2), trained,
+               REWARD_FUNCTIONS, REWARD_WEIGHTS, peft_config=peft_lora_config(LoraSettings(r=4, lora_alpha=8)))
+    assert checkpoint_problem(trained / "checkpoint-1") is None and checkpoint_problem(trained / "checkpoint-2") is None
+    for case, (name, damage, reason) in DAMAGES.items():
+        work = tmp_path / case.replace(" ", "_")
+        shutil.copytree(trained, work)
+        damage(work / "checkpoint-2" / name)
+        found, skipped = resume_candidates(work)
+        assert found == (work / "checkpoint-1", 1), case
+        [(folder, problem)] = skipped
+        assert folder == work / "checkpoint-2"
+        assert re.search(reason, problem), (case, problem)
+        # The failure message offers only what will work: resuming from the checkpoint that verifies.
+        message = describe_failure(work / "launch" / "job.json", work, "exit code -9")
+        assert "resume from step 1" in message and "step 2" not in message, message
+    # Nothing that verifies: no resume at all, and every skipped one says why.
+    for folder in (work / "checkpoint-1", work / "checkpoint-2"):
+        _truncate(folder / "optimizer.pt", 0)
+    found, skipped = resume_candidates(work)
+    assert found is None and [f.name for f, _ in skipped] == ["checkpoint-2", "checkpoint-1"]
 
 
 @pytest.mark.parametrize("bad, match", [(dict(distributed="zero3"), "distributed must be one of"),

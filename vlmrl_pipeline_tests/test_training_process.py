@@ -329,3 +329,29 @@ def test_a_training_process_that_outlived_its_step_blocks_a_second_training(upst
     assert "a training process of an earlier (killed) run is still running" in message
     assert f"pid {orphan.pid} on" in message and "ArtifactBusyError" in classes
     assert not list((data / CHECKPOINTS).glob("*/launch/job.json"))  # nothing was launched
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before_it(upstream, tmp_path):
+    # Before: truncating the newest checkpoint's adapter (or emptying its optimizer.pt) made every later
+    # materialization fail with EOFError, never falling back, while the message advised resuming from it.
+    data = tmp_path / "data"
+    shutil.copytree(upstream, data)
+    profile = _profile()  # 6 steps, a checkpoint every 2
+    killer = _Killer(data / CHECKPOINTS, beyond=4)
+    killer.start()
+    killed, _ = _train(profile, data)
+    killer.join()
+    assert killer.killed_at is not None and not killed.success
+    [work] = [p for p in (data / CHECKPOINTS).iterdir() if p.is_dir()]
+    assert latest_checkpoint(work) == (work / "checkpoint-4", 4)
+    adapter = work / "checkpoint-4" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:adapter.stat().st_size // 2])
+
+    resumed, messages = _train(profile, data)
+    assert resumed.success, _failure(resumed)[0]
+    meta = _metadata(resumed)
+    assert meta["resumed_from_step"] == 2 and meta["global_step"] == profile.gspo.max_steps
+    [warning] = [m for m in messages if m.startswith("skipping checkpoint-4")]
+    assert "adapter_model.safetensors is" in warning and "header describes" in warning
+    assert "renamed to unusable-checkpoint-4, resuming from checkpoint-2 instead" in warning
+    assert not work.exists()  # finished: the checkpoints, the unusable one too, are removed

@@ -141,6 +141,7 @@ def resized_images(
     and no image identical to one of theirs, is ever trained on.
     """
     settings = data_settings.to_core()
+    artifacts.verify(mathvista_filtered, log=context.log.warning)
     filtered = pd.read_parquet(artifacts.asset_dir(mathvista_filtered) / FILTERED_NAME)
     final_dir = artifacts.asset_dir(context.asset_key)
     with artifacts.staging(context.asset_key) as tmp:

@@ -73,6 +73,10 @@ def _generate(
     model_cfg = model_settings.to_core()
     data = data_settings.to_core()
     settings = eval_settings.to_core()
+    # Everything generation reads, checked against what was written: a damaged weight file or a deleted image
+    # fails here, naming it, instead of generating from garbage or failing later without the file's name.
+    artifacts.verify(mathvista_filtered, resized_images, base_model, *([lora_adapter] if adapter_dir else []),
+                     log=context.log.warning)
     load_path, ref = base_model_path(artifacts)
     rows = split_rows(read_manifest(artifacts.asset_dir(resized_images)), SPLIT_EVAL)
     if settings.engine == "vllm":
@@ -139,6 +143,7 @@ def _generate(
 def _score(context: AssetExecutionContext, completions_asset: AssetsDefinition, artifacts: ArtifactStore,
            data_settings: DataSettingsResource) -> MaterializeResult:
     data = data_settings.to_core()
+    artifacts.verify(completions_asset, resized_images, log=context.log.warning)
     completions, info = load_completions(artifacts.asset_dir(completions_asset))
     rows = split_rows(read_manifest(artifacts.asset_dir(resized_images)), SPLIT_EVAL)
     records = score_stored_completions(rows, completions, data.answer_format)

@@ -16,10 +16,12 @@ from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore, asset_folder
 REPORT_NAME = "report.json"
 
 
-def build_experiment_comparison(main_name: str, experiment_names: Sequence[str]) -> AssetsDefinition:
+def build_experiment_comparison(main_name: str, experiment_names: Sequence[str],
+                                file_problem: str | None = None) -> AssetsDefinition:
     """The ``experiment_comparison`` asset of the main location, downstream of its own report and of each
     experiment's (``<name>/eval_diff_report``, served by the experiment's location), so it turns stale when any
-    of them changes."""
+    of them changes. ``file_problem``: why the experiments file is malformed (``core.experiments
+    .declared_experiments``); the comparison then still runs, says so in its run log and metadata."""
 
     @asset(config_schema=NO_OP_CONFIG, name="experiment_comparison", group_name="report", kinds={"markdown"},
            deps=[eval_diff_report, *(eval_diff_report.key.with_prefix(name) for name in experiment_names)],
@@ -29,6 +31,9 @@ def build_experiment_comparison(main_name: str, experiment_names: Sequence[str])
         95% interval, for this location's lineage and every experiment declared in ``experiments.yaml``, as one
         table and one chart (``comparison.{json,md,png}``). An experiment not materialized yet is a row that
         says so."""
+        if file_problem:
+            context.log.warning(f"experiments file not used: {file_problem}")
+        artifacts.verify(eval_diff_report, log=context.log.warning)
         own = artifacts.asset_dir(eval_diff_report) / REPORT_NAME
         if not own.is_file():
             raise FileNotFoundError(f"no report at {own}: materialize eval_diff_report first")
@@ -47,6 +52,7 @@ def build_experiment_comparison(main_name: str, experiment_names: Sequence[str])
             **environment_metadata(),
             "path": MetadataValue.path(str(artifacts.asset_dir(context.asset_key) / "comparison.md")),
             "num_experiments": len(rows),
+            "experiments_file_problem": file_problem or "none",
             "without_report": MetadataValue.json([r["experiment"] for r in rows if r["status"] != "ok"]),
             "comparison": MetadataValue.md(table),
             "chart": MetadataValue.md(png_markdown(chart, "experiments")),

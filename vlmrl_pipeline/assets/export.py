@@ -80,6 +80,7 @@ def merged_model(
 
     settings = export_settings.to_core()
     model_cfg = model_settings.to_core()
+    artifacts.verify(lora_adapter, base_model, resized_images, log=context.log.warning)
     load_path, ref = base_model_path(artifacts)
     adapter_dir = artifacts.asset_dir(lora_adapter)
     rows = split_rows(read_manifest(artifacts.asset_dir(resized_images)), SPLIT_EVAL).head(MERGE_CHECK_PROMPTS)
@@ -187,6 +188,7 @@ def gguf_model(
     compared with ``transformers``' on the merged checkpoint. Sizes and sha256 per file are in the metadata.
     """
     settings = export_settings.to_core()
+    artifacts.verify(merged_model, resized_images, log=context.log.warning)
     checkpoint = artifacts.asset_dir(merged_model) / MERGED_16BIT_DIR
     if any(t in GGUF_QUANTIZER_TYPES for t in settings.gguf_types) and not llama_cpp_runtime_available():
         raise RuntimeError(f"gguf_types {list(settings.gguf_types)} include a type only llama.cpp's quantizer "

@@ -38,6 +38,7 @@ def base_model(
         metadata.update(check_model_available(settings.model_name, settings.revision))
     with artifacts.staging(context.asset_key) as tmp:
         if settings.is_demo:
+            artifacts.verify(resized_images, log=context.log.warning)
             train_rows = split_rows(read_manifest(artifacts.asset_dir(resized_images)), SPLIT_TRAIN)
             start = time.perf_counter()
             checkpoint, losses = build_demo_base_model(

@@ -31,6 +31,7 @@ def eval_diff_report(context: AssetExecutionContext, artifacts: ArtifactStore) -
     self-contained page with image thumbnails, filterable to the samples that flipped; linked as ``report_page``).
     The headline numbers are float metadata, so the Dagster UI plots them across materializations.
     """
+    artifacts.verify(baseline_records, after_records, resized_images, log=context.log.warning)
     baseline = pd.read_parquet(records_file(artifacts, baseline_records, ".parquet"))
     after = pd.read_parquet(records_file(artifacts, after_records, ".parquet"))
     diff = diff_records(baseline, after)

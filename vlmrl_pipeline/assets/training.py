@@ -24,11 +24,12 @@ from vlmrl_pipeline.assets.preflight import export_preflight
 from vlmrl_pipeline.assets.provenance import lineage
 from vlmrl_pipeline.core.atomic import ArtifactBusyError, exclusive
 from vlmrl_pipeline.core.checkpoints import (
-    latest_checkpoint,
     local_files_state,
     other_work_dirs,
     prepare_work_dir,
     remove_work_dir,
+    resume_candidates,
+    set_aside,
     training_inputs,
 )
 from vlmrl_pipeline.core.export.merge import inspect_lora_adapter
@@ -110,6 +111,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     data = data_settings.to_core()
     gspo = training_settings.to_core()
     reward_set(data.answer_format)  # an unknown format is refused here, before anything is launched
+    artifacts.verify(base_model, resized_images, log=context.log.warning)  # the weights and every training image
     load_path, ref = base_model_path(artifacts)
     manifest_dir = artifacts.asset_dir(resized_images)
     split_rows(read_manifest(manifest_dir), SPLIT_TRAIN)  # no manifest or no training rows: say so now
@@ -149,8 +151,6 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     if stale:
         context.log.warning(f"not resuming {len(stale)} checkpoint folder(s) written for other settings, data or base "
                             f"model: {[p.name for p in stale]} (left in {checkpoints_root}; delete them to free space)")
-    found = latest_checkpoint(work)
-    context.log.info(f"checkpoint folder {work}: " + (f"resuming from {found[0].name}" if found else "starting fresh"))
     training_lock = artifacts.asset_dir(TRAINING_LOCK)
     try:
         with exclusive(training_lock):
@@ -160,6 +160,15 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             f"a training process of an earlier (killed) run is still running on this data folder, and would write "
             f"the same checkpoints: stop it (kill its pid) or wait for it to end, then materialize again. {exc}"
         ) from None
+    # After the lock check: a live training process may still be writing its newest checkpoint.
+    found, unusable = resume_candidates(work)
+    for folder, problem in unusable:
+        # Renamed, not deleted: out of the trainer's rotation and never resumed, but there for a person to inspect.
+        aside = set_aside(folder)
+        context.log.warning(f"skipping {folder.name}: {problem}; renamed to {aside.name}"
+                            + (f", resuming from {found[0].name} instead" if found else ", and no older checkpoint "
+                               "verifies: training starts from step 0"))
+    context.log.info(f"checkpoint folder {work}: " + (f"resuming from {found[0].name}" if found else "starting fresh"))
     launch_dir = work / "launch"
     for old_error in (launch_dir / "errors").glob("rank-*.json"):
         old_error.unlink()

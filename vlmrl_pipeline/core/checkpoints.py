@@ -16,6 +16,8 @@ import json
 import os
 import re
 import shutil
+import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -127,38 +129,155 @@ def other_work_dirs(root: str | os.PathLike, key: str) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name != key and (p / INPUTS_FILE).exists())
 
 
-def _complete(folder: Path) -> bool:
-    """A checkpoint the trainer finished writing: its trainer state (written last) parses and names its step, and
-    the adapter, optimizer and scheduler state are there."""
+UNUSABLE_PREFIX = "unusable-"
+"""A checkpoint that failed verification is renamed ``unusable-checkpoint-<step>``: kept for a person to look at,
+but out of the trainer's ``checkpoint-*`` rotation and never resumed or overwritten file by file."""
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file would not load, or None: its header must parse and its tensors must fill the file
+    exactly (a truncated or padded file fails here, as ``safetensors`` would fail later without naming the file)."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                return f"{path.name} is {size} bytes, shorter than a safetensors header"
+            length = struct.unpack("<Q", prefix)[0]
+            if length > size - 8:
+                return f"{path.name}: its header claims {length} bytes but the file has {size}"
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return f"{path.name}: unreadable safetensors header ({type(exc).__name__}: {exc})"
+    if not isinstance(header, dict):
+        return f"{path.name}: the safetensors header is not an object"
+    ends = [int(info["data_offsets"][1]) for name, info in header.items()
+            if name != "__metadata__" and isinstance(info, dict) and "data_offsets" in info]
+    expected = 8 + length + max(ends, default=0)
+    if expected != size:
+        return f"{path.name} is {size} bytes but its header describes {expected} (truncated or damaged)"
+    return None
+
+
+def _torch_file_problem(path: Path, load: bool) -> str | None:
+    """Why a ``torch.save`` file would not load, or None: every member's CRC (torch's zip format), then, with
+    ``load``, ``torch.load`` itself as the trainer calls it (weights only, on the CPU)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return f"{path.name}: member {bad} fails its CRC check (damaged)"
+        elif not load:
+            return f"{path.name} is not a torch checkpoint file ({path.stat().st_size} bytes)"
+        if load:
+            import torch
+
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever the loader raises (EOFError, BadZipFile, ...) means "unusable"
+        return f"{path.name} cannot be loaded ({type(exc).__name__}: {str(exc)[:200] or 'no message'})"
+    return None
+
+
+_verified: dict[str, tuple[tuple, str | None]] = {}
+"""Verdicts by folder, with the (name, size, mtime, inode) of its files they were reached on: a watcher polling the
+newest checkpoint (the tests' killers, a progress display) reads each file once, not on every poll."""
+
+
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """:func:`verify_checkpoint`, remembered while the folder's files are unchanged."""
+    folder = Path(folder)
+    try:
+        state = tuple(sorted((p.name, *(lambda st: (st.st_size, st.st_mtime_ns, st.st_ino))(p.stat()))
+                             for p in folder.iterdir()))
+    except OSError:
+        return verify_checkpoint(folder)
+    known = _verified.get(str(folder))
+    if known is not None and known[0] == state:
+        return known[1]
+    problem = verify_checkpoint(folder)
+    _verified[str(folder)] = (state, problem)
+    return problem
+
+
+def verify_checkpoint(folder: str | os.PathLike) -> str | None:
+    """Why the trainer could not resume from ``folder``, or None when every file it loads does load.
+
+    A killed save leaves a folder without (or with a partial) ``trainer_state.json``, the file written last; a
+    damaged disk or an interrupted copy leaves files of the right names that do not load. Checked: the trainer
+    state parses and names the folder's step; the adapter (or model) weights' safetensors headers cover their
+    files; the optimizer and scheduler state load with ``torch.load`` (FSDP's sharded folders: present); the RNG
+    states pass their CRC check.
+    """
+    folder = Path(folder)
     match = _CHECKPOINT.match(folder.name)
+    if match is None:
+        return f"{folder.name} is not named checkpoint-<step>"
     try:
         state = json.loads((folder / "trainer_state.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    has_weights = any((folder / n).exists() for n in ("adapter_model.safetensors", "model.safetensors")) or any(
-        folder.glob("pytorch_model_fsdp*"))
-    has_optimizer = (folder / "optimizer.pt").exists() or any(folder.glob("optimizer_*"))
-    return (match is not None and int(state.get("global_step", -1)) == int(match.group(1)) and has_weights
-            and has_optimizer and (folder / "scheduler.pt").exists())
+    except (OSError, ValueError) as exc:
+        return f"trainer_state.json is missing or incomplete ({type(exc).__name__}), so the save was cut short"
+    if not isinstance(state, dict) or state.get("global_step") != int(match.group(1)):
+        return f"trainer_state.json names step {state.get('global_step') if isinstance(state, dict) else None!r}"
+    weights = [folder / n for n in ("adapter_model.safetensors", "model.safetensors") if (folder / n).exists()]
+    if not weights and not any(folder.glob("pytorch_model_fsdp*")):
+        return "no adapter or model weights"
+    for path in weights:
+        if (problem := _safetensors_problem(path)) is not None:
+            return problem
+    if (folder / "optimizer.pt").exists():
+        if (problem := _torch_file_problem(folder / "optimizer.pt", load=True)) is not None:
+            return problem
+    elif not any(folder.glob("optimizer_*")):
+        return "no optimizer state (optimizer.pt)"
+    if not (folder / "scheduler.pt").exists():
+        return "no scheduler state (scheduler.pt)"
+    if (problem := _torch_file_problem(folder / "scheduler.pt", load=True)) is not None:
+        return problem
+    for rng in sorted(folder.glob("rng_state*.pth")):
+        # Unpickling RNG state needs more than weights-only loading allows; the CRCs cover its bytes.
+        if (problem := _torch_file_problem(rng, load=False)) is not None:
+            return problem
+    return None
 
 
-def latest_checkpoint(work_dir: str | os.PathLike) -> tuple[Path, int] | None:
-    """The newest complete ``checkpoint-<step>`` folder in ``work_dir`` and its step, or None.
-
-    A folder left half-written by a killed save is skipped in favour of the one before it.
-    """
+def resume_candidates(work_dir: str | os.PathLike) -> tuple[tuple[Path, int] | None, list[tuple[Path, str]]]:
+    """The newest checkpoint in ``work_dir`` that verifies (``checkpoint_problem``) and its step, or None; and
+    every newer one that did not, with why (newest first)."""
     work = Path(work_dir)
     if not work.is_dir():
-        return None
+        return None, []
     found = []
     for folder in work.iterdir():
         match = _CHECKPOINT.match(folder.name)
         if match and folder.is_dir():
             found.append((int(match.group(1)), folder))
+    skipped = []
     for step, folder in sorted(found, reverse=True):
-        if _complete(folder):
-            return folder, step
-    return None
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return (folder, step), skipped
+        skipped.append((folder, problem))
+    return None, skipped
+
+
+def latest_checkpoint(work_dir: str | os.PathLike) -> tuple[Path, int] | None:
+    """The newest ``checkpoint-<step>`` folder in ``work_dir`` that the trainer can resume from, and its step.
+
+    A folder left half-written by a killed save, or one whose files no longer load, is skipped in favour of the
+    one before it (``resume_candidates`` says why).
+    """
+    return resume_candidates(work_dir)[0]
+
+
+def set_aside(folder: str | os.PathLike) -> Path:
+    """Rename a checkpoint that failed verification to ``unusable-checkpoint-<step>`` (see ``UNUSABLE_PREFIX``);
+    a previous unusable copy of the same step is replaced."""
+    folder = Path(folder)
+    target = folder.with_name(UNUSABLE_PREFIX + folder.name)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(folder, target)
+    return target
 
 
 def remove_work_dir(work_dir: str | os.PathLike) -> None:

@@ -227,9 +227,16 @@ def describe_failure(job_file: str | os.PathLike, work_dir: str | os.PathLike, c
     if not errors:
         errors.append(f"{cause}; no Python error was recorded, so the process was killed (by a signal, or the "
                       "operating system's out-of-memory killer: then lower the batch or completion length)")
+        killed = True
+    else:
+        killed = False
     message = "GSPO training failed. " + "; ".join(errors)
-    resume = latest_checkpoint(work_dir)
-    if resume is not None:
-        message += (f". {resume[0].name} is kept in {work_dir}: materialize lora_adapter again with the same "
-                    f"settings to resume from step {resume[1]}")
-    return message
+    resume = latest_checkpoint(work_dir)  # verified: a checkpoint that would fail to load is never offered
+    if resume is None:
+        return message
+    if killed:
+        return message + (f". {resume[0].name} is kept in {work_dir} and verifies: materialize lora_adapter again "
+                          f"with the same settings to resume from step {resume[1]}")
+    # A Python error would most likely recur on the same settings and data: resuming is the step after the fix.
+    return message + (f". {resume[0].name} is kept in {work_dir} and verifies: once the cause above is fixed, "
+                      f"materializing lora_adapter again resumes from step {resume[1]}")

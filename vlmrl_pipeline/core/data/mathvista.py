@@ -81,6 +81,10 @@ def build_mathvista_query(row: Mapping) -> str:
     return "\n".join(e for e in (hint, question_text, choices_text) if e)
 
 
+JSON_REQUIRED_FIELDS = ("question", "answer")
+"""Fields of MathVista's GitHub JSON that at least one problem must have (the others may be absent everywhere)."""
+
+
 def mathvista_json_files(root: Path, split: str) -> list[Path]:
     """The existing ``{split}.json`` files of MathVista's GitHub layout: in ``root`` and/or ``root/data``
     (lupantech/MathVista keeps it in data/)."""
@@ -106,11 +110,18 @@ def _load_mathvista_json(path: Path) -> pd.DataFrame:
     """
     data = read_json(path)
     if isinstance(data, Mapping):
-        items = [(str(k), v) for k, v in data.items()]
+        # Every pair, a repeated pid too: filter_rows then drops the later one as a counted duplicate_pid, as
+        # it does in the list form and the parquet layout (json itself would keep the later one, silently).
+        items = [(str(k), v) for k, v in getattr(data, "pairs", data.items())]
     elif isinstance(data, list):
         items = [(None, v) for v in data]
     else:
         raise DataError(f"{path}: expected a JSON object keyed by pid or a list of problems, got {type(data).__name__}")
+    fields = {str(k) for _, problem in items if isinstance(problem, Mapping) for k in problem}
+    missing = [name for name in JSON_REQUIRED_FIELDS if name not in fields]
+    if items and missing:
+        # As the parquet layout's missing column: named, not a table emptied row by row by the filter.
+        raise DataError(f"{path}: no problem has the field(s) {missing} (required); fields found: {sorted(fields)}")
     queries: Mapping = {}
     query_file = path.parent / "query.json"
     if query_file.is_file():

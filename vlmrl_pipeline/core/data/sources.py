@@ -93,12 +93,27 @@ def check_local_source(source: str) -> None:
         raise DataError(f"local folder {source} does not exist")
 
 
+class JsonObject(dict):
+    """A JSON object as ``json`` builds it (a repeated key keeps its last value), with ``pairs``: every key and
+    value in file order, repeats included, so a loader can count a repeated key instead of losing a row unseen."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]):
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict:
+    # Plain dicts unless a key repeats: only then does anyone need the pairs.
+    return JsonObject(pairs) if len({k for k, _ in pairs}) < len(pairs) else dict(pairs)
+
+
 def read_json(path: Path) -> Any:
+    """The parsed JSON file; an object with a repeated key is a :class:`JsonObject` (its ``pairs`` keep them)."""
     # surrogateescape: bytes that are not UTF-8 survive as lone surrogates inside their string, so one bad cell
     # costs its row (a named skip, see mark_undecodable), not the whole file.
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-            return json.load(fh)
+            return json.load(fh, object_pairs_hook=_json_object)
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read JSON file {path}: {exc}") from exc
 
