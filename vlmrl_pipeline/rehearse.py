@@ -26,6 +26,8 @@ STAGES = {
     "after": ["after_completions", "after_records", "eval_diff_report"],
     "merge": ["merged_model"],
     "gguf": ["gguf_model"],
+    # The shipped artifacts on the held-out rows (mtmd with the image for each GGUF), then the report with them.
+    "shipped": ["merged_records", "gguf_records", "eval_diff_report"],
 }
 RESULTS = "rehearsal.json"
 
