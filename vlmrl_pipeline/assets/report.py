@@ -53,8 +53,8 @@ def eval_diff_report(context: AssetExecutionContext, artifacts: ArtifactStore,
                            "differences": environment_differences(baseline_info.get("environment"),
                                                                   after_info.get("environment"))}
     tolerance = export_settings.to_core().shipped_accuracy_tolerance
-    diff["shipped"] = shipped_rows(after, _shipped_records(artifacts, after_info.get("adapter_sha256"), context.log),
-                                   tolerance)
+    shipped, reasons = _shipped_records(artifacts, after_info.get("adapter_sha256"), context.log)
+    diff["shipped"] = shipped_rows(after, shipped, tolerance, {k: {"reason": v} for k, v in reasons.items()})
     markdown = report_markdown(diff) + "\n" + shipped_markdown(diff["shipped"], tolerance)
     chart = before_after_png(diff["headline"], diff["comparison"])
     with artifacts.staging(context.asset_key) as tmp:
@@ -92,30 +92,33 @@ def eval_diff_report(context: AssetExecutionContext, artifacts: ArtifactStore,
     )
 
 
-def _shipped_records(artifacts: ArtifactStore, adapter_sha256: str | None, log) -> dict[str, pd.DataFrame | None]:
-    """The merged checkpoint's and each GGUF type's records, None for one not evaluated yet or evaluated against
-    another adapter than the one ``after_records`` measured (a row comparing two adapters would mislead)."""
+def _shipped_records(artifacts: ArtifactStore, adapter_sha256: str | None,
+                     log) -> tuple[dict[str, pd.DataFrame | None], dict[str, str]]:
+    """The merged checkpoint's and each GGUF type's records, None (and why, in the second dict) for one not
+    evaluated yet or evaluated against another adapter than the one ``after_records`` measured (a row comparing
+    two adapters would mislead)."""
     found: dict[str, pd.DataFrame | None] = {}
+    reasons: dict[str, str] = {}
 
     def read(name: str, parquet, info_file) -> None:
         if not parquet.exists() or not info_file.exists():
-            found[name] = None
+            found[name], reasons[name] = None, "not materialized yet"
             return
         info = json.loads(info_file.read_text())
         if info.get("adapter_sha256") != adapter_sha256:
             log.warning(f"{name}'s records come from adapter {info.get('adapter_sha256')}, not {adapter_sha256}: "
                         "left out of the report until they are materialized again")
-            found[name] = None
+            found[name], reasons[name] = None, "evaluated another adapter: materialize it again"
             return
         found[name] = pd.read_parquet(parquet)
 
     read(MERGED_NAME, records_file(artifacts, merged_records, ".parquet"),
          records_file(artifacts, merged_records, ".json"))
     summary_file = artifacts.asset_dir(gguf_records) / GGUF_RECORDS_SUMMARY
-    if summary_file.exists():
-        for gguf_type in json.loads(summary_file.read_text())["types"]:
-            parquet = gguf_records_file(artifacts, gguf_type)
-            read(gguf_name(gguf_type), parquet, parquet.with_suffix(".json"))
-    else:
-        found[gguf_name("*")] = None
-    return found
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"types": {}}
+    for gguf_type in summary["types"]:
+        parquet = gguf_records_file(artifacts, gguf_type)
+        read(gguf_name(gguf_type), parquet, parquet.with_suffix(".json"))
+    if not summary["types"]:
+        found["gguf"], reasons["gguf"] = None, summary.get("not_evaluated", "not materialized yet")
+    return found, reasons

@@ -259,7 +259,8 @@ def _shipped_section(diff: Mapping[str, Any]) -> str:
     for name, row in shipped.items():
         if not row.get("evaluated"):
             rows.append(f'<tr data-artifact="{_e(name)}"><th scope="row">{_e(name)}</th>'
-                        + "<td></td>" * len(SHIPPED_METRICS) + "<td></td><td>not evaluated</td></tr>")
+                        + "<td></td>" * len(SHIPPED_METRICS)
+                        + f"<td></td><td>not evaluated: {_e(row.get('reason', 'no records'))}</td></tr>")
             continue
         cells = []
         for _, key, _ in SHIPPED_METRICS:

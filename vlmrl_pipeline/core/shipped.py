@@ -104,7 +104,8 @@ def shipped_markdown(rows: Mapping[str, Mapping[str, Any]], tolerance: float) ->
              "|---" * (len(labels) + 3) + "|"]
     for name, row in rows.items():
         if not row.get("evaluated"):
-            lines.append(f"| {name} | " + " | ".join("" for _ in labels) + " | | not evaluated |")
+            lines.append(f"| {name} | " + " | ".join("" for _ in labels) + " | | not evaluated: "
+                         f"{row.get('reason', 'no records')} |")
             continue
         cells = []
         for _, key, _ in SHIPPED_METRICS:

@@ -69,6 +69,10 @@ class MtmdJob:
     extra_buffer_types: bool = False
     threads: int = 0
     context_tokens: int = 4096
+    image_min_tokens: int = 0
+    image_max_tokens: int = 0
+    """Bounds on an image's tokens (0: mtmd's own, 8..4096 for Qwen-VL), set from the checkpoint's processor by
+    :func:`image_token_limits` so mtmd resizes an image to the grid transformers uses."""
 
 
 def _load(job: MtmdJob):
@@ -95,6 +99,7 @@ def _load(job: MtmdJob):
     mparams.print_timings = False
     mparams.warmup = False
     mparams.n_threads = threads
+    mparams.image_min_tokens, mparams.image_max_tokens = job.image_min_tokens, job.image_max_tokens
     mtmd = mtmd_cpp.mtmd_init_from_file(job.mmproj_file.encode(), model, mparams)
     if not mtmd:
         raise RuntimeError(f"llama.cpp's mtmd could not load {job.mmproj_file} beside {job.model_file}")
@@ -231,7 +236,7 @@ class MtmdResult:
 def buffer_types(log: str) -> tuple[list[str], list[str]]:
     """(weight buffer types, preferred-but-refused buffer types) from llama.cpp's model load log."""
     loaded = re.findall(r"load_tensors:\s+(\S+) model buffer size", log)
-    preferred = re.findall(r"preferred buffer type (\S+)", log)
+    preferred = re.findall(r"preferred buffer type (\w+)", log)
     return sorted(set(loaded)), sorted(set(preferred))
 
 
@@ -277,14 +282,34 @@ def stop_token_ids(checkpoint: str | os.PathLike) -> list[int]:
     return [int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos]) if i is not None]
 
 
-def expected_text_tokens(processor, rendered: str, image) -> list[int]:
-    """The ids ``transformers`` feeds the model for a rendered prompt and its image, with the image's expanded
-    placeholder tokens removed: what mtmd's text chunks must hold for the two runtimes to see one prompt."""
+def image_token_limits(processor) -> tuple[int, int]:
+    """(min, max) image tokens of a Qwen-VL image processor (its ``size`` bounds the pixels; one token per
+    ``(patch_size * merge_size)^2`` of them), or ``(0, 0)`` for a processor without them (Gemma 3's fixed 896 px).
+
+    mtmd's own Qwen-VL bounds (8..4096 tokens) differ from the checkpoint's: a 64 px demo image becomes 9 tokens
+    in mtmd and 4 in transformers unless mtmd is given these."""
+    image = getattr(processor, "image_processor", None)
+    size, patch, merge = getattr(image, "size", None), getattr(image, "patch_size", None), \
+        getattr(image, "merge_size", None)
+    low = getattr(size, "shortest_edge", None) if size is not None else None
+    high = getattr(size, "longest_edge", None) if size is not None else None
+    if isinstance(size, dict):
+        low, high = size.get("shortest_edge"), size.get("longest_edge")
+    if not (low and high and patch and merge):
+        return 0, 0
+    area = (patch * merge) ** 2
+    return max(1, low // area), max(1, high // area)
+
+
+def expected_text_tokens(processor, rendered: str, image) -> tuple[list[int], int]:
+    """The ids ``transformers`` feeds the model for a rendered prompt and its image with the image's expanded
+    placeholder tokens removed (what mtmd's text chunks must hold for the two runtimes to see one prompt), and
+    how many placeholder tokens the image took."""
     ids = processor(text=[rendered], images=[[image.convert("RGB")]], return_tensors="pt")["input_ids"][0].tolist()
     tokenizer = processor.tokenizer
     placeholders = {tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<image_soft_token>")
                     if t in tokenizer.get_vocab()}
-    return [i for i in ids if i not in placeholders]
+    return [i for i in ids if i not in placeholders], sum(i in placeholders for i in ids)
 
 
 @dataclass(frozen=True)
@@ -296,6 +321,8 @@ class GgufEvaluation:
     first_logits: Any
     prompt_tokens_identical: int
     """Samples whose mtmd text tokens equal ``transformers``' ids (image placeholders removed)."""
+    image_tokens_identical: int
+    """Samples whose image took as many tokens in mtmd as in ``transformers`` (the same resize)."""
     first_prompt_difference: dict[str, Any] | None
     image_tokens: list[int]
     seconds: float
@@ -316,11 +343,14 @@ def evaluate_gguf(model_file: str | os.PathLike, mmproj_file: str | os.PathLike,
                   image_paths=[str(p) for p in image_paths], max_new_tokens=max_new_tokens,
                   stop_ids=list(stop_ids), suppress_ids=list(suppress_ids), logits_samples=logits_samples,
                   extra_buffer_types=extra_buffer_types)
+    job = MtmdJob(**{**asdict(job), **dict(zip(("image_min_tokens", "image_max_tokens"),
+                                               image_token_limits(processor), strict=True))})
     result = run_gguf_multimodal(job, timeout_s=timeout_s)
-    identical, first_difference = 0, None
+    identical, same_image, first_difference = 0, 0, None
     for index, (text, path, got) in enumerate(zip(rendered, image_paths, result.prompt_text_tokens, strict=True)):
         with Image.open(path) as image:
-            expected = expected_text_tokens(processor, text, image)
+            expected, image_tokens = expected_text_tokens(processor, text, image)
+        same_image += int(image_tokens == result.image_tokens[index])
         if got == expected:
             identical += 1
         elif first_difference is None:
@@ -329,8 +359,8 @@ def evaluate_gguf(model_file: str | os.PathLike, mmproj_file: str | os.PathLike,
             first_difference = {"sample": index, "position": at, "llama_cpp": got[at:at + 8],
                                 "transformers": expected[at:at + 8]}
     completions = [processor.tokenizer.decode(ids, skip_special_tokens=True) for ids in result.new_tokens]
-    return GgufEvaluation(completions, result.new_tokens, result.first_logits, identical, first_difference,
-                          result.image_tokens, result.seconds, result.weight_buffers)
+    return GgufEvaluation(completions, result.new_tokens, result.first_logits, identical, same_image,
+                          first_difference, result.image_tokens, result.seconds, result.weight_buffers)
 
 
 def _child(job_file: str, out_file: str) -> None:
