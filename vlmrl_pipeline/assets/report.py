@@ -8,6 +8,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.evaluation import after_records, baseline_records, records_file
 from vlmrl_pipeline.assets.metadata import environment_metadata
+from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS
 from vlmrl_pipeline.assets.shipped import (
     GGUF_RECORDS_SUMMARY,
     MERGED_NAME,
@@ -16,7 +17,6 @@ from vlmrl_pipeline.assets.shipped import (
     gguf_records_file,
     merged_records,
 )
-from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS
 from vlmrl_pipeline.core.environment import environment_differences
 from vlmrl_pipeline.core.evaluation import diff_records, report_markdown
 from vlmrl_pipeline.core.files import write_json_atomic
@@ -24,8 +24,8 @@ from vlmrl_pipeline.core.plots import before_after_png, png_markdown
 from vlmrl_pipeline.core.report_html import render_report_html, thumbnail_data_uri
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, read_manifest, split_rows
-from vlmrl_pipeline.execution import CPU_TAGS
 from vlmrl_pipeline.core.shipped import shipped_markdown, shipped_metadata, shipped_rows
+from vlmrl_pipeline.execution import CPU_TAGS
 from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore, ExportSettingsResource
 
 

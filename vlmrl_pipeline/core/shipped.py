@@ -171,7 +171,8 @@ def logit_agreement(reference, other, tokens_reference=None, tokens_other=None) 
     if tokens_reference is not None and tokens_other is not None:
         prefixes, identical = [], 0
         for a, b in zip(tokens_reference, tokens_other, strict=True):
-            prefixes.append(next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))))
+            prefixes.append(next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                                 min(len(a), len(b))))
             identical += int(list(a) == list(b))
         out.update(greedy_agreeing_prefix=prefixes, greedy_identical=identical,
                    greedy_tokens_compared=[len(a) for a in tokens_reference])

@@ -47,7 +47,7 @@ def media_prompt(rendered: str) -> str:
         if found:
             if len(found) != 1:
                 raise ValueError(f"the prompt holds {len(found)} images; one image per sample is evaluated")
-            return pattern.sub(lambda _m: replacement, rendered)
+            return pattern.sub(replacement.replace("\\", "\\\\"), rendered)
     raise ValueError("no image placeholder (<|vision_start|><|image_pad|><|vision_end|> or <start_of_image>) in the "
                      "rendered prompt: not a chat template this evaluation knows")
 
