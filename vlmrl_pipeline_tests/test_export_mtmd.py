@@ -153,3 +153,24 @@ def test_a_broken_gguf_fails_with_its_name(exported, tmp_path):
                   prompts=[f"{MEDIA_MARKER}hi"], image_paths=[str(images[0])], max_new_tokens=2, stop_ids=[])
     with pytest.raises(RuntimeError, match="model-broken.gguf"):
         run_gguf_multimodal(job)
+
+
+@needs_llama_cpp
+@pytest.mark.slow
+def test_a_gemma3_gguf_sees_the_prompt_and_image_as_transformers_does(tmp_path):
+    """Gemma 3's template writes ``<bos>`` and ``<start_of_image>``; its processor adds the tokenizer's BOS too and
+    a blank line on each side of 256 image tokens. mtmd must see exactly that (a tiny-width Gemma 3 stand-in)."""
+    from transformers import AutoProcessor
+
+    from vlmrl_pipeline.core.standin.build import build_standin
+
+    checkpoint = build_standin("gemma3-4b", tmp_path / "gemma", tiny=True)
+    [export] = export_gguf(checkpoint, tmp_path / "gguf", ["f16"], llama_cpp_tools().converter)
+    image = tmp_path / "red.png"
+    Image.new("RGB", (512, 512), "red").save(image)
+    processor = AutoProcessor.from_pretrained(str(checkpoint))
+    prompts = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is 3 plus 4?"}]}]]
+    result = evaluate_gguf(export.model_file, export.mmproj_file, processor, prompts, [image], max_new_tokens=2,
+                           stop_ids=stop_token_ids(checkpoint), suppress_ids=vision_token_ids(processor))
+    assert result.prompt_tokens_identical == 1, result.first_prompt_difference
+    assert result.image_tokens == [256] and result.image_tokens_identical == 1

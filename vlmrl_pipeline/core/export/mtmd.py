@@ -69,6 +69,9 @@ class MtmdJob:
     extra_buffer_types: bool = False
     threads: int = 0
     context_tokens: int = 4096
+    add_special: bool = False
+    """Let llama.cpp add the vocabulary's BOS as transformers' processor does (Gemma: the rendered template's
+    ``<bos>`` plus the tokenizer's own); :func:`evaluate_gguf` sets it from the checkpoint's tokenizer."""
     image_min_tokens: int = 0
     image_max_tokens: int = 0
     """Bounds on an image's tokens (0: mtmd's own, 8..4096 for Qwen-VL), set from the checkpoint's processor by
@@ -130,8 +133,8 @@ def _run_job(job: MtmdJob) -> dict[str, Any]:
                                                pixels.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
             text = mtmd_cpp.mtmd_input_text()
             encoded = prompt.encode("utf-8")
-            # add_special off: the rendered template already holds every special token it wants (Gemma's <bos>).
-            text.text, text.text_len, text.add_special, text.parse_special = encoded, len(encoded), False, True
+            text.text, text.text_len, text.parse_special = encoded, len(encoded), True
+            text.add_special = job.add_special
             chunks = mtmd_cpp.mtmd_input_chunks_init()
             position = 0
             logits = None
@@ -343,8 +346,11 @@ def evaluate_gguf(model_file: str | os.PathLike, mmproj_file: str | os.PathLike,
                   image_paths=[str(p) for p in image_paths], max_new_tokens=max_new_tokens,
                   stop_ids=list(stop_ids), suppress_ids=list(suppress_ids), logits_samples=logits_samples,
                   extra_buffer_types=extra_buffer_types)
-    job = MtmdJob(**{**asdict(job), **dict(zip(("image_min_tokens", "image_max_tokens"),
-                                               image_token_limits(processor), strict=True))})
+    low, high = image_token_limits(processor)
+    # transformers' processor tokenizes the rendered template with the tokenizer's special tokens added (a BOS
+    # for Gemma, nothing for Qwen): llama.cpp adds its vocabulary's the same way when asked to.
+    adds = bool(processor.tokenizer("", add_special_tokens=True)["input_ids"])
+    job = MtmdJob(**{**asdict(job), "image_min_tokens": low, "image_max_tokens": high, "add_special": adds})
     result = run_gguf_multimodal(job, timeout_s=timeout_s)
     identical, same_image, first_difference = 0, 0, None
     for index, (text, path, got) in enumerate(zip(rendered, image_paths, result.prompt_text_tokens, strict=True)):
