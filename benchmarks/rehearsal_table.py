@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 STAGE_NAMES = {"data": "data + base_model", "baseline": "baseline eval", "train": "GSPO (lora_adapter)",
-               "after": "after eval + report", "merge": "merged_model (16-bit + Unsloth 4-bit)", "gguf": "gguf_model"}
+               "after": "after eval", "merge": "merged_model (16-bit + Unsloth 4-bit)", "gguf": "gguf_model",
+               "shipped": "merged_records + gguf_records (mtmd, with the image) + report"}
 
 
 def _gb(value) -> str:
@@ -41,6 +42,16 @@ def table(path: Path) -> str:
                  if key.endswith("_size_bytes") and isinstance(value, (int, float))]
         notes.append(f"GGUF ({gguf.get('architecture')}, pre-tokenizer {gguf.get('tokenizer_pre')}): "
                      + ", ".join(files))
+    shipped = results["stages"].get("shipped", {}).get("assets", {}).get("gguf_records", {})
+    for gguf_type in [t.strip() for t in str(shipped.get("gguf_types", "")).split(",") if t.strip()]:
+        # Random weights: the answers mean nothing, the token-by-token agreement with the merged checkpoint does.
+        notes.append(f"GGUF {gguf_type} through mtmd with the image vs the merged checkpoint: first-token argmax "
+                     f"{shipped.get(f'{gguf_type}_first_token_argmax_agree', float('nan')):.0%} of samples, greedy "
+                     f"tokens identical {shipped.get(f'{gguf_type}_greedy_identical', float('nan')):.0%}, mean RMS "
+                     f"logit difference {shipped.get(f'{gguf_type}_mean_relative_logit_diff', float('nan')):.3f} of "
+                     f"the spread; prompts token-identical {shipped.get(f'{gguf_type}_prompt_tokens_identical')}/"
+                     f"{shipped.get('num_samples')}, images in as many tokens "
+                     f"{shipped.get(f'{gguf_type}_image_tokens_identical')}/{shipped.get('num_samples')}")
     return "\n".join(lines + [""] + [f"- {note}" for note in notes])
 
 

@@ -17,7 +17,7 @@ from dagster import (
     map_asset_specs,
 )
 
-from vlmrl_pipeline.assets import data, evaluation, export, model, report, training
+from vlmrl_pipeline.assets import data, evaluation, export, model, report, shipped, training
 from vlmrl_pipeline.assets.experiments import build_experiment_comparison
 from vlmrl_pipeline.automation import retrain_schedule, source_data_sensor, vlmrl_lineage_job
 from vlmrl_pipeline.core.experiments import declared_experiments, report_page_path
@@ -26,7 +26,7 @@ from vlmrl_pipeline.core.settings_versions import settings_versions
 from vlmrl_pipeline.execution import executor_for_environment
 from vlmrl_pipeline.resources import experiments_file, resources_for_profile
 
-ASSET_MODULES = [data, model, training, evaluation, export, report]
+ASSET_MODULES = [data, model, training, evaluation, export, shipped, report]
 
 
 def assets_for_profile(profile: Profile, key_prefix: str | None = None) -> Sequence[AssetsDefinition]:

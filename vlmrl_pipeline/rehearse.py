@@ -23,9 +23,12 @@ STAGES = {
     "data": ["mathvista_filtered", "resized_images", "base_model"],
     "baseline": ["baseline_completions", "baseline_records"],
     "train": ["lora_adapter"],
-    "after": ["after_completions", "after_records", "eval_diff_report"],
+    "after": ["after_completions", "after_records"],
     "merge": ["merged_model"],
     "gguf": ["gguf_model"],
+    # The shipped artifacts on the held-out rows (each GGUF through mtmd with the image, compared token by token
+    # with the merged checkpoint: random weights make the answers meaningless), then the report with them all.
+    "shipped": ["merged_records", "gguf_records", "eval_diff_report"],
 }
 RESULTS = "rehearsal.json"
 

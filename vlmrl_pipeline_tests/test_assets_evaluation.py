@@ -15,7 +15,8 @@ from vlmrl_pipeline.definitions import all_assets, all_checks
 from vlmrl_pipeline.resources import resources_for_profile
 from vlmrl_pipeline_tests.conftest import tiny_profile
 
-SCORING = {"baseline_records", "after_records", "eval_diff_report"}
+# The shipped artifacts' records score too (they generate as well: merged ~7 s, GGUF ~4 s on the demo).
+SCORING = {"baseline_records", "after_records", "merged_records", "gguf_records", "eval_diff_report"}
 GENERATION_AND_TRAINING = {"baseline_completions", "after_completions", "lora_adapter"}
 
 

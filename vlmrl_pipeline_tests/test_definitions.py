@@ -13,9 +13,11 @@ EXPECTED_UPSTREAM = {
     "lora_adapter": {"base_model", "resized_images"},
     "after_completions": {"lora_adapter", "base_model", "resized_images", "mathvista_filtered"},
     "after_records": {"after_completions", "resized_images"},
-    "eval_diff_report": {"baseline_records", "after_records"},
+    "eval_diff_report": {"baseline_records", "after_records", "merged_records", "gguf_records"},
     "merged_model": {"lora_adapter", "base_model", "resized_images"},
     "gguf_model": {"merged_model", "resized_images"},
+    "merged_records": {"merged_model", "after_completions", "resized_images", "mathvista_filtered"},
+    "gguf_records": {"gguf_model", "merged_model", "after_completions", "resized_images", "mathvista_filtered"},
     "experiment_comparison": {"eval_diff_report"},  # and each declared experiment's report (none here)
 }
 
@@ -48,6 +50,8 @@ def test_the_lineage_job_exists_and_bad_artifacts_are_stopped_by_blocking_checks
         "after_records_complete": "after_records",
         "merged_matches_adapter": "merged_model",
         "gguf_files_intact": "gguf_model",
+        "merged_accuracy_kept": "merged_records",
+        "gguf_accuracy_kept": "gguf_records",
     }
     assert set(specs) == set(expected)
     for name, asset in expected.items():
@@ -56,7 +60,7 @@ def test_the_lineage_job_exists_and_bad_artifacts_are_stopped_by_blocking_checks
 
 def test_gpu_steps_share_the_gpu_pool_and_carry_the_compute_tag():
     graph = defs.resolve_asset_graph()
-    gpu = {"baseline_completions", "after_completions", "lora_adapter", "merged_model"}
+    gpu = {"baseline_completions", "after_completions", "lora_adapter", "merged_model", "merged_records"}
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         name = key.to_user_string()

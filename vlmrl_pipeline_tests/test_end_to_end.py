@@ -20,9 +20,11 @@ from vlmrl_pipeline.resources import resources_for_profile
 from vlmrl_pipeline_tests.conftest import tiny_profile
 
 ASSETS = ["mathvista_filtered", "resized_images", "base_model", "baseline_completions", "baseline_records",
-          "lora_adapter", "after_completions", "after_records", "eval_diff_report", "merged_model", "gguf_model"]
+          "lora_adapter", "after_completions", "after_records", "eval_diff_report", "merged_model", "gguf_model",
+          "merged_records", "gguf_records"]
 CHECKS = {"filtered_rows_valid", "train_eval_disjoint", "few_rows_lost", "lora_weights_trained",
-          "baseline_records_complete", "after_records_complete", "merged_matches_adapter", "gguf_files_intact"}
+          "baseline_records_complete", "after_records_complete", "merged_matches_adapter", "gguf_files_intact",
+          "merged_accuracy_kept", "gguf_accuracy_kept"}
 HEADLINE = ["baseline_accuracy", "after_accuracy", "baseline_accuracy_mathvista", "after_accuracy_mathvista",
             "baseline_format_compliance", "after_format_compliance"]
 

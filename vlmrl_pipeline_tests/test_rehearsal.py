@@ -95,6 +95,21 @@ def _assert_rehearsal_complete(results: dict, work: Path) -> None:
     gguf = json.loads((work / "data" / "gguf_model" / "gguf.json").read_text())
     assert all(export["mmproj"]["file"].startswith("mmproj-") for export in gguf["exports"])
     assert all(export["model"]["tokenizer_pre"] for export in gguf["exports"])
+    _assert_gguf_compared_with_the_image(work)
+
+
+def _assert_gguf_compared_with_the_image(work: Path) -> None:
+    """Random weights make answers meaningless: what a rehearsal records is each GGUF, run through mtmd with the
+    image, against the merged checkpoint token by token on the same prompts."""
+    shipped = json.loads((work / "data" / "gguf_records" / "gguf_records.json").read_text())
+    gguf = json.loads((work / "data" / "gguf_model" / "gguf.json").read_text())
+    assert set(shipped["types"]) == {e["gguf_type"] for e in gguf["exports"]}
+    for gguf_type, entry in shipped["types"].items():
+        assert entry["prompt_tokens_identical"] == shipped["rows"], (gguf_type, entry["first_prompt_difference"])
+        assert entry["image_tokens_identical"] == shipped["rows"], gguf_type
+        vs = entry["vs_merged"]
+        assert vs["samples"] == shipped["logit_samples"] > 0
+        assert vs["argmax_agree"] >= 1 and len(vs["greedy_agreeing_prefix"]) == vs["samples"], (gguf_type, vs)
 
 
 @pytest.mark.gpu

@@ -16,7 +16,8 @@ from vlmrl_pipeline.resources import resources_for_profile
 from vlmrl_pipeline_tests.conftest import tiny_profile
 
 EVERYTHING = {"mathvista_filtered", "resized_images", "base_model", "baseline_completions", "baseline_records",
-              "lora_adapter", "after_completions", "after_records", "eval_diff_report", "merged_model", "gguf_model"}
+              "lora_adapter", "after_completions", "after_records", "eval_diff_report", "merged_model", "gguf_model",
+              "merged_records", "gguf_records"}
 
 
 def test_doctests():
@@ -42,6 +43,10 @@ def _replace(profile, group: str, **changes):
     ("gspo", dict(rollout_engine="generate"), {"lora_adapter"}),  # another engine samples other rollouts
     ("generation", dict(max_new_tokens=99), {"baseline_completions", "after_completions"}),
     ("export", dict(gguf_types=("f16",)), {"gguf_model"}),
+    ("export", dict(merged_dtype="float32"), {"merged_model"}),
+    ("export", dict(llama_cpp_extra_buffer_types=True, shipped_logit_samples=4), {"gguf_records"}),
+    # the checks' tolerance changes no artifact: the checks read it when they run
+    ("export", dict(shipped_accuracy_tolerance=0.05), set()),
     ("model", dict(lora=dataclasses.replace(demo_profile().model.lora, r=4)), {"lora_adapter"}),
     # How a stage runs, not what it writes: no version moves.
     ("gspo", dict(save_steps=3, logging_steps=5, report_to="none"), set()),
@@ -106,7 +111,11 @@ def test_a_settings_change_marks_exactly_the_right_assets_stale_and_unsynced_rem
     # generation re-runs both evaluations, their records and the report, never training or the export.
     changed = _replace(profile, "generation", max_new_tokens=5)
     assert _materialize_unsynced(instance, changed, data) == [
-        {"baseline_completions", "after_completions"}, {"baseline_records", "after_records"}, {"eval_diff_report"}]
+        {"baseline_completions", "after_completions"},
+        {"baseline_records", "after_records", "merged_records", "gguf_records"}, {"eval_diff_report"}]
+    # An export change re-runs the export, then the evaluation of what it wrote (through its bytes' hash), then
+    # the report that shows it.
     changed_export = _replace(changed, "export", gguf_types=("f16",))
-    assert _materialize_unsynced(instance, changed_export, data) == [{"gguf_model"}]
+    assert _materialize_unsynced(instance, changed_export, data) == [{"gguf_model"}, {"gguf_records"},
+                                                                      {"eval_diff_report"}]
     assert _stale_assets(instance, changed_export, data) == set()

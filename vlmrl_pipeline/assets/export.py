@@ -1,10 +1,12 @@
 """Export stage: the adapter merged into standalone checkpoints, and the merged model as GGUF for llama.cpp."""
 
+import hashlib
 import json
 
 from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
+    DataVersion,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -139,6 +141,9 @@ def merged_model(
     metadata.update({f"peak_{k}": v for k, v in usage.items() if k != "host_start_gb"})
     context.log.info(f"merged checkpoint generates: {metadata['sample_generation']!r}")
     return MaterializeResult(
+        # The weights' hash is the data version: evaluations of the merged checkpoint turn stale when its bytes
+        # change, and stay fresh when a re-run wrote the same bytes.
+        data_version=DataVersion(metadata["weights_sha256"]),
         metadata={
             **environment_metadata(),
             "path": MetadataValue.path(str(artifacts.asset_dir(context.asset_key) / MERGED_16BIT_DIR)),
@@ -247,7 +252,10 @@ def gguf_model(
         if "llama_cpp_check" in entry:
             metadata[f"{t}_llama_cpp_greedy_agreement"] = (
                 f"{entry['llama_cpp_check']['agreeing_prefix']}/{len(entry['llama_cpp_check']['greedy_tokens_transformers'])}")
-    return MaterializeResult(metadata={**metadata, **environment_metadata()})
+    files = sorted({e.model_info["sha256"] for e in exports} | {e.mmproj_info["sha256"] for e in exports
+                                                                  if e.mmproj_info is not None})
+    return MaterializeResult(metadata={**metadata, **environment_metadata()},
+                             data_version=DataVersion(hashlib.sha256(" ".join(files).encode()).hexdigest()))
 
 
 @asset_check(asset=gguf_model, blocking=True,

@@ -9,6 +9,14 @@ from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.evaluation import after_records, baseline_records, records_file
 from vlmrl_pipeline.assets.metadata import environment_metadata
 from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS
+from vlmrl_pipeline.assets.shipped import (
+    GGUF_RECORDS_SUMMARY,
+    MERGED_NAME,
+    gguf_name,
+    gguf_records,
+    gguf_records_file,
+    merged_records,
+)
 from vlmrl_pipeline.core.environment import environment_differences
 from vlmrl_pipeline.core.evaluation import diff_records, report_markdown
 from vlmrl_pipeline.core.files import write_json_atomic
@@ -16,14 +24,16 @@ from vlmrl_pipeline.core.plots import before_after_png, png_markdown
 from vlmrl_pipeline.core.report_html import render_report_html, thumbnail_data_uri
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, read_manifest, split_rows
+from vlmrl_pipeline.core.shipped import shipped_markdown, shipped_metadata, shipped_rows
 from vlmrl_pipeline.execution import CPU_TAGS
-from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore
+from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore, ExportSettingsResource
 
 
 @asset(config_schema=NO_OP_CONFIG,
-       group_name="report", deps=[baseline_records, after_records], kinds={"markdown"},
-       code_version=f"report-2+rewards-{REWARD_VERSION}", tags=CPU_TAGS)
-def eval_diff_report(context: AssetExecutionContext, artifacts: ArtifactStore) -> MaterializeResult:
+       group_name="report", deps=[baseline_records, after_records, merged_records, gguf_records],
+       kinds={"markdown"}, code_version=f"report-3+rewards-{REWARD_VERSION}", tags=CPU_TAGS)
+def eval_diff_report(context: AssetExecutionContext, artifacts: ArtifactStore,
+                     export_settings: ExportSettingsResource) -> MaterializeResult:
     """Accuracy (strict, numeric and MathVista's rules) and format compliance before vs after RL, how sure each
     change is (paired bootstrap 95% interval, exact McNemar p-value), and every sample that flipped.
 
@@ -43,7 +53,10 @@ def eval_diff_report(context: AssetExecutionContext, artifacts: ArtifactStore) -
     diff["environment"] = {"before": baseline_info.get("environment"), "after": after_info.get("environment"),
                            "differences": environment_differences(baseline_info.get("environment"),
                                                                   after_info.get("environment"))}
-    markdown = report_markdown(diff)
+    tolerance = export_settings.to_core().shipped_accuracy_tolerance
+    shipped, reasons = _shipped_records(artifacts, after_info.get("adapter_sha256"), context.log)
+    diff["shipped"] = shipped_rows(after, shipped, tolerance, {k: {"reason": v} for k, v in reasons.items()})
+    markdown = report_markdown(diff) + "\n" + shipped_markdown(diff["shipped"], tolerance)
     chart = before_after_png(diff["headline"], diff["comparison"])
     with artifacts.staging(context.asset_key) as tmp:
         write_json_atomic(tmp / "report.json", diff)
@@ -68,6 +81,9 @@ def eval_diff_report(context: AssetExecutionContext, artifacts: ArtifactStore) -
             **{f"{key}_{field}": round(float(c[field]), 4)
                for key, c in diff["comparison"].items() for field in ("difference", "ci_low", "ci_high", "p_value")},
             **{k: str(v) for k, v in diff["provenance"].items()},
+            # Each shipped artifact's rates and change against the adapter, as floats the UI plots across runs.
+            **shipped_metadata(diff["shipped"]),
+            "shipped": MetadataValue.md(shipped_markdown(diff["shipped"], tolerance)),
             "num_samples": diff["num_samples"],
             "num_flipped": len(diff["flipped_samples"]),
             "evaluation_environments": "; ".join(diff["environment"]["differences"]) or "the same",
@@ -75,3 +91,35 @@ def eval_diff_report(context: AssetExecutionContext, artifacts: ArtifactStore) -
             "before_after": MetadataValue.md(png_markdown(chart, "before/after")),
         }
     )
+
+
+def _shipped_records(artifacts: ArtifactStore, adapter_sha256: str | None,
+                     log) -> tuple[dict[str, pd.DataFrame | None], dict[str, str]]:
+    """The merged checkpoint's and each GGUF type's records, None (and why, in the second dict) for one not
+    evaluated yet or evaluated against another adapter than the one ``after_records`` measured (a row comparing
+    two adapters would mislead)."""
+    found: dict[str, pd.DataFrame | None] = {}
+    reasons: dict[str, str] = {}
+
+    def read(name: str, parquet, info_file) -> None:
+        if not parquet.exists() or not info_file.exists():
+            found[name], reasons[name] = None, "not materialized yet"
+            return
+        info = json.loads(info_file.read_text())
+        if info.get("adapter_sha256") != adapter_sha256:
+            log.warning(f"{name}'s records come from adapter {info.get('adapter_sha256')}, not {adapter_sha256}: "
+                        "left out of the report until they are materialized again")
+            found[name], reasons[name] = None, "evaluated another adapter: materialize it again"
+            return
+        found[name] = pd.read_parquet(parquet)
+
+    read(MERGED_NAME, records_file(artifacts, merged_records, ".parquet"),
+         records_file(artifacts, merged_records, ".json"))
+    summary_file = artifacts.asset_dir(gguf_records) / GGUF_RECORDS_SUMMARY
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"types": {}}
+    for gguf_type in summary["types"]:
+        parquet = gguf_records_file(artifacts, gguf_type)
+        read(gguf_name(gguf_type), parquet, parquet.with_suffix(".json"))
+    if not summary["types"]:
+        found["gguf"], reasons["gguf"] = None, summary.get("not_evaluated", "not materialized yet")
+    return found, reasons

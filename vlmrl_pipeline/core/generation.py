@@ -172,3 +172,28 @@ def next_token_logits(model, processor, prompts: Sequence[list[dict]], images: S
         with torch.inference_mode():
             rows.append(model(**inputs).logits[0, -1].float().cpu())
     return torch.stack(rows)
+
+
+def greedy_new_ids(model, processor, prompts: Sequence[list[dict]], images: Sequence[Image.Image],
+                   max_new_tokens: int) -> list[list[int]]:
+    """Greedy new token ids for each (chat prompt, image), one prompt at a time (no padding), vision tokens
+    suppressed as :func:`generate_completions` suppresses them, cut before the checkpoint's stop token: what
+    another runtime given the same prompt and image is compared with token by token."""
+    import torch
+
+    device = next(model.parameters()).device
+    eos = model.generation_config.eos_token_id
+    stops = set(eos if isinstance(eos, (list, tuple)) else [eos])
+    model.eval()
+    out = []
+    for prompt, image in zip(prompts, images, strict=True):
+        text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[text], images=[image.convert("RGB")], return_tensors="pt").to(device)
+        with torch.inference_mode():
+            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                       top_p=None, top_k=None, suppress_tokens=vision_token_ids(processor) or None,
+                                       pad_token_id=processor.tokenizer.pad_token_id)
+        new = [int(t) for t in generated[0, inputs["input_ids"].shape[1]:]]
+        cut = next((i for i, t in enumerate(new) if t in stops), len(new))
+        out.append(new[:cut])
+    return out

@@ -247,6 +247,42 @@ def _environment_note(diff: Mapping[str, Any]) -> str:
             f"environments</strong>; part of any change may come from them:</p><ul>{items}</ul>")
 
 
+def _shipped_section(diff: Mapping[str, Any]) -> str:
+    """The "what you ship" table: the adapter and each exported artifact on the same samples, with intervals."""
+    from vlmrl_pipeline.core.shipped import SHIPPED_METRICS
+
+    shipped = diff.get("shipped") or {}
+    if not shipped:
+        return ""
+    head = "".join(f"<th>{_e(label)}</th>" for _, _, label in SHIPPED_METRICS)
+    rows = []
+    for name, row in shipped.items():
+        if not row.get("evaluated"):
+            rows.append(f'<tr data-artifact="{_e(name)}"><th scope="row">{_e(name)}</th>'
+                        + "<td></td>" * len(SHIPPED_METRICS)
+                        + f"<td></td><td>not evaluated: {_e(row.get('reason', 'no records'))}</td></tr>")
+            continue
+        cells = []
+        for _, key, _ in SHIPPED_METRICS:
+            rate, m = row.get("rates", {}).get(key), row.get("metrics", {}).get(key)
+            if rate is None:
+                cells.append("<td></td>")
+            elif m is None:
+                cells.append(f"<td>{_pct(rate)}</td>")
+            else:
+                cells.append(f'<td>{_pct(rate)} <span class="interval">{_pts(m["difference"])} '
+                             f'[{_pts(m["ci_low"])}, {_pts(m["ci_high"])}]</span></td>')
+        changed = "" if name == "adapter" else f"{_e(row.get('answers_changed'))} of {_e(row.get('n'))}"
+        verdict = "reference" if name == "adapter" else ("ok" if row.get("accuracy_kept") else "FAILED")
+        rows.append(f'<tr data-artifact="{_e(name)}" class="{_e(verdict.lower())}"><th scope="row">{_e(name)}</th>'
+                    f"{''.join(cells)}<td>{changed}</td><td>{_e(verdict)}</td></tr>")
+    return ('<section id="shipped"><h2>What you ship</h2><table class="numbers"><thead><tr><th>artifact</th>'
+            f"{head}<th>answers changed</th><th>accuracy check</th></tr></thead><tbody>{''.join(rows)}</tbody>"
+            "</table><p class=\"note\">Each exported artifact answered the same held-out samples with the same "
+            "prompts and scorer as the adapter; in brackets its change against the adapter, points, with the paired "
+            "95% interval.</p></section>")
+
+
 def render_report_html(
     diff: Mapping[str, Any],
     baseline: pd.DataFrame,
@@ -290,6 +326,7 @@ def render_report_html(
 <p class="meta">Reward code version <code>{_e(diff.get("reward_version", "unknown"))}</code>.</p>
 {_environment_note(diff)}
 {_headline_section(diff)}
+{_shipped_section(diff)}
 {_plot_section(plot_png)}
 <section id="flips"><h2>Samples that flipped</h2><ul>{flips}</ul></section>
 <section id="samples-section"><h2>Every sample</h2>

@@ -41,6 +41,10 @@ SETTINGS_FEEDING: dict[str, dict[str, tuple[str, ...] | None]] = {
     "after_records": {"data": ("answer_format",)},
     "merged_model": {"export": ("merged_dtype", "merged_4bit")},
     "gguf_model": {"export": ("gguf_types", "mmproj_type", "verify_with_llama_cpp")},
+    # The shipped artifacts' evaluations: the bytes they run reach them as the export assets' data versions
+    # (hashes), the generation and prompt settings through after_completions (whose rows they answer).
+    "merged_records": {},
+    "gguf_records": {"export": ("shipped_logit_samples", "llama_cpp_extra_buffer_types")},
     "eval_diff_report": {},
 }
 """Asset -> settings group -> the fields of it that change the asset's artifact."""

@@ -32,6 +32,18 @@ class ExportSettings:
     verify_with_llama_cpp: bool = field(default=True, metadata={"help": (
         "When the llama.cpp runtime is installed, run each GGUF on a held-out prompt and record whether its "
         "greedy tokens equal ``transformers``' on the merged checkpoint.")})
+    shipped_accuracy_tolerance: float = field(default=0.02, metadata={"help": (
+        "The blocking checks ``merged_accuracy_kept`` / ``gguf_accuracy_kept`` fail an artifact whose held-out "
+        "accuracy (strict or MathVista's) is below the adapter's with the paired 95% interval below 0 and a drop "
+        "of more than this (a rate: 0.02 = 2 points).")})
+    shipped_logit_samples: int = field(default=8, metadata={"help": (
+        "Held-out samples on which ``gguf_records`` also compares each GGUF (through llama.cpp's multimodal "
+        "runtime, with the image) with the merged checkpoint token by token: first-token logits and greedy "
+        "tokens. What a random-weight rehearsal can compare, since its answers mean nothing. 0: skip.")})
+    llama_cpp_extra_buffer_types: bool = field(default=False, metadata={"help": (
+        "Let llama.cpp's CPU backend repack weights into its extra buffer types (AMX tiles, the AVX2/NEON "
+        "repacked q4_0/q8_0 layouts) when ``gguf_records`` runs a GGUF. Off: on Sapphire Rapids the AMX kernels "
+        "segfault on small q8_0 matrices; the plain kernels compute the same products.")})
 
     def __post_init__(self) -> None:
         if self.merged_dtype not in MERGED_DTYPES:
@@ -41,3 +53,7 @@ class ExportSettings:
             raise ValueError(f"unknown GGUF types {unknown}; choose from {list(GGUF_TYPES)}")
         if self.mmproj_type not in MMPROJ_TYPES:
             raise ValueError(f"mmproj_type must be one of {list(MMPROJ_TYPES)}, got {self.mmproj_type!r}")
+        if not 0.0 <= self.shipped_accuracy_tolerance < 1.0:
+            raise ValueError(f"shipped_accuracy_tolerance is a rate in [0, 1), got {self.shipped_accuracy_tolerance}")
+        if self.shipped_logit_samples < 0:
+            raise ValueError(f"shipped_logit_samples must be >= 0, got {self.shipped_logit_samples}")
