@@ -1042,8 +1042,9 @@ def seed_batch_report(entries: list[dict]) -> str:
     rows = [e for e in entries if e.get("kind") == "seed-batch"]
     if not rows:
         return ""
-    lines = ["| path | status | s / micro-step (8 x 1024) | steady s / micro-step | first step s | peak device GB "
-             "| torch peak GB | cap GiB | seed epoch h | rollout s (limit) | fwd s | bwd+rest s | optimizer s | logp gap |",
+    lines = ["| path | status | s / micro-step (8 x 1024) | steady s / micro-step | first step s | peak device GB | "
+             "torch peak GB | cap GiB | seed epoch h | rollout s (limit) | fwd s | bwd+rest s | optimizer s | "
+             "logp gap |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ref = next((e for e in rows if e["backend"] == "transformers-bf16-vllm" and e.get("status") == "ok"), None)
     for e in rows:
