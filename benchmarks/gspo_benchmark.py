@@ -1043,7 +1043,8 @@ def seed_batch_report(entries: list[dict]) -> str:
     if not rows:
         return ""
     lines = ["| path | status | s / micro-step (8 x 1024) | steady s / micro-step | first step s | peak device GB | "
-             "torch peak GB | cap GiB | seed epoch h | rollout s (limit) | fwd s | bwd+rest s | optimizer s | logp gap |",
+             "torch peak GB | cap GiB | seed epoch h | rollout s (limit) | fwd s | bwd+rest s | optimizer s | "
+             "logp gap |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ref = next((e for e in rows if e["backend"] == "transformers-bf16-vllm" and e.get("status") == "ok"), None)
     for e in rows:
