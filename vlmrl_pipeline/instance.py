@@ -24,8 +24,8 @@ from pathlib import Path
 import yaml
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
-from dagster._serdes import ConfigurableClassData
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
+from dagster._serdes import ConfigurableClassData
 
 INIT_LOCK = ".storage-init.lock"
 INIT_TIMEOUT_S = 300.0

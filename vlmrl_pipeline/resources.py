@@ -21,8 +21,8 @@ from vlmrl_pipeline.core.atomic import atomic_dir, exclusive, remove_dead_stagin
 from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
 from vlmrl_pipeline.core.export.settings import ExportSettings
 from vlmrl_pipeline.core.generation import GenerationSettings
-from vlmrl_pipeline.core.integrity import record_files, verify_files
 from vlmrl_pipeline.core.gspo_config import GSPOSettings
+from vlmrl_pipeline.core.integrity import record_files, verify_files
 from vlmrl_pipeline.core.profiles import DataSettings, ModelSettings, Profile
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

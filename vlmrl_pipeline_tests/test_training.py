@@ -22,7 +22,6 @@ from vlmrl_pipeline.core.gspo_config import (
 from vlmrl_pipeline.core.modeling import LoraSettings, load_model, peft_lora_config, vision_token_ids
 from vlmrl_pipeline.core.profiles import qwen3vl_8b_profile
 from vlmrl_pipeline.core.rewards import REWARD_FUNCTIONS, REWARD_WEIGHTS
-from vlmrl_pipeline.core.training_job import describe_failure
 from vlmrl_pipeline.core.training import (
     NonFiniteLossError,
     TrainingOutOfMemoryError,
@@ -31,6 +30,7 @@ from vlmrl_pipeline.core.training import (
     is_out_of_memory,
     train_gspo,
 )
+from vlmrl_pipeline.core.training_job import describe_failure
 
 
 def _dataset(n=4):
