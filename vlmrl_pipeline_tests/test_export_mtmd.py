@@ -96,7 +96,10 @@ def test_an_f32_gguf_with_its_mmproj_sees_the_evaluations_prompt_and_answers_as_
     assert result.image_tokens == [4, 4, 4, 4] and result.image_tokens_identical == 4
     agreement = logit_agreement(reference_logits, result.first_logits, reference_ids, result.new_tokens)
     assert agreement["argmax_agree"] == 4 and agreement["greedy_identical"] == 4
-    assert max(agreement["relative_logit_diff"]) < 1e-3  # float32 both sides: the image went in the same way
+    # float32 both sides: the image went in the same way. llama.cpp's sums run in another order than torch's, and
+    # its thread count (the machine's load) changes that order: 0.0005-0.0012 seen, so the bound is 5e-3; an image
+    # fed differently (9 tokens instead of 4) moves the logits by far more, and the token checks above catch it.
+    assert max(agreement["relative_logit_diff"]) < 5e-3
     assert result.completions == [processor.tokenizer.decode(i, skip_special_tokens=True) for i in reference_ids]
     # and the image matters: another image gives other first-token logits
     swapped = evaluate_gguf(f32.model_file, f32.mmproj_file, processor, prompts[:1], images[2:3], max_new_tokens=1,
