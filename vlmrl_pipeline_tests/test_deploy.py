@@ -15,9 +15,9 @@ from vlmrl_pipeline import execution
 DEPLOY = Path(vlmrl_pipeline.__file__).parent / "deploy" / "k8s"
 RELEASE, NAMESPACE = "dagster", "vlmrl"
 IMAGE = "registry.example.com/vlmrl-pipeline:0.1.0"
-GPU_STEPS = ["baseline_completions", "lora_adapter", "after_completions", "merged_model"]
+GPU_STEPS = ["baseline_completions", "lora_adapter", "after_completions", "merged_model", "merged_records"]
 CPU_STEPS = ["mathvista_filtered", "resized_images", "base_model", "baseline_records", "after_records",
-             "eval_diff_report"]
+             "gguf_records", "eval_diff_report"]
 
 
 def _load(name: str) -> dict:
