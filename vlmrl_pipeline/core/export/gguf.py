@@ -242,6 +242,39 @@ def export_gguf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, gguf_
     return exports
 
 
+class LlamaDecoder:
+    """Feeds token ids to sequence 0 of a llama.cpp ``context`` through ``batch`` and returns the logits after the
+    last one. ``position`` is where the next ids go; a caller that evaluates an image chunk itself (mtmd) sets it
+    to where that chunk ended."""
+
+    def __init__(self, context, batch, n_vocab: int, model_file: str | os.PathLike):
+        self.context, self.batch, self.n_vocab, self.model_file = context, batch, n_vocab, model_file
+        self.position = 0
+
+    def __call__(self, ids: Sequence[int]):
+        import ctypes
+
+        import llama_cpp as llama
+        import numpy as np
+
+        # Explicit positions and sequence ids, as llama.cpp's own examples fill a batch. Logits for every token:
+        # asking for the last one only makes llama.cpp drop the other rows before the final layer, which breaks
+        # its Qwen3-VL graph when that layer also takes the deepstack input (a one-layer model).
+        batch = self.batch
+        batch.n_tokens = len(ids)
+        for i, token in enumerate(ids):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, self.position + i, 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = True
+        status = llama.llama_decode(self.context, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status} on {self.model_file}")
+        self.position += len(ids)
+        pointer = llama.llama_get_logits_ith(self.context, -1)
+        return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
+                                     shape=(self.n_vocab,)).copy()
+
+
 def gguf_greedy_tokens(model_file: str | os.PathLike, prompt_ids: Sequence[int], max_new_tokens: int,
                        stop_ids: Sequence[int] = ()) -> tuple[list[int], list[float]]:
     """Greedy continuation of ``prompt_ids`` computed by llama.cpp itself from a GGUF file (text only).
@@ -254,7 +287,6 @@ def gguf_greedy_tokens(model_file: str | os.PathLike, prompt_ids: Sequence[int],
     """
     if not llama_cpp_runtime_available():
         raise RuntimeError("running a GGUF needs the llama.cpp runtime: pip install -e '.[gguf]'")
-    import ctypes
 
     import llama_cpp as llama
     import numpy as np
@@ -275,25 +307,7 @@ def gguf_greedy_tokens(model_file: str | os.PathLike, prompt_ids: Sequence[int],
         n_vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(model))
 
         batch = llama.llama_batch_init(context_params.n_batch, 0, 1)
-        position = 0
-
-        def decode(ids: Sequence[int]) -> np.ndarray:
-            # Explicit positions and sequence ids, as llama.cpp's own examples fill a batch. Logits for every
-            # token: asking for the last one only makes llama.cpp drop the other rows before the final layer,
-            # which breaks its Qwen3-VL graph when that layer also takes the deepstack input (a one-layer model).
-            nonlocal position
-            batch.n_tokens = len(ids)
-            for i, token in enumerate(ids):
-                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position + i, 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = True
-            status = llama.llama_decode(context, batch)
-            if status != 0:
-                raise RuntimeError(f"llama_decode returned {status} on {model_file}")
-            position += len(ids)
-            pointer = llama.llama_get_logits_ith(context, -1)
-            return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
-                                         shape=(n_vocab,)).copy()
+        decode = LlamaDecoder(context, batch, n_vocab, model_file)
 
         logits = decode(list(prompt_ids))
         first_logits = [float(x) for x in logits]

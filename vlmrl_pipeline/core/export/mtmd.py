@@ -5,7 +5,7 @@ The prompt is rendered by the checkpoint's chat template in ``transformers`` (ex
 evaluations tokenize); only its image placeholder is replaced by mtmd's media marker, around which mtmd puts the
 same begin/end tokens the template wrote. Each GGUF runs in a child process (:func:`run_gguf_multimodal`): a crash
 inside llama.cpp then fails the asset with a message naming the file instead of killing the Dagster step, and
-the child imports only llama.cpp's bindings, numpy and PIL.
+the child imports only llama.cpp's bindings, numpy, PIL and ``core.export.gguf``'s decoder.
 """
 
 from __future__ import annotations
@@ -118,6 +118,8 @@ def _run_job(job: MtmdJob) -> dict[str, Any]:
     import numpy as np
     from PIL import Image
 
+    from vlmrl_pipeline.core.export.gguf import LlamaDecoder  # plain Python over the bindings (no torch)
+
     llama, mtmd_cpp, model, context, mtmd = _load(job)
     n_vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(model))
     batch = llama.llama_batch_init(job.context_tokens, 0, 1)
@@ -136,27 +138,10 @@ def _run_job(job: MtmdJob) -> dict[str, Any]:
             text.text, text.text_len, text.parse_special = encoded, len(encoded), True
             text.add_special = job.add_special
             chunks = mtmd_cpp.mtmd_input_chunks_init()
-            position = 0
+            decode = LlamaDecoder(context, batch, n_vocab, job.model_file)
             logits = None
             text_tokens: list[int] = []
             image_tokens = 0
-
-            def decode(ids: Sequence[int]) -> np.ndarray:
-                # Logits for every row, as gguf_greedy_tokens does: asking for the last row only breaks llama.cpp's
-                # Qwen3-VL graph when the last layer also takes the deepstack input (a one-layer model).
-                nonlocal position
-                batch.n_tokens = len(ids)
-                for i, token in enumerate(ids):
-                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position + i, 1
-                    batch.seq_id[i][0] = 0
-                    batch.logits[i] = True
-                status = llama.llama_decode(context, batch)
-                if status != 0:
-                    raise RuntimeError(f"llama_decode returned {status} on {job.model_file}")
-                position += len(ids)
-                pointer = llama.llama_get_logits_ith(context, -1)
-                return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
-                                             shape=(n_vocab,)).copy()
 
             try:
                 bitmaps = (mtmd_cpp.mtmd_bitmap_p_ctypes * 1)(bitmap)
@@ -177,11 +162,11 @@ def _run_job(job: MtmdJob) -> dict[str, Any]:
                         image_tokens += int(mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk))
                         new_position = llama.llama_pos(0)
                         status = mtmd_cpp.mtmd_helper_eval_chunk_single(
-                            mtmd, context, chunk, llama.llama_pos(position), llama.llama_seq_id(0),
+                            mtmd, context, chunk, llama.llama_pos(decode.position), llama.llama_seq_id(0),
                             job.context_tokens, False, ctypes.byref(new_position))
                         if status != 0:
                             raise RuntimeError(f"mtmd could not evaluate the image of sample {index} ({status})")
-                        position = int(new_position.value)
+                        decode.position = int(new_position.value)
             finally:
                 mtmd_cpp.mtmd_input_chunks_free(chunks)
                 mtmd_cpp.mtmd_bitmap_free(bitmap)
