@@ -128,6 +128,20 @@ def test_gemma_placeholder_vocabulary_keeps_gemmas_special_ids():
     assert tokenizer.decode(ids) == "Hi é"
 
 
+def test_gemma_placeholder_vocabulary_has_the_newline_pieces_vllm_looks_up():
+    """vLLM's Gemma 3 processor reads vocab["\n"] .. vocab["\n\n\n\n"] when it places the image tokens (its first
+    fast_inference run on the placeholder stand-in stopped there with KeyError: '\n'); the runs are single pieces,
+    as in Gemma 3."""
+    tokenizer = standin.gemma_tokenizer(standin.gemma_placeholder_pieces(), chat_template="")
+    vocab = tokenizer.get_vocab()
+    for token_id, newlines in standin.GEMMA3_NEWLINE_PIECES.items():
+        assert vocab[newlines] == token_id
+    assert tokenizer.encode("a\n\n\nb", add_special_tokens=False).count(vocab["\n\n\n"]) == 1
+    ids = tokenizer.encode("<end_of_turn>\n", add_special_tokens=False)
+    assert ids == [106, 107]
+    assert tokenizer.decode(tokenizer.encode("x\n\ny", add_special_tokens=False)) == "x\n\ny"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get(standin.GEMMA_VOCAB_ENV_VAR), reason="set VLMRL_GEMMA_VOCAB to a Gemma 3 GGUF")
 def test_gemma_vocabulary_from_gguf_tokenizes_like_llama_cpp(tmp_path):

@@ -31,6 +31,7 @@ from vlmrl_pipeline.core.standin.build import (
 )
 from vlmrl_pipeline.core.standin.gemma_vocab import (
     GEMMA3_FIXED_TOKENS,
+    GEMMA3_NEWLINE_PIECES,
     GEMMA3_SPACE_PIECE,
     GEMMA3_VOCAB_SIZE,
     GEMMA_VOCAB_ENV_VAR,
@@ -49,9 +50,9 @@ from vlmrl_pipeline.core.standin.qwen_vocab import (
 from vlmrl_pipeline.core.standin.specs import STANDINS, StandinSpec, standin_config, standin_spec
 
 __all__ = [
-    "GEMMA3_FIXED_TOKENS", "GEMMA3_SPACE_PIECE", "GEMMA3_VOCAB_SIZE", "GEMMA_VOCAB_ENV_VAR", "QWEN3_ADDED_TOKENS",
-    "QWEN_VL_ADDED_TOKENS", "STANDINS", "STANDIN_INFO_FILE", "StandinSpec", "bpe_merges_from_ranks", "build_standin",
-    "gemma_placeholder_pieces", "gemma_sentencepiece_model", "gemma_tokenizer", "main", "qwen_tokenizer",
-    "qwen_vocab_path", "read_standin_record", "resolve_gemma_vocab", "standin_config", "standin_processor",
-    "standin_record", "standin_spec",
+    "GEMMA3_FIXED_TOKENS", "GEMMA3_NEWLINE_PIECES", "GEMMA3_SPACE_PIECE", "GEMMA3_VOCAB_SIZE", "GEMMA_VOCAB_ENV_VAR",
+    "QWEN3_ADDED_TOKENS", "QWEN_VL_ADDED_TOKENS", "STANDINS", "STANDIN_INFO_FILE", "StandinSpec",
+    "bpe_merges_from_ranks", "build_standin", "gemma_placeholder_pieces", "gemma_sentencepiece_model",
+    "gemma_tokenizer", "main", "qwen_tokenizer", "qwen_vocab_path", "read_standin_record", "resolve_gemma_vocab",
+    "standin_config", "standin_processor", "standin_record", "standin_spec",
 ]

@@ -22,6 +22,10 @@ GEMMA3_BYTE_PIECES_START = 238
 """``<0x00>`` .. ``<0xFF>`` sit at 238..493 in Gemma 3's vocabulary (as read from a Gemma 3 GGUF)."""
 GEMMA3_SPACE_PIECE = ("\u2581", 236_743)
 """Gemma 3's word-boundary piece "▁" and its id; the placeholder keeps it so spaces decode back to spaces."""
+GEMMA3_NEWLINE_PIECES = {107 + k: "\n" * (k + 1) for k in range(4)}
+"""Runs of one to four newlines, single pieces in Gemma 3 ("\n" right after ``<end_of_turn>``): vLLM's Gemma 3
+processor looks all four up (it merges "\n" + "\n\n" into "\n\n\n" around the image tokens) and fails with
+``KeyError: '\n'`` on a vocabulary without them."""
 GEMMA_VOCAB_ENV_VAR = "VLMRL_GEMMA_VOCAB"
 """Default for ``gemma_vocab``: a Gemma 3 GGUF, a ``tokenizer.model``, or a folder holding one."""
 
@@ -81,13 +85,16 @@ def gemma_pieces_from_model(path: str | os.PathLike) -> list[Piece]:
 def gemma_placeholder_pieces() -> list[Piece]:
     """A vocabulary of Gemma 3's size with its special tokens and byte pieces at their real ids, the rest unused.
 
-    Text still round-trips (every character falls back to bytes), but token counts are not Gemma's.
+    Text still round-trips (every character but runs of newlines falls back to bytes), but token counts are not
+    Gemma's.
     """
     pieces: list[Piece] = [(f"<standin_unused_{i}>", 0.0, SP_UNUSED) for i in range(GEMMA3_VOCAB_SIZE)]
     for index in range(256):
         pieces[GEMMA3_BYTE_PIECES_START + index] = (f"<0x{index:02X}>", 0.0, SP_BYTE)
     for index, token in GEMMA3_FIXED_TOKENS.items():
         pieces[index] = (token, 0.0, SP_UNKNOWN if token == "<unk>" else SP_CONTROL)
+    for index, newlines in GEMMA3_NEWLINE_PIECES.items():
+        pieces[index] = (newlines, 0.0, SP_USER_DEFINED)
     space, space_id = GEMMA3_SPACE_PIECE
     pieces[space_id] = (space, 0.0, SP_NORMAL)
     return pieces
