@@ -48,6 +48,8 @@ def test_each_problem_names_what_to_change(tiny_checkpoint, converter, tmp_path)
     settings = ExportSettings()
     roomy = dict(free_disk_bytes=10**12, host_memory_bytes=64 * 10**9)
     assert export_problems(config, settings, tmp_path, converter, eight_b, **roomy) == []
+    [reader] = export_problems(config, settings, tmp_path, converter, eight_b, **roomy, gguf_reader_installed=False)
+    assert "gguf package" in reader and "gguf==0.19.0" in reader
     need = export_requirements(config, settings, eight_b)
     assert 30e9 < need["disk_bytes"] < 60e9  # merged bf16 + f16 + q8_0 GGUF of an 8B model
 

@@ -76,10 +76,12 @@ def export_requirements(config: dict[str, Any], settings: ExportSettings, num_pa
 
 def export_problems(config: dict[str, Any], settings: ExportSettings, data_dir: str | os.PathLike,
                     converter: str | os.PathLike | None, num_parameters: int, *, free_disk_bytes: int | None = None,
-                    host_memory_bytes: int | None = None, gpu_free_bytes: int | None = None) -> list[str]:
+                    host_memory_bytes: int | None = None, gpu_free_bytes: int | None = None,
+                    gguf_reader_installed: bool | None = None) -> list[str]:
     """What would make the export stages fail after training, found before it: an architecture llama.cpp's
-    converter does not know, too little disk for the files, too little host memory for the merge. Each problem
-    names the setting to change. Empty: the export should fit."""
+    converter does not know, the ``gguf`` package missing, too little disk for the files, too little host memory
+    for the merge. Each problem names the setting or package to change. Empty: the export should fit."""
+    import importlib.util
     import shutil
 
     from vlmrl_pipeline.core.memory import host_memory_total_bytes
@@ -95,6 +97,13 @@ def export_problems(config: dict[str, Any], settings: ExportSettings, data_dir: 
                             f"{architecture}: gguf_model would fail; materialize the lineage without gguf_model")
         if _vision_config(config) and "mmproj" not in kinds:
             problems.append(f"llama.cpp's converter has no vision-projector (mmproj) conversion for {architecture}")
+        # gguf_model reads every file it wrote back (header, tensors, tokenizer) with the gguf package; an
+        # environment assembled by hand can lack it (a GPU-machine rehearsal lost its lineage to that at the end).
+        if gguf_reader_installed is None:
+            gguf_reader_installed = importlib.util.find_spec("gguf") is not None
+        if not gguf_reader_installed:
+            problems.append("gguf_model reads each GGUF back with the gguf package (gguf==0.19.0, a dependency of "
+                            "this project), which is not installed: pip install -e . (or the gguf wheel)")
     folder = Path(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     free = free_disk_bytes if free_disk_bytes is not None else shutil.disk_usage(folder).free
