@@ -1,5 +1,5 @@
 """The Definitions of the main code location: assets, checks, the lineage job, its schedule and sensor,
-resources, executor. (Experiments, ``vlmrl_pipeline.experiments``, build theirs with the same function.)
+resources, executor. (Experiments, ``vlmrl_pipeline.experiments_location``, build theirs with the same function.)
 
 The profile comes from ``$VLMRL_PROFILE`` (``demo`` when unset: offline, CPU, minutes); artifacts go under
 ``$VLMRL_DATA_DIR`` (``data/`` in the checkout when unset); the executor from ``$VLMRL_EXECUTOR``.
@@ -48,6 +48,12 @@ def assets_for_profile(profile: Profile, key_prefix: str | None = None) -> Seque
 def build_definitions(profile: Profile, data_dir: str | None = None, key_prefix: str | None = None) -> Definitions:
     """Everything one code location serves: the lineage of ``profile``, its artifacts under ``data_dir``
     (``$VLMRL_DATA_DIR`` when None); an experiment's location also gives its assets ``key_prefix``."""
+    return Definitions(**definitions_args(profile, data_dir, key_prefix))
+
+
+def definitions_args(profile: Profile, data_dir: str | None = None, key_prefix: str | None = None) -> dict:
+    """:func:`build_definitions`' arguments to ``Definitions``, also what one experiment's repository is made of
+    (``vlmrl_pipeline.experiments_location``)."""
     assets = list(assets_for_profile(profile, key_prefix))
     if key_prefix is None:  # the main location also sets every declared experiment beside its own numbers
         # A malformed experiments file never stops this location: it is reported here, at load, and in the run
@@ -56,7 +62,7 @@ def build_definitions(profile: Profile, data_dir: str | None = None, key_prefix:
         if problem:
             logging.getLogger("vlmrl_pipeline").warning("experiments file not used: %s", problem)
         assets.append(build_experiment_comparison(f"main ({profile.name})", experiments, problem))
-    return Definitions(
+    return dict(
         assets=assets,
         asset_checks=load_asset_checks_from_modules(ASSET_MODULES, asset_key_prefix=key_prefix),
         jobs=[vlmrl_lineage_job],

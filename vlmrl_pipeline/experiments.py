@@ -1,4 +1,6 @@
-"""Experiments as code locations: ``workspace.yaml`` names one per declared experiment.
+"""One experiment as a code location of its own: the older form (the project's ``workspace.yaml`` serves every
+experiment from one location, ``vlmrl_pipeline.experiments_location``, which a reload re-reads; ``dagster dev``
+adds a location only when it restarts).
 
 ::
 

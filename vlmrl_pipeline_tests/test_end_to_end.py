@@ -11,6 +11,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from vlmrl_pipeline.core.environment import environment_fingerprint
+from vlmrl_pipeline.core.evaluation import p_value_text
 from vlmrl_pipeline.core.files import sha256_file
 from vlmrl_pipeline.core.modeling import load_model
 from vlmrl_pipeline.core.profiles import demo_profile
@@ -91,14 +92,29 @@ def test_whole_lineage_on_the_tiny_profile(tmp_path):
     assert gguf["adapter_sha256"] == adapter_meta["adapter_sha256"]
 
     report = _metadata(result, "eval_diff_report")
+    numbers = report["numbers"]
     for key in HEADLINE:
-        assert isinstance(report[key], float) and 0.0 <= report[key] <= 1.0
+        assert isinstance(numbers["headline"][key], float) and 0.0 <= numbers["headline"][key] <= 1.0
     saved = json.loads((data / "eval_diff_report" / "report.json").read_text())
     assert saved["headline"]["after_format_compliance"] == pytest.approx(report["after_format_compliance"])
     for key in ("accuracy", "accuracy_numeric", "accuracy_mathvista", "format_compliance"):
         c = saved["comparison"][key]
         assert c["ci_low"] <= c["difference"] <= c["ci_high"] and 0.0 <= c["p_value"] <= 1.0
-        assert report[f"{key}_ci_low"] == pytest.approx(c["ci_low"], abs=1e-4)
+        assert numbers["comparison"][key]["ci_low"] == c["ci_low"] and numbers["comparison"][key]["p_value"] == \
+            c["p_value"]
+        assert f"McNemar p = {p_value_text(c['p_value'])}" in report[f"{key}_change"], key
+    # What the UI plots (every float, alphabetically): the headline only, not ~30 numbers.
+    plotted = {k for k, v in report.items() if isinstance(v, (float, int)) and not isinstance(v, bool)}
+    assert plotted == {"baseline_accuracy", "after_accuracy", "accuracy_lift", "after_format_compliance",
+                       "shipped_merged_accuracy", *(f"shipped_gguf_{t}_accuracy" for t in profile.export.gguf_types)}
+    assert report["accuracy_lift"] == pytest.approx(saved["comparison"]["accuracy"]["difference"], abs=1e-4)
+    # The images the asset page shows inline: short Markdown (the UI expands values under 1,000 characters) that
+    # links files the report server serves from the report's folder.
+    for name, file in (("before_after", "before_after.png"), ("training_curves", "training_curves.png")):
+        assert len(report[name]) < 1000 and f"(http://127.0.0.1:8765/reports/{file})" in report[name], name
+        assert (data / "eval_diff_report" / file).stat().st_size > 1000
+    assert (data / "eval_diff_report" / "training_curves.png").read_bytes() == \
+        (data / "lora_adapter" / "training_curves.png").read_bytes()
     assert "McNemar" in (data / "eval_diff_report" / "report.md").read_text()
     # The UI's link goes to the playground server (an http page's file:// links do not open); the file is beside.
     assert report["report_page"] == "http://127.0.0.1:8765/reports/report.html"
@@ -150,12 +166,13 @@ def test_demo_profile_lifts_held_out_accuracy(tmp_path):
     under the strict metric and MathVista's, each with its paired interval above 0 and McNemar p < 0.01, without
     losing format compliance or answers, and without a collapse."""
     result, _ = _materialize(demo_profile(), tmp_path / "data")
-    report = _metadata(result, "eval_diff_report")
+    numbers = _metadata(result, "eval_diff_report")["numbers"]
+    headline = numbers["headline"]
     for key in ("accuracy", "accuracy_mathvista"):
-        assert report[f"after_{key}"] - report[f"baseline_{key}"] >= 0.10, key
-        assert report[f"{key}_ci_low"] > 0 and report[f"{key}_p_value"] < 0.01, key
-    assert report["after_format_compliance"] >= report["baseline_format_compliance"]
-    assert report["after_answer_rate"] >= report["baseline_answer_rate"]
+        assert headline[f"after_{key}"] - headline[f"baseline_{key}"] >= 0.10, key
+        assert numbers["comparison"][key]["ci_low"] > 0 and numbers["comparison"][key]["p_value"] < 0.01, key
+    assert headline["after_format_compliance"] >= headline["baseline_format_compliance"]
+    assert headline["after_answer_rate"] >= headline["baseline_answer_rate"]
     saved = json.loads((tmp_path / "data" / "eval_diff_report" / "report.json").read_text())
     assert saved["collapse"]["after"] == []
 

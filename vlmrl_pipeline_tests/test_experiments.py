@@ -6,9 +6,11 @@ import doctest
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -256,3 +258,112 @@ def test_the_main_module_loads_in_a_fresh_process_whatever_the_experiments_file_
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "experiments file not used" in done.stderr and str(path) in done.stderr
+
+
+def test_the_experiments_location_has_one_repository_per_experiment_and_says_when_there_is_none(tmp_path,
+                                                                                              monkeypatch):
+    from vlmrl_pipeline.core.experiments import ExperimentsFileError
+    from vlmrl_pipeline.experiments_location import NONE_DECLARED, experiment_repositories
+
+    path = tmp_path / "experiments.yaml"
+    monkeypatch.setenv("VLMRL_EXPERIMENTS", str(path))
+    monkeypatch.setenv("VLMRL_DATA_DIR", str(tmp_path / "data"))
+    assert list(experiment_repositories()) == [NONE_DECLARED]  # no file: the location loads, empty
+    path.write_text(EXPERIMENTS_YAML)
+    repositories = experiment_repositories()
+    assert set(repositories) == {"small_eval", "larger_eval"}
+    for name, repository in repositories.items():
+        assert repository.name == name and repository.has_job("vlmrl_lineage")
+        keys = {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()}
+        assert f"{name}/eval_diff_report" in keys and "eval_diff_report" not in keys
+        # Its own resources: its artifact folder and its experiment's settings.
+        resources = repository.get_top_level_resources()
+        assert resources["artifacts"].config_field.default_value["root"] == str(tmp_path / "data" / "experiments"
+                                                                                / name)
+        assert resources["data_settings"].config_field.default_value["eval_size"] == \
+            {"small_eval": 5, "larger_eval": 9}[name]
+    path.write_bytes(MALFORMED["a number"][0])
+    with pytest.raises(ExperimentsFileError, match=re.escape(str(path))):
+        experiment_repositories()  # the location's load error, as the UI shows it
+
+
+def _dagster_dev_state(url: str) -> dict:
+    """What the UI shows: each location's load error or repositories (with their jobs), and every asset with its
+    dependencies, through the webserver's own GraphQL."""
+    from vlmrl_pipeline_tests.test_webserver import _graphql
+
+    entries = _graphql(url, """{ workspaceOrError { ... on Workspace { locationEntries { name locationOrLoadError {
+        __typename ... on RepositoryLocation { repositories { name jobs { name } } }
+        ... on PythonError { message } } } } } }""")["workspaceOrError"]["locationEntries"]
+    nodes = _graphql(url, "{ assetNodes { assetKey { path } dependencyKeys { path } } }")["assetNodes"]
+    return {
+        "locations": {e["name"]: e["locationOrLoadError"] for e in entries},
+        "assets": {"/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]} for n in nodes},
+    }
+
+
+def test_an_experiment_declared_while_dagster_dev_runs_appears_on_reload(tmp_path):
+    """``dagster dev -w workspace.yaml`` (the project's own file), as the README starts it. An experiment declared
+    after it started appears once the UI's *Reload* (GraphQL ``reloadRepositoryLocation``, what the location's button
+    sends) restarts the experiments location's code server, with its assets and job; *Reload all*
+    (``reloadWorkspace``) also sets it beside the main report in ``experiment_comparison``. No restart, and no
+    workspace entry per experiment."""
+    from vlmrl_pipeline_tests.test_webserver import REPO_ROOT, _free_port, _graphql
+
+    path = tmp_path / "experiments.yaml"
+    path.write_text(EXPERIMENTS_YAML.split("  larger_eval:")[0])  # small_eval only
+    home = tmp_path / "home"
+    home.mkdir()
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "VLMRL_DATA_DIR": str(tmp_path / "data"),
+           "VLMRL_EXPERIMENTS": str(path)}
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "dagster_dev.log", "w") as log:
+        # Its own session, so the cleanup below reaches the webserver, daemon and code servers it started.
+        process = subprocess.Popen([dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+                                   cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    state = _dagster_dev_state(url)
+                    if len(state["locations"]) == 2 and all(state["locations"].values()):
+                        break
+                except (OSError, KeyError, TypeError):
+                    pass
+                assert process.poll() is None and time.monotonic() < deadline, \
+                    (tmp_path / "dagster_dev.log").read_text()[-4000:]
+                time.sleep(1)
+            experiments = state["locations"]["experiments"]
+            assert experiments["__typename"] == "RepositoryLocation", experiments
+            assert [r["name"] for r in experiments["repositories"]] == ["small_eval"]
+            assert "larger_eval/eval_diff_report" not in state["assets"]
+            assert "small_eval/eval_diff_report" in state["assets"]["experiment_comparison"]
+
+            path.write_text(EXPERIMENTS_YAML)  # declares larger_eval too
+            reloaded = _graphql(url, 'mutation { reloadRepositoryLocation(repositoryLocationName: "experiments") '
+                                     "{ __typename } }")
+            assert reloaded["reloadRepositoryLocation"]["__typename"] == "WorkspaceLocationEntry", reloaded
+            state = _dagster_dev_state(url)
+            repositories = {r["name"]: {j["name"] for j in r["jobs"]}
+                            for r in state["locations"]["experiments"]["repositories"]}
+            assert set(repositories) == {"small_eval", "larger_eval"}
+            assert "vlmrl_lineage" in repositories["larger_eval"]
+            assert {"larger_eval/eval_diff_report", "larger_eval/lora_adapter"} <= set(state["assets"])
+            assert state["assets"]["larger_eval/lora_adapter"] >= {"larger_eval/base_model",
+                                                                    "larger_eval/resized_images"}
+
+            assert _graphql(url, "mutation { reloadWorkspace { __typename } }")["reloadWorkspace"]["__typename"] \
+                == "Workspace"
+            state = _dagster_dev_state(url)
+            assert {"small_eval/eval_diff_report", "larger_eval/eval_diff_report"} <= \
+                state["assets"]["experiment_comparison"]
+        finally:
+            os.killpg(process.pid, signal.SIGINT)  # dagster dev shuts its webserver, daemon and code servers down
+            try:
+                process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)

@@ -119,7 +119,7 @@ def test_whole_demo_lineage_on_the_gpu_demo_profile(tmp_path):
     after = json.loads((tmp_path / "after_records" / "after_records.json").read_text())
     assert after["backend"] == "unsloth" and len(after["records"]) == profile.data.eval_size
     [report] = result.asset_materializations_for_node("eval_diff_report")
-    before_format = report.metadata["baseline_format_compliance"].value
+    before_format = report.metadata["numbers"].value["headline"]["baseline_format_compliance"]
     after_format = report.metadata["after_format_compliance"].value
     print(f"GPU demo: format compliance {before_format:.2f} -> {after_format:.2f}")
     assert after_format > before_format

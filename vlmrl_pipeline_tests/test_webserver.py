@@ -35,11 +35,17 @@ def webserver_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def webserver(tmp_path_factory, webserver_data):
+def webserver_home(tmp_path_factory) -> Path:
+    """The webserver's throwaway DAGSTER_HOME."""
+    return tmp_path_factory.mktemp("dagster_home")
+
+
+@pytest.fixture(scope="module")
+def webserver(webserver_home, webserver_data):
     """``dagster-webserver -w workspace.yaml`` on a free localhost port, with a throwaway DAGSTER_HOME: the
     project's instance settings, but runs launched at once (``dagster dev`` also starts the daemon that dequeues
     them; this test starts no daemon)."""
-    home = tmp_path_factory.mktemp("dagster_home")
+    home = webserver_home
     shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     with open(home / "dagster.yaml", "a") as config:
         config.write("\nrun_coordinator:\n  module: dagster._core.run_coordinator.default_run_coordinator\n"
@@ -219,3 +225,63 @@ def _ops_panel(driver) -> str:
     text = driver.find_element(By.TAG_NAME, "body").text
     start = text.rfind("\nOPS\n")
     return text[start:text.find("Launch Run", start)] if start >= 0 else ""
+
+
+def test_the_report_images_show_on_its_asset_page_without_a_click(webserver, webserver_home, tmp_path):
+    """The report's before/after bars and training curves as ``eval_diff_report`` records them: Markdown under
+    1,000 characters (the UI expands only those) linking the report server. Both images load on the asset page
+    with no click; the same chart inlined as a data URI (what the metadata held before) waits behind
+    "[Show Markdown]"."""
+    from dagster import AssetMaterialization, DagsterInstance, MetadataValue
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from vlmrl_pipeline.assets.report import _image_metadata
+    from vlmrl_pipeline.core.plots import before_after_png, png_markdown
+    from vlmrl_pipeline.playground import running_server
+    from vlmrl_pipeline.resources import ArtifactStore
+    from vlmrl_pipeline_tests.test_report_html import report_inputs
+
+    diff, _, _ = report_inputs()
+    folder = tmp_path / "eval_diff_report"
+    folder.mkdir()
+    (folder / "before_after.png").write_bytes(before_after_png(diff["headline"], diff["comparison"]))
+    (folder / "training_curves.png").write_bytes(before_after_png(diff["headline"], diff["comparison"]))
+    with running_server(data_dir=tmp_path) as served:
+        artifacts = ArtifactStore(root=str(tmp_path), report_server_url=served.url)
+        chart = (folder / "before_after.png").read_bytes()
+        metadata = {"before_after": _image_metadata(artifacts, "before_after.png", chart, "before/after"),
+                    "training_curves": _image_metadata(artifacts, "training_curves.png", chart, "training curves")}
+        urls = [f"{served.url}/reports/{name}" for name in ("before_after.png", "training_curves.png")]
+        assert all(len(m.value) < 1000 for m in metadata.values())
+        # What the metadata carried before: the chart inlined as a data URI, far over 1,000 characters.
+        metadata["inlined"] = MetadataValue.md(png_markdown(chart, "inlined"))
+        assert len(metadata["inlined"].value) > 1000
+        instance = DagsterInstance.from_config(str(webserver_home))
+        instance.report_runless_asset_event(AssetMaterialization(asset_key="eval_diff_report", metadata=metadata))
+
+        def loaded(driver) -> bool:
+            return all(driver.execute_script(
+                "const i = document.querySelector(`img[src=\"${arguments[0]}\"]`); return !!i && i.complete && "
+                "i.naturalWidth > 0", url) for url in urls)
+
+        with chrome_driver(window_size=(1600, 1400)) as driver:
+            for view in ("", "?view=events"):  # the overview's latest materialization, else the events tab
+                driver.get(f"{webserver}/assets/eval_diff_report{view}")
+                try:
+                    WebDriverWait(driver, 8).until(expected_conditions.element_to_be_clickable(
+                        (By.XPATH, "//button[normalize-space()='Skip']"))).click()
+                except Exception:  # noqa: BLE001 - no dialog this time
+                    pass
+                try:
+                    WebDriverWait(driver, 45).until(loaded)
+                    break
+                except Exception:  # noqa: BLE001 - try the next view; the assertion below says what was missing
+                    continue
+            save_screenshot(driver, "dagster-report-images", full_page=True)
+            assert loaded(driver), f"{urls} not shown on the asset page"
+            # The inlined one waits behind a click.
+            assert "[Show Markdown]" in driver.find_element(By.TAG_NAME, "body").text
+            assert not driver.find_elements(By.CSS_SELECTOR, 'img[alt="inlined"]')
+

@@ -49,6 +49,7 @@ from vlmrl_pipeline.core.modeling import resolve_backend
 from vlmrl_pipeline.core.plots import png_markdown, training_curves_png
 from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_set
 from vlmrl_pipeline.core.rollout_engine import resolve_rollout_engine
+from vlmrl_pipeline.core.run_history import keep_run, run_folder_name, run_folders
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_TRAIN, read_manifest, split_rows
 from vlmrl_pipeline.core.settings_check import vllm_conflicts
 from vlmrl_pipeline.core.training import rollout_summary
@@ -67,8 +68,12 @@ from vlmrl_pipeline.resources import (
 TRAINING_CODE_VERSION = "training-2"
 CHECKPOINTS_DIR = "lora_adapter_checkpoints"
 """Beside the asset folders: ``<key>/checkpoint-<step>`` per set of training inputs (see ``core.checkpoints``)."""
+TRAINING_CURVES = "training_curves.png"
 TENSORBOARD_DIR = "tensorboard"
 """The adapter folder's TensorBoard event files (``tensorboard --logdir data/lora_adapter/tensorboard``)."""
+TENSORBOARD_HISTORY_DIR = "lora_adapter_tensorboard"
+"""Beside the asset folders: one run folder of event files per materialization, kept across re-materializations
+within ``training_settings.tensorboard_history_mb`` (``tensorboard --logdir data/lora_adapter_tensorboard``)."""
 TRAINING_LOCK = "lora_adapter_training"
 """Its lock file (``.lora_adapter_training.lock``) is held by the training process itself: a process that outlived
 its killed step (the step's own lock died with it) still blocks a second training on the same checkpoints."""
@@ -193,12 +198,13 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
         reported = dict(invocation.get_materialize_result().metadata or {})
         log = json.loads((tmp / TRAINING_LOG).read_text())
         curves = training_curves_png(log["log_history"])
-        (tmp / "training_curves.png").write_bytes(curves)
+        (tmp / TRAINING_CURVES).write_bytes(curves)
         # transformers writes TensorBoard events under the trainer's output dir (one folder per attempt, so a
         # resumed run keeps the killed one's too); they move with the adapter.
         if (work / "runs").is_dir():
             shutil.copytree(work / "runs", tmp / TENSORBOARD_DIR)
         stats = inspect_lora_adapter(tmp)
+    history = _keep_tensorboard_history(context, artifacts, work, gspo.tensorboard_history_mb)
     remove_work_dir(work)  # the adapter is in place; its checkpoints are no longer needed
     logged = [float(h["reward"]) for h in log["log_history"] if "reward" in h]
     rollout = rollout_summary(log["log_history"])
@@ -219,10 +225,32 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             "report_to": gspo.report_to,
             **({"tensorboard_logdir": MetadataValue.path(str(artifacts.asset_dir(context.asset_key) / TENSORBOARD_DIR))}
                if "tensorboard" in report_targets(gspo.report_to) else {}),
+            **history,
             **({"rollout_and_entropy": MetadataValue.json(rollout)} if rollout else {}),
             "training_curves": MetadataValue.md(png_markdown(curves, "GSPO training curves")),
         }
     )
+
+
+def _keep_tensorboard_history(context: AssetExecutionContext, artifacts: ArtifactStore, work, budget_mb: float,
+                              ) -> dict:
+    """This run's event folders (one per attempt: a resumed run has the killed one's too) copied into the history
+    beside the adapter, whose next replacement would otherwise delete them; the oldest runs pruned to the budget.
+    Returns the metadata that says where the history is and what was pruned."""
+    attempts = sorted(p for p in (work / "runs").iterdir() if p.is_dir()) if (work / "runs").is_dir() else []
+    if not attempts:
+        return {}
+    history = artifacts.asset_dir(TENSORBOARD_HISTORY_DIR)
+    kept = keep_run(attempts, history, run_folder_name(context.run_id), int(budget_mb * 1e6), log=context.log.info)
+    context.log.info(f"TensorBoard events of this run kept in {kept.folder} ({kept.num_event_files} event files); "
+                     f"compare runs with: tensorboard --logdir {history}")
+    return {
+        "tensorboard_history": MetadataValue.path(str(history)),
+        "tensorboard_history_run": kept.folder.name,
+        "tensorboard_history_kept": f"{len(run_folders(history))} runs, {kept.history_bytes / 1e6:.2f} MB of "
+                                    f"{budget_mb:g} MB",
+        "tensorboard_history_pruned": ", ".join(kept.removed) or "none",
+    }
 
 
 def _child_env() -> dict[str, str]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from vlmrl_pipeline.core.atomic import atomic_file
 
-KEY_EXCLUDED_SETTINGS = ("save_steps", "save_total_limit", "logging_steps", "report_to")
+KEY_EXCLUDED_SETTINGS = ("save_steps", "save_total_limit", "logging_steps", "report_to", "tensorboard_history_mb")
 """GSPO settings that change when checkpoints and log lines are written, and where metrics go; not what is trained."""
 INPUTS_FILE = "inputs.json"
 PROGRESS_FILE = "progress.json"

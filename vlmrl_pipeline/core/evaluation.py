@@ -328,6 +328,32 @@ def report_markdown(diff: dict[str, Any], max_rows: int = 20) -> str:
     return "\n".join(lines) + "\n"
 
 
+def p_value_text(p: float) -> str:
+    """A p-value as a person reads it: three significant digits, in scientific notation when tiny, never rounded
+    away to ``0`` (Dagster shows float metadata rounded: an exact McNemar p of 8e-28 read as ``0``).
+
+    >>> p_value_text(8.05e-28), p_value_text(0.04321), p_value_text(1.0)
+    ('8.05e-28', '0.0432', '1')
+    """
+    return f"{p:.3g}" if p > 0 else "below 1e-308"
+
+
+def change_text(c: dict[str, Any]) -> str:
+    """One ``comparison`` entry of :func:`diff_records` as a line: rates, change, interval, McNemar p, flips.
+
+    >>> line = change_text({"before": 0.4, "after": 0.52, "difference": 0.12, "ci_low": 0.05, "ci_high": 0.19,
+    ...                     "confidence": 0.95, "p_value": 8.05e-28, "gained": 30, "lost": 2})
+    >>> print(line.replace("; ", "\\n"))
+    40.0% -> 52.0%: +12.0 pts
+    95% interval [+5.0, +19.0] pts (paired bootstrap)
+    McNemar p = 8.05e-28
+    30 gained, 2 lost
+    """
+    return (f"{100 * c['before']:.1f}% -> {100 * c['after']:.1f}%: {100 * c['difference']:+.1f} pts; "
+            f"{100 * c['confidence']:.0f}% interval [{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}] pts "
+            f"(paired bootstrap); McNemar p = {p_value_text(c['p_value'])}; {c['gained']} gained, {c['lost']} lost")
+
+
 def _shown(pred: Any) -> str:
     return "(no answer)" if pred is None else f"`{pred}`"
 

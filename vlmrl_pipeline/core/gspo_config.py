@@ -24,7 +24,8 @@ ROLLOUT_ENGINES = ("auto", "vllm", "generate")
 LAUNCH_FIELDS = ("num_processes", "distributed")
 """``GSPOSettings`` fields that shape the launch (``core.launch``), not ``GRPOConfig``."""
 PROJECT_FIELDS = LAUNCH_FIELDS + ("rollout_engine", "rehearsal_reward_weight", "reward_max_val", "reward_min_val",
-                                  "report_to")
+                                  "report_to",
+                                  "tensorboard_history_mb")
 """``GSPOSettings`` fields the project acts on itself; every other field is a ``GRPOConfig`` option."""
 
 REPORT_TARGETS = ("none", "tensorboard", "wandb", "mlflow")
@@ -122,6 +123,11 @@ class GSPOSettings:
         "Where the trainer also sends its metrics, comma-separated: ``tensorboard`` (event files, offline; the "
         "asset keeps them in the adapter's ``tensorboard/`` folder), ``wandb``, ``mlflow`` (configured through "
         "their own environment variables), or ``none``. The run log and the training curves get them either way.")})
+    tensorboard_history_mb: float = field(default=512.0, metadata={"help": (
+        "Disk budget, in MB, of ``lora_adapter_tensorboard/`` beside the adapter: every materialization's "
+        "TensorBoard event files are kept there as one run folder, so runs can be compared "
+        "(``tensorboard --logdir``); past the budget the oldest run folders are removed (logged), never the newest. "
+        "0 keeps only the newest run.")})
     seed: int = field(default=3407, metadata={"help": (
         "Seed of training (sampling, dropout, data order).")})
     gradient_checkpointing: bool = field(default=True, metadata={"help": (
@@ -227,6 +233,9 @@ class GSPOSettings:
         if unknown or ("none" in targets and len(targets) > 1):
             raise ValueError(f"report_to must be 'none' or a comma-separated list of {REPORT_TARGETS[1:]}, got "
                              f"{self.report_to!r}")
+        if not self.tensorboard_history_mb >= 0:
+            raise ValueError(f"tensorboard_history_mb must be >= 0 (MB of TensorBoard history kept), got "
+                             f"{self.tensorboard_history_mb}")
         if self.rehearsal_reward_weight < 0:
             raise ValueError(f"rehearsal_reward_weight must be >= 0, got {self.rehearsal_reward_weight}")
         # Refused here, when the settings are made (the run's start), instead of inside TRL minutes into the run.

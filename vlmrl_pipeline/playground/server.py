@@ -58,6 +58,7 @@ REPORTS_PREFIX = "/reports/"
 EXPERIMENT_REPORTS = re.compile(f"^/{EXPERIMENTS_DIR}/({EXPERIMENT_NAME})/reports/([^/]+)$")
 """An experiment's report (``core.experiments``): its folder is ``experiments/<name>/`` under the data folder."""
 REPORT_FILES = {"report.html": "text/html; charset=utf-8", "before_after.png": "image/png",
+                "training_curves.png": "image/png",
                 "report.json": "application/json; charset=utf-8", "report.md": "text/markdown; charset=utf-8"}
 """The only names served: a fixed list, so no path can reach outside the report's folder."""
 
