@@ -139,6 +139,17 @@ class CardFacts:
     """``global_step``, ``train_rows``, ``backend``, ``final_logged_reward``: what training reported."""
 
 
+def _is_hub_id(name: str) -> bool:
+    """Shaped like a hub id (``org/name``): not an absolute or dotted local path, nor the demo's ``demo:`` name.
+
+    >>> [_is_hub_id(n) for n in ("unsloth/Qwen3-VL-8B", "/abs/model", "./model", "demo:tiny")]
+    [True, False, False, False]
+    """
+    from vlmrl_pipeline.core.data.sources import is_local_path
+
+    return name.count("/") == 1 and ":" not in name and not is_local_path(name)
+
+
 def _front_matter(facts: CardFacts, library: str) -> str:
     lines = [
         "---",
@@ -146,7 +157,7 @@ def _front_matter(facts: CardFacts, library: str) -> str:
         "pipeline_tag: image-text-to-text",
         "tags: [vlmrl-pipeline, gspo, grpo, trl, lora, vision-language]",
     ]
-    if facts.base_reference == facts.base_model and "/" in facts.base_model and ":" not in facts.base_model:
+    if facts.base_reference == facts.base_model and _is_hub_id(facts.base_model):
         lines.append(f"base_model: {facts.base_model}")  # the hub validates this key: only for a hub id
     return "\n".join([*lines, "---", ""])
 
