@@ -127,6 +127,7 @@ def _answered(done: subprocess.CompletedProcess, what: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_the_adapter_folder_stands_alone_after_the_data_folder_moved(moved_data):
     data, report = moved_data
     adapter = data / "lora_adapter"
@@ -152,6 +153,7 @@ def test_the_adapter_folder_stands_alone_after_the_data_folder_moved(moved_data)
     assert verify_files(data / "merged_model", "merged_model") is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "source,index", [("readme", 0), ("readme", 1), ("adapter card", 0), ("adapter card", 1), ("merged card", 0)]
 )
@@ -166,6 +168,7 @@ def test_each_peft_and_transformers_snippet_loads_and_generates(moved_data, tmp_
     _answered(run_snippet(code, data, tmp_path, "snippet"), f"{source} snippet {index}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["readme", "adapter card", "merged card"])
 def test_q8_0_answers_through_the_high_level_llama_api_with_its_mmproj(moved_data, tmp_path, source):
     data, _ = moved_data
@@ -179,6 +182,7 @@ def test_q8_0_answers_through_the_high_level_llama_api_with_its_mmproj(moved_dat
     _answered(run_snippet(code, data, tmp_path, "llama"), f"{source}'s llama.cpp snippet")
 
 
+@pytest.mark.slow
 def test_the_snippets_switch_reaches_llama_cpp(moved_data, tmp_path):
     """llama.cpp's own load log: with ``plain_cpu_buffers`` no weight is offered to an extra buffer type; without
     it (what ``Llama(model_path=...)`` does, ``use_extra_bufts=False`` as a keyword included) llama.cpp offers the
