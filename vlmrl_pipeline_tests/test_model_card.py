@@ -68,6 +68,20 @@ def test_the_evaluation_block_is_replaced_and_a_card_without_one_is_refused():
         with_evaluation("# a card", "x")
 
 
+def test_the_weights_hash_leaves_the_model_card_out(tmp_path):
+    """The report rewrites a merged checkpoint's card after ``merged_model`` recorded the weights' sha256 (its data
+    version, and what ``merged_records`` names): the card must not move it; the weights must."""
+    from vlmrl_pipeline.core.files import sha256_dir
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "README.md").write_text("not evaluated yet")
+    before = sha256_dir(tmp_path, exclude=("README.md",))
+    (tmp_path / "README.md").write_text("evaluated")
+    assert sha256_dir(tmp_path, exclude=("README.md",)) == before != sha256_dir(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"other weights")
+    assert sha256_dir(tmp_path, exclude=("README.md",)) != before
+
+
 def test_the_readmes_snippets_carry_the_projects_format_instruction():
     blocks = python_blocks(readme_use_section())
     assert len(blocks) == 3
