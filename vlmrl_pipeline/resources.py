@@ -122,6 +122,19 @@ class ArtifactStore(ConfigurableResource):
                 f"materialize {asset_folder(asset)} again to record them")
         return folder
 
+    def amend(self, asset: AssetRef, relative: str, text: str) -> Path:
+        """Rewrite one text file of a materialized artifact and its entry in the artifact's integrity record, under
+        the artifact's lock (a materialization in progress makes this fail at once): for documentation written
+        later than the artifact, such as the report's evaluation in a model card. The file is replaced whole."""
+        from vlmrl_pipeline.core.files import write_text_atomic
+        from vlmrl_pipeline.core.integrity import record_changed_files
+
+        with self.lock(asset):
+            folder = self.asset_dir(asset)
+            path = write_text_atomic(folder / relative, text)
+            record_changed_files(folder, [relative])
+        return path
+
     def verify(self, *assets: AssetRef, log: Callable[[str], None] | None = None) -> None:
         """``read`` each of ``assets``: what a step calls on its upstream folders before it reads any of them."""
         for asset in assets:

@@ -155,7 +155,7 @@ def test_merged_4bit_needs_unsloth_and_says_so(tmp_path):
     if unsloth_available():
         pytest.skip("Unsloth and CUDA are present: covered by test_gpu")
     with pytest.raises(RuntimeError, match="needs Unsloth and a CUDA GPU"):
-        merge_adapter_4bit_unsloth(tmp_path, tmp_path / "out")
+        merge_adapter_4bit_unsloth(tmp_path, tmp_path / "out", base_load_path=str(tmp_path))
 
 
 def test_tools_archive_is_checked_before_use(tmp_path, monkeypatch):

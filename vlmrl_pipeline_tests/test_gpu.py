@@ -85,7 +85,8 @@ def test_unsloth_merged_4bit_checkpoint_loads_and_generates(tiny_checkpoint, tmp
     from vlmrl_pipeline_tests.test_export import _save_adapter
 
     adapter = _save_adapter(tiny_checkpoint, tmp_path / "adapter", trained=True)
-    out = merge_adapter_4bit_unsloth(adapter, tmp_path / "merged-4bit", max_seq_length=1024)
+    out = merge_adapter_4bit_unsloth(adapter, tmp_path / "merged-4bit", base_load_path=tiny_checkpoint,
+                                     max_seq_length=1024)
     config = json.loads((out / "config.json").read_text())
     quant = config.get("quantization_config") or config.get("text_config", {}).get("quantization_config")
     assert quant and quant.get("load_in_4bit"), config.get("quantization_config")

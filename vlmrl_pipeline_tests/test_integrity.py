@@ -68,3 +68,21 @@ def test_a_damaged_record_and_a_missing_folder_are_errors_an_old_folder_is_not(a
         verify_files(tmp_path / "data" / "lora_adapter", "lora_adapter")
     (artifact / RECORD_NAME).unlink()
     assert verify_files(artifact, "base_model") is None  # written before records existed: the caller warns
+
+
+def test_an_amended_file_is_recorded_and_the_rest_still_guarded(tmp_path):
+    """``ArtifactStore.amend`` (the report's evaluation written into a model card) rewrites one file and its
+    entry; the folder verifies, and damage to another file is still caught."""
+    from vlmrl_pipeline.resources import ArtifactStore
+
+    store = ArtifactStore(root=str(tmp_path / "data"))
+    with store.staging("lora_adapter") as tmp:
+        (tmp / "adapter_model.safetensors").write_bytes(os.urandom(4096))
+        (tmp / "README.md").write_text("not evaluated yet")
+    store.amend("lora_adapter", "README.md", "evaluated: +25 pts")
+    folder = store.read("lora_adapter")
+    assert (folder / "README.md").read_text() == "evaluated: +25 pts"
+    assert verify_files(folder, "lora_adapter")["files"] == 2
+    (folder / "adapter_model.safetensors").write_bytes(os.urandom(4096))
+    with pytest.raises(ArtifactIntegrityError, match="adapter_model.safetensors has changed"):
+        verify_files(folder, "lora_adapter")

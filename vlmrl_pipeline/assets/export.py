@@ -16,7 +16,7 @@ from dagster import (
 from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.metadata import environment_metadata
 from vlmrl_pipeline.assets.model import base_model, base_model_path
-from vlmrl_pipeline.assets.provenance import lineage
+from vlmrl_pipeline.assets.provenance import ADAPTER_WEIGHTS, card_facts, card_sample, lineage
 from vlmrl_pipeline.assets.training import lora_adapter
 from vlmrl_pipeline.core.export.gguf import export_gguf, gguf_greedy_tokens, inspect_gguf, llama_cpp_runtime_available
 from vlmrl_pipeline.core.export.merge import (
@@ -39,6 +39,7 @@ from vlmrl_pipeline.core.generation import (
 )
 from vlmrl_pipeline.core.llama_cpp import LLAMA_CPP_PYTHON_VERSION, llama_cpp_tools
 from vlmrl_pipeline.core.memory import peak_memory
+from vlmrl_pipeline.core.model_card import CARD_NAME, merged_card, portable_base_reference
 from vlmrl_pipeline.core.modeling import load_model, load_policy
 from vlmrl_pipeline.core.prompts import chat_prompts
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, open_images, read_manifest, split_rows
@@ -49,6 +50,7 @@ from vlmrl_pipeline.resources import (
     DataSettingsResource,
     ExportSettingsResource,
     ModelSettingsResource,
+    asset_folder,
 )
 
 MERGED_16BIT_DIR = "checkpoint"
@@ -61,7 +63,7 @@ MERGE_CHECK_PROMPTS = 4
 
 @asset(config_schema=NO_OP_CONFIG,
        group_name="export", deps=[lora_adapter, base_model, resized_images], kinds={"safetensors", "huggingface"},
-       code_version="export-3", pool=GPU_POOL, tags=GPU_TAGS, op_tags=gpu_op_tags())
+       code_version="export-4", pool=GPU_POOL, tags=GPU_TAGS, op_tags=gpu_op_tags())
 def merged_model(
     context: AssetExecutionContext,
     artifacts: ArtifactStore,
@@ -123,13 +125,18 @@ def merged_model(
         write_json_atomic(tmp / MERGE_CHECK, check)
         context.log.info(f"merged vs {check['reference']}: first-token argmax {check['argmax_agree']}/"
                          f"{check['prompts']}, max logit difference {check['relative_logit_diff']:.4f} of the spread")
+        facts = card_facts(artifacts, portable_base_reference(ref, asset_folder(base_model)),
+                           sha256_file(adapter_dir / ADAPTER_WEIGHTS), data_settings.to_core().prompt_style)
+        card = merged_card(facts, card_sample(artifacts, data_settings.to_core().prompt_style), check,
+                           settings.merged_dtype, folder=f"{asset_folder(context.asset_key)}/{MERGED_16BIT_DIR}")
+        (tmp / MERGED_16BIT_DIR / CARD_NAME).write_text(card, encoding="utf-8")
         metadata.update(size_bytes=dir_size_bytes(tmp / MERGED_16BIT_DIR),
-                        weights_sha256=sha256_dir(tmp / MERGED_16BIT_DIR),
+                        weights_sha256=sha256_dir(tmp / MERGED_16BIT_DIR, exclude=(CARD_NAME,)),
                         merge_relative_logit_diff=check["relative_logit_diff"],
                         merge_argmax_agree=f"{check['argmax_agree']}/{check['prompts']}",
                         merge_seconds=merge_usage["seconds"], merge_peak_host_gb=merge_usage["host_peak_gb"])
         if settings.merged_4bit:
-            merge_adapter_4bit_unsloth(adapter_dir, tmp / MERGED_4BIT_DIR,
+            merge_adapter_4bit_unsloth(adapter_dir, tmp / MERGED_4BIT_DIR, base_load_path=load_path,
                                        max_seq_length=model_cfg.max_seq_length)
             model, processor, _ = load_model(str(tmp / MERGED_4BIT_DIR), backend="transformers", dtype="bfloat16")
             metadata["sample_generation_4bit"] = generate_completions(model, processor, prompts[:1], images[:1],
@@ -137,7 +144,7 @@ def merged_model(
             del model
             _free_gpu(torch)
             metadata.update(size_bytes_4bit=dir_size_bytes(tmp / MERGED_4BIT_DIR),
-                            weights_sha256_4bit=sha256_dir(tmp / MERGED_4BIT_DIR))
+                            weights_sha256_4bit=sha256_dir(tmp / MERGED_4BIT_DIR, exclude=(CARD_NAME,)))
     metadata.update({f"peak_{k}": v for k, v in usage.items() if k != "host_start_gb"})
     context.log.info(f"merged checkpoint generates: {metadata['sample_generation']!r}")
     return MaterializeResult(

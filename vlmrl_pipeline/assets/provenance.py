@@ -38,3 +38,28 @@ def lineage(artifacts: ArtifactStore, adapter_dir: Path | None = None, *, with_r
         provenance["reward_version"] = REWARD_VERSION
     return provenance
 
+
+
+def card_facts(artifacts: ArtifactStore, base_reference: str, adapter_sha256: str, style,
+               training: dict | None = None):
+    """What a model card (``core.model_card``) records: this lineage, the adapter, the prompt it was trained with."""
+    from vlmrl_pipeline.core.model_card import CardFacts
+
+    found = lineage(artifacts)
+    return CardFacts(base_model=found["base_model"], base_revision=read_model_ref(
+        artifacts.asset_dir(base_model)).get("revision"), base_reference=base_reference,
+        dataset_sha256=found["dataset_sha256"], manifest_sha256=found["manifest_sha256"],
+        adapter_sha256=adapter_sha256, reward_version=found["reward_version"], answer_format=style.answer_format,
+        instruction=style.instruction, system_prompt=style.system_prompt, training=training or {})
+
+
+def card_sample(artifacts: ArtifactStore, style):
+    """The first held-out sample, the model card's snippets' example."""
+    from vlmrl_pipeline.core.model_card import sample_for_card
+    from vlmrl_pipeline.core.samples import SPLIT_EVAL, read_manifest, split_rows
+
+    manifest = read_manifest(artifacts.asset_dir(resized_images))
+    # A lineage without held-out rows still trains; its card's example is then a training row.
+    rows = split_rows(manifest, SPLIT_EVAL) if (manifest["split"] == SPLIT_EVAL).any() else manifest
+    row = rows.iloc[0].to_dict()
+    return sample_for_card(row, artifacts.root, style)

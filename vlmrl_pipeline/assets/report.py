@@ -7,6 +7,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.evaluation import after_records, baseline_records, records_file
+from vlmrl_pipeline.assets.export import MERGED_16BIT_DIR, merged_model
 from vlmrl_pipeline.assets.metadata import environment_metadata
 from vlmrl_pipeline.assets.provenance import ADAPTER_WEIGHTS, LINEAGE_KEYS
 from vlmrl_pipeline.assets.shipped import (
@@ -18,16 +19,18 @@ from vlmrl_pipeline.assets.shipped import (
     merged_records,
 )
 from vlmrl_pipeline.assets.training import TRAINING_CURVES, lora_adapter
+from vlmrl_pipeline.core.atomic import ArtifactBusyError
 from vlmrl_pipeline.core.environment import environment_differences
 from vlmrl_pipeline.core.evaluation import change_text, diff_records, report_markdown
 from vlmrl_pipeline.core.files import sha256_file, write_json_atomic
+from vlmrl_pipeline.core.model_card import CARD_NAME, card_adapter_sha256, evaluation_markdown, with_evaluation
 from vlmrl_pipeline.core.plots import before_after_png, png_markdown
 from vlmrl_pipeline.core.report_html import render_report_html, thumbnail_data_uri
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, read_manifest, split_rows
 from vlmrl_pipeline.core.shipped import shipped_markdown, shipped_metadata, shipped_rows
 from vlmrl_pipeline.execution import CPU_TAGS
-from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore, ExportSettingsResource
+from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore, ExportSettingsResource, asset_folder
 
 
 @asset(config_schema=NO_OP_CONFIG,
@@ -76,6 +79,7 @@ def eval_diff_report(context: AssetExecutionContext, artifacts: ArtifactStore,
         thumbnails = {str(pid): thumbnail_data_uri(path)
                       for pid, path in zip(eval_rows["pid"], eval_rows["image_path"])}
         (tmp / "report.html").write_text(render_report_html(diff, baseline, after, thumbnails, chart), encoding="utf-8")
+    cards = _update_model_cards(artifacts, diff, shipped_markdown(diff["shipped"], tolerance), context.log)
     folder = artifacts.asset_dir(context.asset_key)
     return MaterializeResult(
         metadata={
@@ -89,6 +93,7 @@ def eval_diff_report(context: AssetExecutionContext, artifacts: ArtifactStore,
             **{k: str(v) for k, v in diff["provenance"].items()},
             "shipped": MetadataValue.md(shipped_markdown(diff["shipped"], tolerance)),
             "samples": f"{diff['num_samples']} held-out samples, {len(diff['flipped_samples'])} flipped",
+            "model_cards_updated": ", ".join(cards) or "none",
             "evaluation_environments": "; ".join(diff["environment"]["differences"]) or "the same",
             "report": MetadataValue.md(markdown),
             "before_after": _image_metadata(artifacts, "before_after.png", chart, "accuracy and format, before/after"),
@@ -155,6 +160,29 @@ def _training_curves(artifacts: ArtifactStore, adapter_sha256: str | None) -> tu
         return None, (f"{adapter} holds another adapter than the one after_records measured ({adapter_sha256}): "
                       "its training curves are left out until after_records is materialized again")
     return png.read_bytes(), ""
+
+
+def _update_model_cards(artifacts: ArtifactStore, diff: dict, shipped_table: str, log) -> list[str]:
+    """Write this report's headline into the adapter's and the merged checkpoint's model cards (``README.md``),
+    each only if the card describes the adapter this report measured; returns the cards updated."""
+    evaluation = evaluation_markdown(diff, shipped_table)
+    measured = diff["provenance"].get("adapter_sha256")
+    updated = []
+    for owner, relative in ((lora_adapter, CARD_NAME), (merged_model, f"{MERGED_16BIT_DIR}/{CARD_NAME}")):
+        path = artifacts.asset_dir(owner) / relative
+        if not path.is_file():
+            continue
+        card = path.read_text(encoding="utf-8")
+        if card_adapter_sha256(card) != measured:
+            log.info(f"{path} describes another adapter than this report measured: its evaluation is left as is")
+            continue
+        try:
+            artifacts.amend(owner, relative, with_evaluation(card, evaluation))
+        except ArtifactBusyError as exc:
+            log.warning(f"{path} not updated: {exc}")
+            continue
+        updated.append(f"{asset_folder(owner)}/{relative}")
+    return updated
 
 
 def _shipped_records(artifacts: ArtifactStore, adapter_sha256: str | None,

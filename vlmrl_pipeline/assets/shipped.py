@@ -39,6 +39,7 @@ from vlmrl_pipeline.core.export.merge import read_checkpoint_config, stored_dtyp
 from vlmrl_pipeline.core.export.mtmd import evaluate_gguf, runtime_version, stop_token_ids
 from vlmrl_pipeline.core.files import sha256_dir, write_json_atomic
 from vlmrl_pipeline.core.generation import greedy_new_ids, next_token_logits
+from vlmrl_pipeline.core.model_card import CARD_NAME
 from vlmrl_pipeline.core.modeling import load_model, load_processor, vision_token_ids, vllm_dtype
 from vlmrl_pipeline.core.prompts import chat_prompts
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
@@ -110,7 +111,7 @@ def merged_records(
     model_cfg = model_settings.to_core()
     checkpoint = artifacts.asset_dir(merged_model) / MERGED_16BIT_DIR
     rows = _adapter_rows(artifacts)
-    sha256 = sha256_dir(checkpoint)
+    sha256 = sha256_dir(checkpoint, exclude=(CARD_NAME,))  # the weights, as merged_model's weights_sha256
     progress = lambda done, total: context.log.info(f"merged_records: generated {done}/{total}")  # noqa: E731
     with artifacts.lock(context.asset_key):
         if settings.engine == "vllm":

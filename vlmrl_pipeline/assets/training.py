@@ -21,7 +21,7 @@ from vlmrl_pipeline.assets.data import resized_images
 from vlmrl_pipeline.assets.metadata import environment_metadata
 from vlmrl_pipeline.assets.model import base_model, base_model_path
 from vlmrl_pipeline.assets.preflight import export_preflight
-from vlmrl_pipeline.assets.provenance import lineage
+from vlmrl_pipeline.assets.provenance import card_facts, card_sample, lineage
 from vlmrl_pipeline.core.atomic import ArtifactBusyError, exclusive
 from vlmrl_pipeline.core.checkpoints import (
     local_files_state,
@@ -32,7 +32,7 @@ from vlmrl_pipeline.core.checkpoints import (
     set_aside,
     training_inputs,
 )
-from vlmrl_pipeline.core.export.merge import inspect_lora_adapter
+from vlmrl_pipeline.core.export.merge import inspect_lora_adapter, read_checkpoint_config
 from vlmrl_pipeline.core.files import sha256_file
 from vlmrl_pipeline.core.gspo_config import report_targets, report_to_problems
 from vlmrl_pipeline.core.launch import (
@@ -44,6 +44,14 @@ from vlmrl_pipeline.core.launch import (
     visible_gpu_count,
     visible_gpu_ids,
     write_accelerate_config,
+)
+from vlmrl_pipeline.core.model_card import (
+    CARD_NAME,
+    adapter_card,
+    make_adapter_portable,
+    model_class_name,
+    portable_base_reference,
+    save_base_processor,
 )
 from vlmrl_pipeline.core.modeling import resolve_backend
 from vlmrl_pipeline.core.plots import png_markdown, training_curves_png
@@ -63,9 +71,10 @@ from vlmrl_pipeline.resources import (
     ExportSettingsResource,
     ModelSettingsResource,
     TrainingSettingsResource,
+    asset_folder,
 )
 
-TRAINING_CODE_VERSION = "training-2"
+TRAINING_CODE_VERSION = "training-3"
 CHECKPOINTS_DIR = "lora_adapter_checkpoints"
 """Beside the asset folders: ``<key>/checkpoint-<step>`` per set of training inputs (see ``core.checkpoints``)."""
 TRAINING_CURVES = "training_curves.png"
@@ -101,7 +110,9 @@ def lora_adapter(
     Pipes, one process on a CPU or one per GPU (``num_processes``, ``distributed``), with its logs and metrics
     streamed into this run. Checkpoints every ``save_steps`` go to a folder keyed by the training inputs; after a
     killed run, materializing again resumes from the newest one. Saved in PEFT's format
-    (``adapter_model.safetensors`` + ``adapter_config.json``) with the trainer's log history. One materialization
+    (``adapter_model.safetensors`` + ``adapter_config.json``) with the trainer's log history, and made to stand alone
+    (``core.model_card``): a base reference that works on another machine, PEFT's auto mapping instead of a task
+    type, the base's processor and a model card. One materialization
     per data folder at a time: a second one fails at once, naming the first (its checkpoint folder and launch
     files would be shared).
     """
@@ -204,6 +215,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
         if (work / "runs").is_dir():
             shutil.copytree(work / "runs", tmp / TENSORBOARD_DIR)
         stats = inspect_lora_adapter(tmp)
+        _make_standalone(tmp, artifacts, load_path, ref, data, reported, log["log_history"], stats["sha256"])
     history = _keep_tensorboard_history(context, artifacts, work, gspo.tensorboard_history_mb)
     remove_work_dir(work)  # the adapter is in place; its checkpoints are no longer needed
     logged = [float(h["reward"]) for h in log["log_history"] if "reward" in h]
@@ -251,6 +263,22 @@ def _keep_tensorboard_history(context: AssetExecutionContext, artifacts: Artifac
                                     f"{budget_mb:g} MB",
         "tensorboard_history_pruned": ", ".join(kept.removed) or "none",
     }
+
+
+def _make_standalone(folder, artifacts: ArtifactStore, load_path: str, ref: dict, data, reported: dict,
+                     log_history: list, adapter_sha256: str) -> None:
+    """The staged adapter folder as a Hugging Face user loads it (``core.model_card``): a portable base reference
+    and PEFT auto mapping in ``adapter_config.json``, the base's processor, and the model card."""
+    base_config = read_checkpoint_config(load_path, ref.get("revision"))
+    reference = portable_base_reference(ref, asset_folder(base_model))
+    make_adapter_portable(folder, base_reference=reference, revision=ref.get("revision"),
+                          base_class=model_class_name(base_config))
+    save_base_processor(load_path, folder, ref.get("revision"))
+    rewards = [float(h["reward"]) for h in log_history if "reward" in h]
+    training = {k: getattr(reported.get(k), "value", reported.get(k)) for k in ("global_step", "train_rows", "backend")}
+    facts = card_facts(artifacts, reference, adapter_sha256, data.prompt_style,
+                       training={**training, "final_logged_reward": round(rewards[-1], 4) if rewards else None})
+    (folder / CARD_NAME).write_text(adapter_card(facts, card_sample(artifacts, data.prompt_style)), encoding="utf-8")
 
 
 def _child_env() -> dict[str, str]:

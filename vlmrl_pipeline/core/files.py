@@ -20,11 +20,12 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def sha256_dir(folder: str | os.PathLike) -> str:
-    """One sha256 over every file of a folder (relative names and contents, in sorted order)."""
+def sha256_dir(folder: str | os.PathLike, exclude: tuple[str, ...] = ()) -> str:
+    """One sha256 over every file of a folder (relative names and contents, in sorted order), but the top-level
+    files named in ``exclude`` (a model card, which documents the bytes and is not one of them)."""
     digest = hashlib.sha256()
     root = Path(folder)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not (p.parent == root and p.name in exclude)):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(sha256_file(path).encode())
     return digest.hexdigest()

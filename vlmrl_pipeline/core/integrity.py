@@ -49,6 +49,24 @@ def record_files(folder: str | os.PathLike) -> Path:
     return root / RECORD_NAME
 
 
+def record_changed_files(folder: str | os.PathLike, names: list[str]) -> Path:
+    """Update ``folder/integrity.json`` for the files ``names`` (relative paths) that were rewritten in place on
+    purpose, leaving every other entry as its materialization recorded it (the report's evaluation added to a
+    model card). A folder without a record is recorded whole."""
+    root = Path(folder)
+    path = root / RECORD_NAME
+    if not path.exists():
+        return record_files(root)
+    record = json.loads(path.read_text())
+    for relative in names:
+        size, mtime_ns, inode = _stat_key((root / relative).stat())
+        record["files"][relative] = {"size": size, "sha256": sha256_file(root / relative), "mtime_ns": mtime_ns,
+                                     "inode": inode}
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+    return path
+
+
 def _load_cache(cache_file: Path | None) -> dict[str, list]:
     if cache_file is None:
         return {}

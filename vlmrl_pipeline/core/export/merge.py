@@ -276,7 +276,7 @@ def checkpoint_has_4bit_layers(folder: str | os.PathLike) -> bool:
     return False
 
 
-def merge_adapter_4bit_unsloth(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike,
+def merge_adapter_4bit_unsloth(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base_load_path: str,
                                max_seq_length: int = 2048) -> Path:
     """Unsloth's merged 4-bit checkpoint (``save_method="merged_4bit_forced"``): bitsandbytes 4-bit weights with
     the adapter merged in, loadable by ``transformers`` with bitsandbytes on a GPU.
@@ -291,10 +291,18 @@ def merge_adapter_4bit_unsloth(adapter_dir: str | os.PathLike, out_dir: str | os
     if not unsloth_available():
         raise RuntimeError("merged_4bit needs Unsloth and a CUDA GPU (pip install -e '.[gpu]'); "
                            "set merged_4bit=False to export the 16-bit checkpoint only")
+    import tempfile
+
     from unsloth import FastVisionModel
 
-    model, processor = FastVisionModel.from_pretrained(str(adapter_dir), load_in_4bit=True,
-                                                       max_seq_length=max_seq_length)
+    from vlmrl_pipeline.core.model_card import adapter_copy_for
+
+    # The adapter folder names its base portably (relative to the data folder, core.model_card); Unsloth reads
+    # that name from any working directory, so it gets a copy naming the path this step loads.
+    with tempfile.TemporaryDirectory(prefix="vlmrl-adapter-") as scratch:
+        copy = adapter_copy_for(adapter_dir, scratch, base_load_path)
+        model, processor = FastVisionModel.from_pretrained(str(copy), load_in_4bit=True,
+                                                           max_seq_length=max_seq_length)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained_merged(str(tmp), processor, save_method="merged_4bit_forced")
     return Path(out_dir)
