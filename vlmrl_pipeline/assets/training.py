@@ -4,7 +4,8 @@ import json
 import os
 import shlex
 import shutil
-from dataclasses import asdict
+from contextlib import ExitStack
+from dataclasses import asdict, replace
 
 from dagster import (
     AssetCheckResult,
@@ -49,6 +50,7 @@ from vlmrl_pipeline.core.modeling import resolve_backend
 from vlmrl_pipeline.core.plots import png_markdown, training_curves_png
 from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_set
 from vlmrl_pipeline.core.rollout_engine import resolve_rollout_engine
+from vlmrl_pipeline.core.rollout_server import plan_gpus, server_settings_problems
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_TRAIN, read_manifest, split_rows
 from vlmrl_pipeline.core.settings_check import vllm_conflicts
 from vlmrl_pipeline.core.training import rollout_summary
@@ -61,6 +63,7 @@ from vlmrl_pipeline.resources import (
     DataSettingsResource,
     ExportSettingsResource,
     ModelSettingsResource,
+    RolloutServerResource,
     TrainingSettingsResource,
 )
 
@@ -86,6 +89,7 @@ def lora_adapter(
     data_settings: DataSettingsResource,
     training_settings: TrainingSettingsResource,
     export_settings: ExportSettingsResource,
+    rollout_server: RolloutServerResource,
 ) -> MaterializeResult:
     """A LoRA adapter trained with GSPO (TRL ``GRPOTrainer``, ``importance_sampling_level="sequence"``).
 
@@ -101,12 +105,13 @@ def lora_adapter(
     files would be shared).
     """
     with artifacts.lock(context.asset_key):
-        return _train(context, artifacts, model_settings, data_settings, training_settings, export_settings)
+        return _train(context, artifacts, model_settings, data_settings, training_settings, export_settings,
+                      rollout_server)
 
 
 def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_settings: ModelSettingsResource,
            data_settings: DataSettingsResource, training_settings: TrainingSettingsResource,
-           export_settings: ExportSettingsResource) -> MaterializeResult:
+           export_settings: ExportSettingsResource, rollout_server: RolloutServerResource) -> MaterializeResult:
     model_cfg = model_settings.to_core()
     data = data_settings.to_core()
     gspo = training_settings.to_core()
@@ -116,7 +121,13 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     manifest_dir = artifacts.asset_dir(resized_images)
     split_rows(read_manifest(manifest_dir), SPLIT_TRAIN)  # no manifest or no training rows: say so now
     gpus = visible_gpu_count()
-    processes = resolve_num_processes(gspo.num_processes, gpus)
+    server_cfg = rollout_server.to_core()
+    if gspo.vllm_mode == "server" and server_cfg.gpu_ids:  # training takes the GPUs the server leaves it
+        processes, gpu_ids = plan_gpus(server_cfg, visible_gpu_ids(gpus).split(",") if gpus else [],
+                                       gspo.num_processes)
+    else:
+        processes = resolve_num_processes(gspo.num_processes, gpus)
+        gpu_ids = visible_gpu_ids(processes)
     gspo.check_generation_batch(processes)  # num_processes=0 resolves only here
     backend = resolve_backend(model_cfg.backend)
     check_backend_supports(backend, processes, gspo.distributed)
@@ -127,7 +138,10 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
         raise ValueError("; ".join(engine.problems))
     model_cfg, gspo = engine.apply(model_cfg, gspo)
     context.log.info(engine.reason)
-    refusals = vllm_conflicts(model_cfg, gspo, backend)
+    refusals = vllm_conflicts(model_cfg, gspo, backend) + server_settings_problems(gspo, server_cfg, backend)
+    if gspo.vllm_mode == "server" and not gspo.use_vllm:
+        refusals.append(f"training_settings.vllm_mode='server' generates rollouts on vLLM, but the rollout engine "
+                        f"resolved to model.generate ({engine.reason}): set training_settings.rollout_engine='vllm'")
     if gspo.use_vllm:
         refusals += vllm_problems("training_settings.use_vllm=True")
     refusals += report_to_problems(gspo)
@@ -140,7 +154,9 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     style = {"prompt_field": data.prompt_field, "answer_format": data.answer_format,
              "system_prompt": data.system_prompt}
     inputs = training_inputs(
-        gspo=asdict(gspo), model=asdict(model_cfg), prompt_style=style, base_model_ref=ref,
+        # A server's address is not a training input: a resumed run may train against a new one.
+        gspo=asdict(replace(gspo, vllm_server_base_url=None)), model=asdict(model_cfg), prompt_style=style,
+        base_model_ref=ref,
         base_model_files=local_files_state(load_path, cache_file=artifacts.asset_dir(HASH_CACHE)),
         manifest_sha256=sha256_file(manifest_dir / MANIFEST_NAME),
         reward_version=REWARD_VERSION, num_processes=processes, code_version=TRAINING_CODE_VERSION,
@@ -172,7 +188,13 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     launch_dir = work / "launch"
     for old_error in (launch_dir / "errors").glob("rank-*.json"):
         old_error.unlink()
-    with artifacts.staging(context.asset_key) as tmp:
+    with artifacts.staging(context.asset_key) as tmp, ExitStack() as serving:
+        if gspo.vllm_mode == "server" and server_cfg.gpu_ids:
+            # Stopped when this block is left, however it is; a SIGKILLed step's watchdog stops it too.
+            server = serving.enter_context(rollout_server.serving(
+                load_path, log_dir=launch_dir, max_model_len=model_cfg.max_seq_length, dtype=model_cfg.dtype,
+                revision=ref.get("revision"), log=context.log.info))
+            gspo = replace(gspo, vllm_server_base_url=server.base_url)  # what training connects to
         job_file = TrainingJob(
             base_model_path=load_path, base_model_ref=ref, manifest_dir=str(manifest_dir), adapter_dir=str(tmp),
             work_dir=str(work), checkpoint_key=work.name, model=asdict(model_cfg), prompt_style=style,
@@ -180,7 +202,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             rollout_engine=engine.record(),
         ).write(launch_dir / "job.json")
         config_file = write_accelerate_config(launch_dir / "accelerate_config.yaml", accelerate_config(
-            processes, gspo.distributed, use_cpu=gpus == 0, gpu_ids=visible_gpu_ids(processes)))
+            processes, gspo.distributed, use_cpu=gpus == 0, gpu_ids=gpu_ids))
         command = accelerate_command(config_file, job_file, cpu_threads=default_cpu_threads(processes))
         context.log.info(f"launching {processes} training process(es): {shlex.join(command)}")
         try:
@@ -190,6 +212,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             )
         except Exception as exc:  # the process exited non-zero (Dagster's DagsterPipesExecutionError) or died
             raise TrainingProcessError(describe_failure(job_file, work, str(exc))) from exc
+        serving.close()  # training is done: the server's GPUs are free again
         reported = dict(invocation.get_materialize_result().metadata or {})
         log = json.loads((tmp / TRAINING_LOG).read_text())
         curves = training_curves_png(log["log_history"])
