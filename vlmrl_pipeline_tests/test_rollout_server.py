@@ -258,3 +258,39 @@ def test_the_runs_pre_start_check_refuses_server_mode_without_server_gpus():
     assert not any("rollout_server" in p for p in settings_problems(job, run_config))
     run_config["resources"]["rollout_server"] = {"config": {"gpus": "0", "share_training_gpu": True}}
     assert any("rollout_server:" in p and "0.5 or less" in p for p in settings_problems(job, run_config))
+
+
+def test_the_lora_adapter_step_refuses_server_mode_on_a_machine_without_gpus_before_launching(tmp_path):
+    """Through the real asset: server mode on a CPU stops the step, naming the setting, before any training process
+    (or model load) starts."""
+    import dataclasses
+
+    from dagster import DagsterInstance, materialize
+
+    from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
+    from vlmrl_pipeline.definitions import all_assets
+    from vlmrl_pipeline.resources import resources_for_profile
+    from vlmrl_pipeline_tests.conftest import tiny_profile
+
+    base = tiny_profile()
+    profile = dataclasses.replace(
+        base, warm_start=WarmStartSettings(steps=2, batch_size=2),
+        model=dataclasses.replace(base.model, tiny_model=dataclasses.replace(base.model.tiny_model,
+                                                                             tokenizer="trained")),
+        gspo=dataclasses.replace(base.gspo, vllm_mode="server", rollout_engine="vllm"))
+    resources = {**resources_for_profile(profile, str(tmp_path)), "rollout_server": RolloutServerResource(gpus="0")}
+    upstream = [a for a in all_assets if a.key.to_user_string() in ("mathvista_filtered", "resized_images",
+                                                                     "base_model")]
+    assert materialize(upstream, resources=resources, instance=DagsterInstance.ephemeral()).success
+    instance = DagsterInstance.ephemeral()
+    result = materialize([a for a in all_assets if a.key.to_user_string() == "lora_adapter"], resources=resources,
+                         instance=instance, raise_on_error=False)
+    assert not result.success
+    [failure] = result.get_step_failure_events()
+    error, text = failure.step_failure_data.error, []
+    while error is not None:
+        text.append(error.message)
+        error = error.cause
+    assert "training_settings.vllm_mode='server' runs vLLM on CUDA GPUs, but this step sees none" in "\n".join(text)
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert not any("launching" in m or "rollout server" in m for m in messages)

@@ -191,8 +191,9 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     with artifacts.staging(context.asset_key) as tmp, ExitStack() as serving:
         if gspo.vllm_mode == "server" and server_cfg.gpu_ids:
             # Stopped when this block is left, however it is; a SIGKILLed step's watchdog stops it too.
+            # Its log goes with the adapter (rollout_server.log): the record of what generated the rollouts.
             server = serving.enter_context(rollout_server.serving(
-                load_path, log_dir=launch_dir, max_model_len=model_cfg.max_seq_length, dtype=model_cfg.dtype,
+                load_path, log_dir=tmp, max_model_len=model_cfg.max_seq_length, dtype=model_cfg.dtype,
                 revision=ref.get("revision"), log=context.log.info))
             gspo = replace(gspo, vllm_server_base_url=server.base_url)  # what training connects to
         job_file = TrainingJob(
@@ -240,6 +241,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             "rollout_engine_setting": engine.setting,
             "rollout_engine_reason": engine.reason,
             "report_to": gspo.report_to,
+            "vllm_mode": gspo.vllm_mode if gspo.use_vllm else "none",
             **({"tensorboard_logdir": MetadataValue.path(str(artifacts.asset_dir(context.asset_key) / TENSORBOARD_DIR))}
                if "tensorboard" in report_targets(gspo.report_to) else {}),
             **({"rollout_and_entropy": MetadataValue.json(rollout)} if rollout else {}),
