@@ -36,7 +36,10 @@ from vlmrl_pipeline.core.checkpoints import (
 from vlmrl_pipeline.core.export.merge import inspect_lora_adapter
 from vlmrl_pipeline.core.files import sha256_file
 from vlmrl_pipeline.core.gspo_config import report_targets, report_to_problems
+from vlmrl_pipeline.core.k8s_workers import training_machines, worker_job_name
 from vlmrl_pipeline.core.launch import (
+    DEFAULT_MAIN_PROCESS_PORT,
+    Machines,
     accelerate_command,
     accelerate_config,
     check_backend_supports,
@@ -128,6 +131,17 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     else:
         processes = resolve_num_processes(gspo.num_processes, gpus)
         gpu_ids = visible_gpu_ids(processes)
+    machines = Machines()
+    per_machine = processes
+    if training_machines() > 1:  # this pod is machine rank 0; a Kubernetes Job runs the others (k8s_training)
+        if gpus == 0 or gspo.vllm_mode == "server":
+            raise ValueError(f"VLMRL_TRAINING_MACHINES={training_machines()} trains on the GPUs of several machines: "
+                             + ("this step sees none" if gpus == 0 else "training_settings.vllm_mode='server' is "
+                                "offered on one machine only; use vllm_mode='colocate'"))
+        from vlmrl_pipeline.k8s_training import step_pod_address
+
+        machines = Machines(training_machines(), 0, step_pod_address(), DEFAULT_MAIN_PROCESS_PORT)
+        processes = per_machine * machines.num_machines
     gspo.check_generation_batch(processes)  # num_processes=0 resolves only here
     backend = resolve_backend(model_cfg.backend)
     check_backend_supports(backend, processes, gspo.distributed)
@@ -188,7 +202,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     launch_dir = work / "launch"
     for old_error in (launch_dir / "errors").glob("rank-*.json"):
         old_error.unlink()
-    with artifacts.staging(context.asset_key) as tmp, ExitStack() as serving:
+    with artifacts.staging(context.asset_key) as tmp, ExitStack() as serving:  # the server, the other machines
         if gspo.vllm_mode == "server" and server_cfg.gpu_ids:
             # Stopped when this block is left, however it is; a SIGKILLed step's watchdog stops it too.
             # Its log goes with the adapter (rollout_server.log): the record of what generated the rollouts.
@@ -203,8 +217,15 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             rollout_engine=engine.record(),
         ).write(launch_dir / "job.json")
         config_file = write_accelerate_config(launch_dir / "accelerate_config.yaml", accelerate_config(
-            processes, gspo.distributed, use_cpu=gpus == 0, gpu_ids=gpu_ids))
-        command = accelerate_command(config_file, job_file, cpu_threads=default_cpu_threads(processes))
+            processes, gspo.distributed, use_cpu=gpus == 0, gpu_ids=gpu_ids, machines=machines))
+        if machines.num_machines > 1:
+            from vlmrl_pipeline.k8s_training import training_workers
+
+            serving.enter_context(training_workers(
+                name=worker_job_name(context.run_id, work.name), num_machines=machines.num_machines,
+                processes_per_machine=per_machine, job_file=str(job_file), main_address=machines.main_process_ip,
+                main_port=machines.main_process_port, distributed=gspo.distributed, log=context.log.info))
+        command = accelerate_command(config_file, job_file, cpu_threads=default_cpu_threads(per_machine))
         context.log.info(f"launching {processes} training process(es): {shlex.join(command)}")
         try:
             invocation = PipesSubprocessClient().run(
