@@ -294,3 +294,24 @@ def test_the_lora_adapter_step_refuses_server_mode_on_a_machine_without_gpus_bef
     assert "training_settings.vllm_mode='server' runs vLLM on CUDA GPUs, but this step sees none" in "\n".join(text)
     messages = [e.user_message for e in instance.all_logs(result.run_id)]
     assert not any("launching" in m or "rollout server" in m for m in messages)
+
+
+def test_the_servers_address_changes_neither_the_checkpoint_key_nor_the_settings_version():
+    """A resumed run trains against a new server (a new port); the key and lora_adapter's staleness stay."""
+    import dataclasses
+
+    from vlmrl_pipeline.core.checkpoints import checkpoint_key, training_inputs
+    from vlmrl_pipeline.core.settings_versions import settings_versions
+    from vlmrl_pipeline_tests.conftest import tiny_profile
+
+    def key(gspo):
+        return checkpoint_key(training_inputs(
+            gspo=dataclasses.asdict(gspo), model={}, prompt_style={}, base_model_ref={}, base_model_files={},
+            manifest_sha256="m", reward_version="r", num_processes=1, code_version="c"))
+
+    server = GSPOSettings(vllm_mode="server", use_vllm=True)
+    assert key(server) == key(dataclasses.replace(server, vllm_server_base_url="http://127.0.0.1:40001"))
+    assert key(server) != key(GSPOSettings(use_vllm=True))  # the mode itself is an input
+    profile = tiny_profile()
+    moved = dataclasses.replace(profile, gspo=dataclasses.replace(profile.gspo, vllm_server_base_url="http://h:1"))
+    assert settings_versions(profile)["lora_adapter"] == settings_versions(moved)["lora_adapter"]

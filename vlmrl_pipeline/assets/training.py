@@ -168,9 +168,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     style = {"prompt_field": data.prompt_field, "answer_format": data.answer_format,
              "system_prompt": data.system_prompt}
     inputs = training_inputs(
-        # A server's address is not a training input: a resumed run may train against a new one.
-        gspo=asdict(replace(gspo, vllm_server_base_url=None)), model=asdict(model_cfg), prompt_style=style,
-        base_model_ref=ref,
+        gspo=asdict(gspo), model=asdict(model_cfg), prompt_style=style, base_model_ref=ref,
         base_model_files=local_files_state(load_path, cache_file=artifacts.asset_dir(HASH_CACHE)),
         manifest_sha256=sha256_file(manifest_dir / MANIFEST_NAME),
         reward_version=REWARD_VERSION, num_processes=processes, code_version=TRAINING_CODE_VERSION,
