@@ -315,3 +315,12 @@ def test_the_servers_address_changes_neither_the_checkpoint_key_nor_the_settings
     profile = tiny_profile()
     moved = dataclasses.replace(profile, gspo=dataclasses.replace(profile.gspo, vllm_server_base_url="http://h:1"))
     assert settings_versions(profile)["lora_adapter"] == settings_versions(moved)["lora_adapter"]
+
+
+def test_doctests_of_the_server_and_launch_modules():
+    import doctest
+
+    from vlmrl_pipeline.core import k8s_workers, launch, rollout_server
+
+    for module in (rollout_server, launch, k8s_workers):
+        assert doctest.testmod(module).failed == 0, module.__name__
