@@ -106,7 +106,8 @@ def fail_runs_of_dead_workers(instance: DagsterInstance, current_run_id: str | N
     return failed
 
 
-SETTINGS_RESOURCE_KEYS = ("data_settings", "model_settings", "training_settings", "eval_settings", "export_settings")
+SETTINGS_RESOURCE_KEYS = ("data_settings", "model_settings", "training_settings", "eval_settings", "export_settings",
+                          "rollout_server")
 
 
 class SettingsError(ValueError):
@@ -137,6 +138,12 @@ def settings_problems(job_def, run_config: dict, *, probe_machine: bool = False)
     if not problems:
         problems += settings_conflicts(data=core.get("data_settings"), model=core.get("model_settings"),
                                        gspo=core.get("training_settings"), generation=core.get("eval_settings"))
+        if "training_settings" in core and "rollout_server" in core:
+            from vlmrl_pipeline.core.rollout_server import server_settings_problems
+
+            backend = getattr(core.get("model_settings"), "backend", None)
+            problems += server_settings_problems(core["training_settings"], core["rollout_server"],
+                                                 None if backend == "auto" else backend)
     if not problems and probe_machine:
         problems += machine_problems(model=core.get("model_settings"), gspo=core.get("training_settings"),
                                      generation=core.get("eval_settings"))

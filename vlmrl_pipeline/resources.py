@@ -24,6 +24,13 @@ from vlmrl_pipeline.core.generation import GenerationSettings
 from vlmrl_pipeline.core.gspo_config import GSPOSettings
 from vlmrl_pipeline.core.integrity import record_files, verify_files
 from vlmrl_pipeline.core.profiles import DataSettings, ModelSettings, Profile
+from vlmrl_pipeline.core.rollout_server import (
+    RolloutServerSettings,
+    RunningServer,
+    free_port,
+    running_server,
+    trl_vllm_serve_command,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR_ENV_VAR = "VLMRL_DATA_DIR"
@@ -256,6 +263,32 @@ class ModelSettingsResource(_settings_resource(
         return _core_from_values(WarmStartSettings, self.model_dump()["warm_start"])
 
 
+class RolloutServerResource(_settings_resource(
+        RolloutServerSettings, "RolloutServerBase",
+        "The rollout server ``lora_adapter`` starts in ``vllm_mode='server'`` "
+        "(``core.rollout_server.RolloutServerSettings``).")):
+    """The rollout server ``lora_adapter`` starts in ``vllm_mode='server'``: ``trl vllm-serve`` on ``gpus``, up
+    while the step trains, stopped when it ends (``core.rollout_server``, which owns the process)."""
+
+    def serving(self, model: str, *, log_dir: str | os.PathLike, max_model_len: int | None = None,
+                dtype: str = "auto", revision: str | None = None, log: Callable[[str], None] | None = None,
+                command: list[str] | None = None) -> AbstractContextManager[RunningServer]:
+        """Serve ``model`` while inside; ``command`` replaces the ``trl vllm-serve`` argv (tests: ``{host}`` and
+        ``{port}`` in it are filled in)."""
+        settings = self.to_core()
+        port = settings.port or free_port(settings.host)
+        argv = ([part.format(host=settings.host, port=port) for part in command] if command is not None else
+                trl_vllm_serve_command(model, host=settings.host, port=port,
+                                       tensor_parallel_size=len(settings.gpu_ids) or 1,
+                                       gpu_memory_utilization=settings.gpu_memory_utilization,
+                                       max_model_len=max_model_len, dtype=dtype, revision=revision,
+                                       enforce_eager=settings.enforce_eager))
+        return running_server(argv, host=settings.host, port=port, gpus=settings.gpus,
+                              log_path=Path(log_dir) / "rollout_server.log",
+                              startup_timeout_s=settings.startup_timeout_s, stop_grace_s=settings.stop_grace_s,
+                              log=log)
+
+
 def resources_for_profile(profile: Profile, data_dir: str | None = None,
                           report_page_path: str = "/reports/report.html") -> dict:
     """The resource dict for ``Definitions`` (or ``dagster.materialize``) that runs ``profile``: each settings
@@ -267,4 +300,5 @@ def resources_for_profile(profile: Profile, data_dir: str | None = None,
         "training_settings": TrainingSettingsResource.with_defaults(profile.gspo)(),
         "eval_settings": EvalSettingsResource.with_defaults(profile.generation)(),
         "export_settings": ExportSettingsResource.with_defaults(profile.export)(),
+        "rollout_server": RolloutServerResource(),
     }

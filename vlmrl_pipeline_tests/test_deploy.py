@@ -4,6 +4,7 @@ each step's pod, rendered with dagster-k8s' own code from them, asks for what th
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,133 @@ def test_two_gpus_per_step_are_one_setting_away(monkeypatch):
     config = execution.gpu_op_tags()["dagster-k8s/config"]
     assert config["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert config["pod_spec_config"]["volumes"][0]["empty_dir"]["medium"] == "Memory"
+
+
+# --- lora_adapter on several machines (VLMRL_TRAINING_MACHINES > 1, vlmrl_pipeline/k8s_training.py) ------------------
+
+WORKERS_EXAMPLE = "training-workers.yaml"
+EXAMPLE_KEY = "a1b2c3d4e5f6a7b8"
+EXAMPLE_JOB_FILE = f"/data/vlmrl/lora_adapter_checkpoints/{EXAMPLE_KEY}/launch/job.json"
+EXAMPLE_RANK0 = "10.8.0.17"
+
+
+def _step_pod_as_the_api_returns_it(job, launcher) -> dict:
+    """The lora_adapter step's pod as dagster-k8s submits it, in the API's JSON shape, with what the API server
+    adds (name, namespace, uid): what ``k8s_training`` reads back through ``read_namespaced_pod``."""
+    from kubernetes.client import ApiClient
+
+    k8s_job = _render_step_pod(job, launcher, "lora_adapter")
+    pod = {"metadata": {"name": "dagster-step-lora-adapter-x7k2p", "namespace": NAMESPACE,
+                        "uid": "6f1c2a9e-0000-4000-8000-000000000001"},
+           "spec": ApiClient().sanitize_for_serialization(k8s_job.spec.template.spec)}
+    return pod
+
+
+def _example_workers(job, launcher, machines: int = 2, per_machine: int = 1) -> dict:
+    from vlmrl_pipeline.core.k8s_workers import worker_job_manifest, worker_job_name
+    from vlmrl_pipeline.core.launch import DEFAULT_MAIN_PROCESS_PORT
+
+    return worker_job_manifest(
+        _step_pod_as_the_api_returns_it(job, launcher), name=worker_job_name("0123456789abcdef", EXAMPLE_KEY),
+        num_machines=machines, processes_per_machine=per_machine, job_file=EXAMPLE_JOB_FILE,
+        main_address=EXAMPLE_RANK0, main_port=DEFAULT_MAIN_PROCESS_PORT)
+
+
+def _as_k8s_model(manifest: dict, kind: str):
+    """``manifest`` read as the kubernetes client's model of ``kind`` (the API's schema: a missing required field
+    raises), then written back: equal only if no field was unknown to the schema (those are silently dropped)."""
+    import json as _json
+
+    from kubernetes.client import ApiClient
+
+    class _Response:
+        data = _json.dumps(manifest)
+
+    api = ApiClient()
+    model = api.deserialize(_Response(), kind)
+    assert api.sanitize_for_serialization(model) == manifest
+    return model
+
+
+def test_the_committed_worker_job_is_what_the_code_renders_for_two_machines(deployed):
+    job, launcher, _ = deployed
+    rendered = _example_workers(job, launcher)
+    if os.environ.get("VLMRL_WRITE_DEPLOY_EXAMPLES"):  # regenerate after a deliberate change
+        header = (DEPLOY / WORKERS_EXAMPLE).read_text().split("apiVersion:")[0]
+        (DEPLOY / WORKERS_EXAMPLE).write_text(header + yaml.safe_dump(rendered, sort_keys=False))
+    assert _load(WORKERS_EXAMPLE) == rendered
+
+
+@pytest.mark.parametrize("machines, per_machine", [(2, 1), (4, 2)])
+def test_each_worker_rank_is_a_copy_of_the_step_pod_on_the_shared_volume(deployed, machines, per_machine):
+    from vlmrl_pipeline.core.launch import Machines, machines_from_env, node_parser
+
+    job, launcher, env = deployed
+    manifest = _example_workers(job, launcher, machines, per_machine)
+    k8s_job = _as_k8s_model(manifest, "V1Job")
+    step_spec, step_container, _, step_mounts, step_volumes = _pod_view(_render_step_pod(job, launcher,
+                                                                                           "lora_adapter"))
+    spec = k8s_job.spec
+    assert (spec.completion_mode, spec.completions, spec.parallelism, spec.backoff_limit) == (
+        "Indexed", machines - 1, machines - 1, 0)
+    [owner] = k8s_job.metadata.owner_references
+    assert (owner.kind, owner.name) == ("Pod", "dagster-step-lora-adapter-x7k2p")  # deleted with the step's pod
+    pod = spec.template.spec
+    [container] = pod.containers
+    assert pod.restart_policy == "Never" and container.image == step_container.image == IMAGE
+    assert container.resources.limits == step_container.resources.limits  # the same GPUs per machine
+    assert [(t.key, t.effect) for t in pod.tolerations] == [(t.key, t.effect) for t in step_spec.tolerations]
+    mounts = {m.mount_path: m.name for m in container.volume_mounts}
+    volumes = {v.name: v for v in pod.volumes}
+    assert mounts == step_mounts and mounts["/data"] == "artifacts" and mounts["/dev/shm"] == "dshm"
+    assert volumes["artifacts"].persistent_volume_claim.claim_name == "vlmrl-artifacts" == \
+        step_volumes["artifacts"].persistent_volume_claim.claim_name
+    assert EXAMPLE_JOB_FILE.startswith(env["VLMRL_DATA_DIR"] + "/")  # the job file is on that volume
+    worker_env = {e.name: e.value for e in container.env}
+    for name, value in env.items():
+        if name != "VLMRL_TRAINING_MACHINES":  # the step's setting; a worker reads VLMRL_NUM_MACHINES
+            assert worker_env[name] == value, name
+    assert "VLMRL_TRAINING_MACHINES" not in worker_env and worker_env["VLMRL_NUM_MACHINES"] == str(machines)
+    assert not [name for name in worker_env if name.startswith("DAGSTER_")]  # workers run no Dagster code
+    assert pod.automount_service_account_token is False
+    # the command is core.launch's, and each pod's index becomes its machine rank: 1..machines-1 after the step's 0
+    assert container.command[:3] == ["python", "-m", "vlmrl_pipeline.core.launch"]
+    args = node_parser().parse_args(container.command[3:])
+    assert (args.job, args.processes_per_machine, args.distributed) == (EXAMPLE_JOB_FILE, per_machine, "ddp")
+    ranks = [machines_from_env({**worker_env, "JOB_COMPLETION_INDEX": str(i)}) for i in range(spec.completions)]
+    assert ranks == [Machines(machines, r, EXAMPLE_RANK0, 29500) for r in range(1, machines)]
+
+
+def test_every_machine_launches_accelerate_at_its_rank(tmp_path):
+    """Rank 0's config (the step) and a worker's go through accelerate's own parser and validation."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    from vlmrl_pipeline.core import launch
+
+    for rank in (0, 2):
+        machines = launch.Machines(3, rank, EXAMPLE_RANK0, 29500)
+        config = launch.write_accelerate_config(tmp_path / f"m{rank}.yaml", launch.accelerate_config(
+            6, "fsdp", use_cpu=False, gpu_ids="0,1", machines=machines))
+        command = launch.accelerate_command(config, tmp_path / "job.json")
+        args, _, _ = _validate_launch_command(launch_command_parser().parse_args(command[3:]))
+        assert (args.num_processes, args.num_machines, args.machine_rank) == (6, 3, rank)
+        assert (args.main_process_ip, args.main_process_port, args.use_fsdp) == (EXAMPLE_RANK0, 29500, True)
+    with pytest.raises(ValueError, match="does not split evenly"):
+        launch.accelerate_config(5, "ddp", use_cpu=False, machines=launch.Machines(2, 0, EXAMPLE_RANK0, 29500))
+    with pytest.raises(ValueError, match="VLMRL_MAIN_PROCESS_IP"):
+        launch.machines_from_env({"VLMRL_NUM_MACHINES": "2"})
+    with pytest.raises(ValueError, match="outside 0..1"):
+        launch.machines_from_env({"VLMRL_NUM_MACHINES": "2", "VLMRL_MACHINE_RANK": "2",
+                                  "VLMRL_MAIN_PROCESS_IP": "h"})
+    assert launch.accelerate_config(1, "ddp", use_cpu=True)["num_machines"] == 1  # one machine: as before
+
+
+def test_the_number_of_training_machines_is_a_deployment_setting():
+    from vlmrl_pipeline.core.k8s_workers import TRAINING_MACHINES_ENV, training_machines
+
+    values = _load("values.yaml")
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    assert {"name": TRAINING_MACHINES_ENV, "value": "1"} in deployment["env"]
+    assert training_machines({}) == 1 and training_machines({TRAINING_MACHINES_ENV: "4"}) == 4
+    with pytest.raises(ValueError, match=TRAINING_MACHINES_ENV):
+        training_machines({TRAINING_MACHINES_ENV: "0"})

@@ -50,7 +50,7 @@ def test_without_vllm_rollouts_suppress_tokens_as_generate_expects(tiny_checkpoi
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"vllm_mode": "server"}, "vllm_mode"),
+    ({"vllm_mode": "remote"}, "vllm_mode"),
     ({"vllm_gpu_memory_utilization": 1.0}, "vllm_gpu_memory_utilization"),
     ({"vllm_importance_sampling_mode": "sequence_clip"}, "vllm_importance_sampling_mode"),
     ({"vllm_importance_sampling_clip_max": 0.0}, "clip_max"),

@@ -4,7 +4,8 @@ import json
 import os
 import shlex
 import shutil
-from dataclasses import asdict
+from contextlib import ExitStack
+from dataclasses import asdict, replace
 
 from dagster import (
     AssetCheckResult,
@@ -35,7 +36,10 @@ from vlmrl_pipeline.core.checkpoints import (
 from vlmrl_pipeline.core.export.merge import inspect_lora_adapter, read_checkpoint_config
 from vlmrl_pipeline.core.files import sha256_file
 from vlmrl_pipeline.core.gspo_config import report_targets, report_to_problems
+from vlmrl_pipeline.core.k8s_workers import training_machines, worker_job_name
 from vlmrl_pipeline.core.launch import (
+    DEFAULT_MAIN_PROCESS_PORT,
+    Machines,
     accelerate_command,
     accelerate_config,
     check_backend_supports,
@@ -57,6 +61,7 @@ from vlmrl_pipeline.core.modeling import resolve_backend
 from vlmrl_pipeline.core.plots import png_markdown, training_curves_png
 from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_set
 from vlmrl_pipeline.core.rollout_engine import resolve_rollout_engine
+from vlmrl_pipeline.core.rollout_server import plan_gpus, server_settings_problems
 from vlmrl_pipeline.core.run_history import keep_run, run_folder_name, run_folders
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_TRAIN, read_manifest, split_rows
 from vlmrl_pipeline.core.settings_check import vllm_conflicts
@@ -70,6 +75,7 @@ from vlmrl_pipeline.resources import (
     DataSettingsResource,
     ExportSettingsResource,
     ModelSettingsResource,
+    RolloutServerResource,
     TrainingSettingsResource,
     asset_folder,
 )
@@ -100,6 +106,7 @@ def lora_adapter(
     data_settings: DataSettingsResource,
     training_settings: TrainingSettingsResource,
     export_settings: ExportSettingsResource,
+    rollout_server: RolloutServerResource,
 ) -> MaterializeResult:
     """A LoRA adapter trained with GSPO (TRL ``GRPOTrainer``, ``importance_sampling_level="sequence"``).
 
@@ -117,12 +124,13 @@ def lora_adapter(
     files would be shared).
     """
     with artifacts.lock(context.asset_key):
-        return _train(context, artifacts, model_settings, data_settings, training_settings, export_settings)
+        return _train(context, artifacts, model_settings, data_settings, training_settings, export_settings,
+                      rollout_server)
 
 
 def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_settings: ModelSettingsResource,
            data_settings: DataSettingsResource, training_settings: TrainingSettingsResource,
-           export_settings: ExportSettingsResource) -> MaterializeResult:
+           export_settings: ExportSettingsResource, rollout_server: RolloutServerResource) -> MaterializeResult:
     model_cfg = model_settings.to_core()
     data = data_settings.to_core()
     gspo = training_settings.to_core()
@@ -132,7 +140,24 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     manifest_dir = artifacts.asset_dir(resized_images)
     split_rows(read_manifest(manifest_dir), SPLIT_TRAIN)  # no manifest or no training rows: say so now
     gpus = visible_gpu_count()
-    processes = resolve_num_processes(gspo.num_processes, gpus)
+    server_cfg = rollout_server.to_core()
+    if gspo.vllm_mode == "server" and server_cfg.gpu_ids:  # training takes the GPUs the server leaves it
+        processes, gpu_ids = plan_gpus(server_cfg, visible_gpu_ids(gpus).split(",") if gpus else [],
+                                       gspo.num_processes)
+    else:
+        processes = resolve_num_processes(gspo.num_processes, gpus)
+        gpu_ids = visible_gpu_ids(processes)
+    machines = Machines()
+    per_machine = processes
+    if training_machines() > 1:  # this pod is machine rank 0; a Kubernetes Job runs the others (k8s_training)
+        if gpus == 0 or gspo.vllm_mode == "server":
+            raise ValueError(f"VLMRL_TRAINING_MACHINES={training_machines()} trains on the GPUs of several machines: "
+                             + ("this step sees none" if gpus == 0 else "training_settings.vllm_mode='server' is "
+                                "offered on one machine only; use vllm_mode='colocate'"))
+        from vlmrl_pipeline.k8s_training import step_pod_address
+
+        machines = Machines(training_machines(), 0, step_pod_address(), DEFAULT_MAIN_PROCESS_PORT)
+        processes = per_machine * machines.num_machines
     gspo.check_generation_batch(processes)  # num_processes=0 resolves only here
     backend = resolve_backend(model_cfg.backend)
     check_backend_supports(backend, processes, gspo.distributed)
@@ -143,7 +168,10 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
         raise ValueError("; ".join(engine.problems))
     model_cfg, gspo = engine.apply(model_cfg, gspo)
     context.log.info(engine.reason)
-    refusals = vllm_conflicts(model_cfg, gspo, backend)
+    refusals = vllm_conflicts(model_cfg, gspo, backend) + server_settings_problems(gspo, server_cfg, backend)
+    if gspo.vllm_mode == "server" and not gspo.use_vllm:
+        refusals.append(f"training_settings.vllm_mode='server' generates rollouts on vLLM, but the rollout engine "
+                        f"resolved to model.generate ({engine.reason}): set training_settings.rollout_engine='vllm'")
     if gspo.use_vllm:
         refusals += vllm_problems("training_settings.use_vllm=True")
     refusals += report_to_problems(gspo)
@@ -188,7 +216,14 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     launch_dir = work / "launch"
     for old_error in (launch_dir / "errors").glob("rank-*.json"):
         old_error.unlink()
-    with artifacts.staging(context.asset_key) as tmp:
+    with artifacts.staging(context.asset_key) as tmp, ExitStack() as serving:  # the server, the other machines
+        if gspo.vllm_mode == "server" and server_cfg.gpu_ids:
+            # Stopped when this block is left, however it is; a SIGKILLed step's watchdog stops it too.
+            # Its log goes with the adapter (rollout_server.log): the record of what generated the rollouts.
+            server = serving.enter_context(rollout_server.serving(
+                load_path, log_dir=tmp, max_model_len=model_cfg.max_seq_length, dtype=model_cfg.dtype,
+                revision=ref.get("revision"), log=context.log.info))
+            gspo = replace(gspo, vllm_server_base_url=server.base_url)  # what training connects to
         job_file = TrainingJob(
             base_model_path=load_path, base_model_ref=ref, manifest_dir=str(manifest_dir), adapter_dir=str(tmp),
             work_dir=str(work), checkpoint_key=work.name, model=asdict(model_cfg), prompt_style=style,
@@ -196,8 +231,15 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             rollout_engine=engine.record(),
         ).write(launch_dir / "job.json")
         config_file = write_accelerate_config(launch_dir / "accelerate_config.yaml", accelerate_config(
-            processes, gspo.distributed, use_cpu=gpus == 0, gpu_ids=visible_gpu_ids(processes)))
-        command = accelerate_command(config_file, job_file, cpu_threads=default_cpu_threads(processes))
+            processes, gspo.distributed, use_cpu=gpus == 0, gpu_ids=gpu_ids, machines=machines))
+        if machines.num_machines > 1:
+            from vlmrl_pipeline.k8s_training import training_workers
+
+            serving.enter_context(training_workers(
+                name=worker_job_name(context.run_id, work.name), num_machines=machines.num_machines,
+                processes_per_machine=per_machine, job_file=str(job_file), main_address=machines.main_process_ip,
+                main_port=machines.main_process_port, distributed=gspo.distributed, log=context.log.info))
+        command = accelerate_command(config_file, job_file, cpu_threads=default_cpu_threads(per_machine))
         context.log.info(f"launching {processes} training process(es): {shlex.join(command)}")
         try:
             invocation = PipesSubprocessClient().run(
@@ -206,6 +248,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             )
         except Exception as exc:  # the process exited non-zero (Dagster's DagsterPipesExecutionError) or died
             raise TrainingProcessError(describe_failure(job_file, work, str(exc))) from exc
+        serving.close()  # training is done: the server's GPUs are free again
         reported = dict(invocation.get_materialize_result().metadata or {})
         log = json.loads((tmp / TRAINING_LOG).read_text())
         curves = training_curves_png(log["log_history"])
@@ -235,6 +278,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             "rollout_engine_setting": engine.setting,
             "rollout_engine_reason": engine.reason,
             "report_to": gspo.report_to,
+            "vllm_mode": gspo.vllm_mode if gspo.use_vllm else "none",
             **({"tensorboard_logdir": MetadataValue.path(str(artifacts.asset_dir(context.asset_key) / TENSORBOARD_DIR))}
                if "tensorboard" in report_targets(gspo.report_to) else {}),
             **history,

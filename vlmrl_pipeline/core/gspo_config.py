@@ -15,9 +15,9 @@ from typing import Any
 from vlmrl_pipeline.core.modeling import vision_token_ids
 
 DISTRIBUTED_MODES = ("ddp", "fsdp")
-VLLM_MODES = ("colocate",)
-"""How TRL runs vLLM for rollouts. ``server`` (a separate ``trl vllm-serve`` process on other GPUs) is not offered:
-nothing in the lineage starts or owns such a server."""
+VLLM_MODES = ("colocate", "server")
+"""How TRL runs vLLM for rollouts: in the training process (``colocate``), or in a ``trl vllm-serve`` process that
+the ``lora_adapter`` step starts on GPUs of its own and stops when it ends (``server``, ``core.rollout_server``)."""
 IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 ROLLOUT_ENGINES = ("auto", "vllm", "generate")
 """``GSPOSettings.rollout_engine`` values; ``core.rollout_engine`` resolves them on the training machine."""
@@ -165,7 +165,14 @@ class GSPOSettings:
         "extra. True means vLLM whatever ``rollout_engine`` (``auto``) would pick; refused with "
         "``rollout_engine='generate'``.")})
     vllm_mode: str = field(default="colocate", metadata={"help": (
-        "``colocate``: vLLM runs inside the training process on the same GPU (the only mode offered here).")})
+        "``colocate``: vLLM runs inside each training process, on its GPU. ``server``: the ``lora_adapter`` step "
+        "starts ``trl vllm-serve`` on the GPUs named in ``rollout_server.gpus`` (training takes the others), "
+        "trains against it and stops it when the step ends; for a policy whose engine and training do not fit on "
+        "one GPU together, or to keep generation off the training GPUs. Transformers backend, with use_vllm.")})
+    vllm_server_base_url: str | None = field(default=None, metadata={"help": (
+        "Server mode: the rollout server's address (TRL's ``vllm_server_base_url``). Leave null: the step fills in "
+        "the server it starts. Set it (with ``rollout_server.gpus`` empty) only to train against a ``trl "
+        "vllm-serve`` you run yourself, serving the same base model.")})
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": (
         "Transformers backend with ``use_vllm``: the share of GPU memory the colocated vLLM engine takes for its "
         "weights and KV cache (the rest is training's). The Unsloth backend uses "
@@ -212,8 +219,10 @@ class GSPOSettings:
             raise ValueError("rollout_engine='generate' never uses vLLM, but use_vllm=True asks for vLLM rollouts: "
                              "drop use_vllm, or set rollout_engine='vllm' (or 'auto')")
         if self.vllm_mode not in VLLM_MODES:
-            raise ValueError(f"vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}: 'server' needs a "
-                             "separate vLLM server process, which this pipeline does not start")
+            raise ValueError(f"vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
+        if self.vllm_mode == "server" and self.rollout_engine == "generate":
+            raise ValueError("vllm_mode='server' generates the rollouts on a vLLM server, but "
+                             "rollout_engine='generate' never uses vLLM: set rollout_engine='vllm' (or 'auto')")
         if not 0.0 < self.vllm_gpu_memory_utilization < 1.0:
             raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}"
                              ": training needs the rest of the GPU")
