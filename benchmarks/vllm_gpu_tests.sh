@@ -5,7 +5,8 @@
 # and poll /tmp/vlog (each stage writes STAGE.log, the benchmarks STAGE.json; "ALL DONE" ends session.log).
 # fast-tests materializes lora_adapter, whose first step checks the GGUF export's tools: send .tools/llama.cpp-0.3.36
 # along (vlmrl-fetch-tools), or it is refused before training. FAST_TESTS_K picks its tests (pytest -k).
-# Stages: eval8b eval2b gspo2b tests probe probe-as-trl mismatch fast-tests seed-batch (default: the first four).
+# Stages: eval8b eval2b gspo2b tests probe probe-as-trl mismatch fast-tests seed-batch dynamic-sampling (default: the
+# first four; tests includes dynamic-sampling's test, which runs alone in its own stage).
 cd /tmp/repo || exit 1
 export VLMRL_TOOLS_DIR=$PWD/.tools HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONPATH=$PWD:$PYTHONPATH
 mkdir -p /tmp/vlog
@@ -38,6 +39,9 @@ for stage in ${@:-eval8b eval2b gspo2b tests}; do
              --max-completion-length 1024 --image-size 512 --warmup 1 --steps 1 --deadline-s ${SEED_BATCH_DEADLINE:-1500} \
              --seed-configs ${SEED_CONFIGS:-unsloth-4bit-vllm,transformers-bf16-vllm,unsloth-16bit-vllm,unsloth-4bit} \
              --out /tmp/vlog/$stage.json --work-dir /tmp/seed_batch ;;
+    # Dynamic sampling (core.dynamic_sampling) with TRL's colocated vLLM rollouts on the warm-started demo model.
+    dynamic-sampling) python3 -m pytest vlmrl_pipeline_tests/test_vllm_gpu.py -m gpu -s -p no:cacheprovider -W ignore \
+             -k dynamic_sampling --durations=10 ;;
     tests) python3 -m pytest vlmrl_pipeline_tests/test_vllm_gpu.py -m gpu -s -p no:cacheprovider -W ignore \
              --durations=10 ;;
     *) echo "unknown stage $stage"; false ;;

@@ -131,7 +131,8 @@ def _plain(value):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("profile", help="a real profile: qwen3vl-8b, qwen3vl-8b-paper, qwen25vl-7b, gemma3-4b, geo3k")
+    parser.add_argument("profile", help="a real profile: qwen3vl-8b, qwen3vl-8b-paper, qwen3vl-8b-dapo, qwen25vl-7b, "
+                                        "gemma3-4b, geo3k")
     parser.add_argument("--model", required=True, help="the stand-in checkpoint folder (vlmrl-standin)")
     parser.add_argument("--work", required=True, help="folder for the data copy, artifacts and Dagster instance")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {list(STAGES)}")

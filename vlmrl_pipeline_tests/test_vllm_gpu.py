@@ -136,6 +136,41 @@ def test_gspo_with_vllm_rollouts_reports_a_small_mismatch_on_a_trained_model(dem
     assert 0.5 < summary["importance_sampling_ratio_mean/mean"] <= 2.0, summary
 
 
+def test_dynamic_sampling_with_vllm_rollouts_trains_only_groups_that_differ(demo_lineage_data, tmp_path):
+    """Dynamic sampling (``core.dynamic_sampling``) on TRL's colocated vLLM: on the warm-started demo model about a
+    quarter of the groups of 4 earn equal rewards; they are dropped, extra prompts are rolled out through vLLM in
+    the same step, and every group trained has spread unless a step ran out of rounds (logged)."""
+    root, base = demo_lineage_data
+    rows = split_rows(read_manifest(root / "resized_images"), SPLIT_TRAIN).head(64)
+    model, processor, _ = load_model(base, backend="transformers", dtype="bfloat16", max_seq_length=MAX_SEQ)
+    settings = GSPOSettings(
+        learning_rate=1e-4, optim="adamw_torch", per_device_train_batch_size=16, gradient_accumulation_steps=1,
+        num_generations=4, max_completion_length=32, max_steps=6, logging_steps=1, max_grad_norm=1.0,
+        use_vllm=True, vllm_gpu_memory_utilization=0.2, save_steps=0, report_to="none",
+        dynamic_sampling=True, dynamic_sampling_max_rounds=4)
+    lines = []
+    _, result = train_gspo(model, processor, trl_dataset(rows), settings, tmp_path / "trainer", REWARD_FUNCTIONS,
+                           REWARD_WEIGHTS, peft_config=peft_lora_config(LoraSettings(r=8, lora_alpha=16)),
+                           log=lines.append, max_seq_length=MAX_SEQ)
+    assert result.global_step == 6
+    steps = [h for h in result.log_history if "reward" in h]
+    print(json.dumps({"steps": [{k: h.get(k) for k in ("step", "frac_reward_zero_std",
+                                                         "dynamic_sampling/frac_reward_zero_std_sampled",
+                                                         "dynamic_sampling/groups_dropped",
+                                                         "dynamic_sampling/extra_rollouts",
+                                                         "sampling/sampling_logp_difference/mean")}
+                                for h in steps], "draws": result.dynamic_sampling_draws,
+                      "short": [line for line in lines if "dynamic sampling, step" in line]}))
+    assert "sampling/sampling_logp_difference/mean" in steps[0]  # the rollouts came from vLLM
+    assert any("image placeholders collapsed" in line for line in lines)
+    # 24 groups sampled at a ~25% zero-spread rate: some are dropped and refilled through vLLM.
+    assert sum(h["dynamic_sampling/groups_dropped"] for h in steps) > 0
+    assert sum(h["dynamic_sampling/extra_rollouts"] for h in steps) > 0 and result.dynamic_sampling_draws
+    for h in steps:
+        assert h["dynamic_sampling/groups_kept"] + h["dynamic_sampling/groups_padded"] == 4.0
+        assert h["frac_reward_zero_std"] == h["dynamic_sampling/groups_padded"] / 4.0
+
+
 def test_vllm_rollouts_come_from_the_trainers_prompt_on_random_weights(tmp_path):
     """A random-weight policy is sensitive to its context, so it shows a rollout prompt that differs from the
     trainer's: TRL hands vLLM processor-expanded image tokens, which vLLM expanded again (0.85 nats per token on

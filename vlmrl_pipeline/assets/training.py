@@ -33,6 +33,7 @@ from vlmrl_pipeline.core.checkpoints import (
     set_aside,
     training_inputs,
 )
+from vlmrl_pipeline.core.dynamic_sampling import dynamic_sampling_summary
 from vlmrl_pipeline.core.export.merge import inspect_lora_adapter, read_checkpoint_config
 from vlmrl_pipeline.core.files import sha256_file
 from vlmrl_pipeline.core.gspo_config import report_targets, report_to_problems
@@ -283,6 +284,8 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
                if "tensorboard" in report_targets(gspo.report_to) else {}),
             **history,
             **({"rollout_and_entropy": MetadataValue.json(rollout)} if rollout else {}),
+            "dynamic_sampling": gspo.dynamic_sampling,
+            "zero_spread_groups": MetadataValue.json(dynamic_sampling_summary(log["log_history"])),
             "training_curves": MetadataValue.md(png_markdown(curves, "GSPO training curves")),
         }
     )

@@ -23,9 +23,11 @@ ROLLOUT_ENGINES = ("auto", "vllm", "generate")
 """``GSPOSettings.rollout_engine`` values; ``core.rollout_engine`` resolves them on the training machine."""
 LAUNCH_FIELDS = ("num_processes", "distributed")
 """``GSPOSettings`` fields that shape the launch (``core.launch``), not ``GRPOConfig``."""
-PROJECT_FIELDS = LAUNCH_FIELDS + ("rollout_engine", "rehearsal_reward_weight", "reward_max_val", "reward_min_val",
-                                  "report_to",
-                                  "tensorboard_history_mb")
+DYNAMIC_SAMPLING_FIELDS = ("dynamic_sampling", "dynamic_sampling_max_rounds")
+"""``GSPOSettings`` fields of ``core.dynamic_sampling`` (the trainer's hook, not ``GRPOConfig`` options)."""
+PROJECT_FIELDS = LAUNCH_FIELDS + DYNAMIC_SAMPLING_FIELDS + (
+    "rollout_engine", "rehearsal_reward_weight", "reward_max_val", "reward_min_val", "report_to",
+    "tensorboard_history_mb")
 """``GSPOSettings`` fields the project acts on itself; every other field is a ``GRPOConfig`` option."""
 
 REPORT_TARGETS = ("none", "tensorboard", "wandb", "mlflow")
@@ -200,6 +202,16 @@ class GSPOSettings:
         "With more than one process: ``ddp`` (data parallel; every GPU holds the whole model, gradients are "
         "averaged) or ``fsdp`` (FSDP2; parameters, gradients and optimizer state are sharded across the GPUs, for "
         "a model that does not fit on one). Ignored with one process.")})
+    dynamic_sampling: bool = field(default=False, metadata={"help": (
+        "DAPO's dynamic sampling (``core.dynamic_sampling``): drop every group whose completions all earn the same "
+        "reward (it has zero advantage and teaches nothing) and fill its place with groups of newly drawn training "
+        "prompts, so each step trains on groups that differ. Costs extra rollouts; worth it when many groups have "
+        "zero spread (``frac_reward_zero_std`` high: a model that answers many items always or never right). One "
+        "training process only.")})
+    dynamic_sampling_max_rounds: int = field(default=4, metadata={"help": (
+        "With ``dynamic_sampling``: most extra rounds of rollouts per generation batch, each for the groups still "
+        "missing. A batch still short after them trains on what it found plus zero-spread groups (no gradient) "
+        "and the run log says so; raise it when that happens often.")})
 
     def __post_init__(self) -> None:
         if self.distributed not in DISTRIBUTED_MODES:
@@ -269,6 +281,12 @@ class GSPOSettings:
         if self.importance_sampling_level not in ("sequence", "token"):
             raise ValueError("importance_sampling_level must be 'sequence' (GSPO) or 'token' (GRPO), got "
                              f"{self.importance_sampling_level!r}")
+        if self.dynamic_sampling_max_rounds < 1:
+            raise ValueError(f"dynamic_sampling_max_rounds must be >= 1, got {self.dynamic_sampling_max_rounds}")
+        if self.dynamic_sampling and self.num_processes != 1:
+            raise ValueError(f"dynamic_sampling runs on one training process, got num_processes={self.num_processes}: "
+                             "every process would have to agree on each extra round of rollouts. Set "
+                             "num_processes=1 or dynamic_sampling=False")
         if self.num_processes:  # 0 (one per GPU) is resolved on the training machine, which checks again then
             self.check_generation_batch(self.num_processes)
 

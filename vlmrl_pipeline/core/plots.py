@@ -32,7 +32,8 @@ def training_curves_png(log_history: Sequence[dict]) -> bytes:
 
     has_entropy = bool(series("entropy")[1])
     has_mismatch = bool(series("sampling/sampling_logp_difference/mean")[1])
-    extra = int(has_entropy) + int(has_mismatch)
+    has_dynamic = bool(series("dynamic_sampling/frac_reward_zero_std_sampled")[1])
+    extra = int(has_entropy) + int(has_mismatch) + int(has_dynamic)
     fig, axes = plt.subplots(1, 2 + extra, figsize=(4.5 * (2 + extra), 3.2))
     ax_r, ax_l = axes[0], axes[1]
     for key, label in (
@@ -72,6 +73,14 @@ def training_curves_png(log_history: Sequence[dict]) -> bytes:
         twin.set_ylabel("importance ratio")
         ax.legend(fontsize=8, loc="upper left")
         twin.legend(fontsize=8, loc="upper right")
+    if has_dynamic:  # dynamic sampling: the zero-spread share it dropped, and what trained
+        ax = axes[position]
+        ax.plot(*series("dynamic_sampling/frac_reward_zero_std_sampled"), label="sampled")
+        ax.plot(*series("frac_reward_zero_std"), label="trained")
+        ax.set_xlabel("step")
+        ax.set_title("zero-spread share of groups (dynamic sampling)")
+        ax.legend(fontsize=8)
+        position += 1
     del steps
     return _png(fig)
 

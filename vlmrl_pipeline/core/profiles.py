@@ -192,6 +192,14 @@ def qwen3vl_8b_paper_profile() -> Profile:
     return replace(seed, name="qwen3vl-8b-paper", gspo=paper_gspo_settings(seed.gspo))
 
 
+def qwen3vl_8b_dapo_profile() -> Profile:
+    """The seed's setup with DAPO's dynamic sampling (``core.dynamic_sampling``): groups whose rewards are all equal
+    are dropped and refilled with newly drawn MathVista prompts, so every step trains on groups that differ. For an 8B
+    model that answers many MathVista items always or never right, most groups would otherwise teach nothing."""
+    seed = qwen3vl_8b_profile()
+    return replace(seed, name="qwen3vl-8b-dapo", gspo=replace(seed.gspo, dynamic_sampling=True))
+
+
 def _vision_notebook_gspo(**changes) -> GSPOSettings:
     """GRPOConfig of Unsloth's vision GRPO notebooks (seeds 002/003): wd 0.1, 10% warm-up, AdamW betas 0.9/0.99
     (seed 003), clip 3e-4/4e-4, 8 generations; ``loss_type`` stays their ``dr_grpo``."""
@@ -279,6 +287,7 @@ PROFILES = {
     "demo-gpu": demo_gpu_profile,
     "qwen3vl-8b": qwen3vl_8b_profile,
     "qwen3vl-8b-paper": qwen3vl_8b_paper_profile,
+    "qwen3vl-8b-dapo": qwen3vl_8b_dapo_profile,
     "qwen25vl-7b": qwen25vl_7b_profile,
     "gemma3-4b": gemma3_4b_profile,
     "geo3k": geo3k_profile,

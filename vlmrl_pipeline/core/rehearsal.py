@@ -130,6 +130,7 @@ def write_geo3k_layout(out_dir: str | os.PathLike, *, num_rows: int = 48, split:
 REHEARSAL_STANDINS = {
     "qwen3vl-8b": "qwen3vl-8b",
     "qwen3vl-8b-paper": "qwen3vl-2b",
+    "qwen3vl-8b-dapo": "qwen3vl-2b",
     "geo3k": "qwen3vl-2b",
     "qwen25vl-7b": "qwen25vl-7b",
     "gemma3-4b": "gemma3-4b",

@@ -191,7 +191,8 @@ def _progress_callback(log: Callable[[str], None] | None, progress_file: str | P
             if loss is not None and not math.isfinite(float(loss)):
                 raise NonFiniteLossError(non_finite_loss_message(float(loss), state.global_step, state.max_steps))
             if log is not None and "reward" in logs and getattr(state, "is_world_process_zero", True):
-                keys = ("loss", "reward", "reward_std", "completions/mean_length", "frac_reward_zero_std")
+                keys = ("loss", "reward", "reward_std", "completions/mean_length", "frac_reward_zero_std",
+                        "dynamic_sampling/groups_dropped")
                 shown = " ".join(f"{k}={float(logs[k]):.4g}" for k in keys if k in logs)
                 progress = self.progress if self.progress and self.progress["global_step"] == state.global_step \
                     else None
@@ -235,6 +236,8 @@ class TrainingResult:
     scheduler_last_epoch: int | None = None
     """The learning-rate scheduler's step counter at the end, same meaning."""
     world_size: int = 1
+    dynamic_sampling_draws: list[dict[str, Any]] = field(default_factory=list)
+    """With ``dynamic_sampling``: each extra round's optimizer step, round and the training rows it drew."""
 
     def series(self, key: str) -> list[tuple[int, float]]:
         """``(step, value)`` pairs of one logged metric, e.g. ``"reward"``."""
@@ -295,7 +298,12 @@ def train_gspo(
             "so GSPO's sequence ratio is exactly 1 and its clipping never acts; paper_gspo_settings() reuses "
             "generations")
     progress = _progress_callback(log, progress_file)
-    trainer = _checked_trainer_class(GRPOTrainer)(
+    trainer_class = _checked_trainer_class(GRPOTrainer)
+    if settings.dynamic_sampling:
+        from vlmrl_pipeline.core.dynamic_sampling import dynamic_sampling_trainer_class
+
+        trainer_class = dynamic_sampling_trainer_class(trainer_class, settings.dynamic_sampling_max_rounds, log)
+    trainer = trainer_class(
         model=model,
         reward_funcs=list(reward_funcs),
         args=config,
@@ -326,6 +334,7 @@ def train_gspo(
         scheduler_last_epoch=getattr(getattr(trainer.lr_scheduler, "scheduler", trainer.lr_scheduler),
                                      "last_epoch", None),
         world_size=int(config.world_size),
+        dynamic_sampling_draws=list(getattr(trainer, "dynamic_sampling_draws", [])),
     )
     return trainer.model, result
 

@@ -206,6 +206,8 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
                        "scheduler_last_epoch": result.scheduler_last_epoch},
             "launch": {"num_processes": world_size, "distributed": summary["distributed"],
                        "checkpoint_key": job.checkpoint_key, "work_dir": job.work_dir},
+            # With dynamic sampling: which training rows each extra round drew (this process's steps only).
+            "dynamic_sampling_draws": result.dynamic_sampling_draws,
         })
     return summary
 
