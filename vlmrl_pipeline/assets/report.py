@@ -56,7 +56,11 @@ def eval_diff_report(context: AssetExecutionContext, artifacts: ArtifactStore,
     tolerance = export_settings.to_core().shipped_accuracy_tolerance
     shipped, reasons = _shipped_records(artifacts, after_info.get("adapter_sha256"), context.log)
     diff["shipped"] = shipped_rows(after, shipped, tolerance, {k: {"reason": v} for k, v in reasons.items()})
-    markdown = report_markdown(diff) + "\n" + shipped_markdown(diff["shipped"], tolerance)
+    # Which training step the evaluated adapter is (keep_checkpoint), chosen without the held-out rows.
+    diff["kept_checkpoint"] = after_info.get("kept_checkpoint")
+    kept_line = (f"\nAdapter evaluated: {diff['kept_checkpoint']}. The held-out rows played no part in "
+                 "training or in this choice.\n" if diff["kept_checkpoint"] else "")
+    markdown = report_markdown(diff) + kept_line + "\n" + shipped_markdown(diff["shipped"], tolerance)
     chart = before_after_png(diff["headline"], diff["comparison"])
     with artifacts.staging(context.asset_key) as tmp:
         write_json_atomic(tmp / "report.json", diff)
@@ -84,6 +88,7 @@ def eval_diff_report(context: AssetExecutionContext, artifacts: ArtifactStore,
             # Each shipped artifact's rates and change against the adapter, as floats the UI plots across runs.
             **shipped_metadata(diff["shipped"]),
             "shipped": MetadataValue.md(shipped_markdown(diff["shipped"], tolerance)),
+            "kept_checkpoint": str(diff["kept_checkpoint"] or "unrecorded"),
             "num_samples": diff["num_samples"],
             "num_flipped": len(diff["flipped_samples"]),
             "evaluation_environments": "; ".join(diff["environment"]["differences"]) or "the same",
