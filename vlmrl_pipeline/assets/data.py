@@ -13,7 +13,7 @@ from dagster import (
 )
 
 from vlmrl_pipeline.assets.metadata import environment_metadata, table_metadata
-from vlmrl_pipeline.core.data.filtering import filter_rows, split_train_eval
+from vlmrl_pipeline.core.data.filtering import filter_rows, split_train_eval, split_validation
 from vlmrl_pipeline.core.data.images import count_skips, prepare_images
 from vlmrl_pipeline.core.data.mathvista import load_mathvista
 from vlmrl_pipeline.core.data.rlinf import load_rlinf
@@ -21,7 +21,7 @@ from vlmrl_pipeline.core.data.schema import MATHVISTA_COLUMNS
 from vlmrl_pipeline.core.demo.synthetic import write_synthetic_mathvista
 from vlmrl_pipeline.core.files import sha256_file, write_json_atomic
 from vlmrl_pipeline.core.profiles import SYNTHETIC_SOURCE
-from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_EVAL, SPLIT_TRAIN
+from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_EVAL, SPLIT_TRAIN, SPLIT_VALIDATION
 from vlmrl_pipeline.execution import CPU_TAGS
 from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore, DataSettingsResource
 
@@ -149,12 +149,19 @@ def resized_images(
         if prepared.empty:
             raise ValueError(f"all {len(filtered)} images failed to load: {skipped[:5]}")
         train, held_out = split_train_eval(prepared, settings.eval_size, settings.seed)
-        manifest = pd.concat([train.assign(split=SPLIT_TRAIN), held_out.assign(split=SPLIT_EVAL)], ignore_index=True)
+        splits = [train.assign(split=SPLIT_TRAIN), held_out.assign(split=SPLIT_EVAL)]
+        validation = train.iloc[0:0]
+        if settings.validation_size:  # 0: the manifest is the two-split one, byte for byte
+            carved, validation = split_validation(train, settings.validation_size, settings.seed)
+            splits = [carved.assign(split=SPLIT_TRAIN), held_out.assign(split=SPLIT_EVAL),
+                      validation.assign(split=SPLIT_VALIDATION)]
+            train = carved
+        manifest = pd.concat(splits, ignore_index=True)
         # Relative to the asset folder, so the data folder can move (read_manifest resolves them).
         manifest["image_path"] = [f"images/{pid}.png" for pid in manifest["pid"]]
         manifest.to_parquet(tmp / MANIFEST_NAME, index=False)
         write_json_atomic(tmp / SKIPPED_NAME, skipped)
-    dropped_duplicates = len(prepared) - len(manifest)
+    dropped_duplicates = len(prepared) - len(manifest)  # of eval's images, then validation's
     for item in skipped:
         context.log.warning(f"skipped pid {item['pid']} ({item['kind']}): {item['reason']}")
     return MaterializeResult(
@@ -166,6 +173,7 @@ def resized_images(
             "num_images": len(prepared),
             "num_train": len(train),
             "num_eval": len(held_out),
+            "num_validation": len(validation),
             "num_skipped": len(skipped),
             **{f"skipped_{kind}": n for kind, n in count_skips(skipped).items() if kind != "total"},
             "skipped": MetadataValue.json(skipped[:MAX_LISTED]),
@@ -180,19 +188,31 @@ def _load_manifest_splits(artifacts: ArtifactStore) -> tuple[pd.DataFrame, pd.Da
     return manifest[manifest["split"] == SPLIT_TRAIN], manifest[manifest["split"] == SPLIT_EVAL]
 
 
-@asset_check(asset=resized_images, blocking=True, description="Train and eval are disjoint by pid and by image")
+@asset_check(asset=resized_images, blocking=True,
+             description="Train, eval and validation are pairwise disjoint by pid and by image")
 def train_eval_disjoint(artifacts: ArtifactStore) -> AssetCheckResult:
-    """No evaluation sample (by ``pid`` or by identical resized image) appears in the training split."""
-    train, held_out = _load_manifest_splits(artifacts)
-    shared_pids = sorted(set(train["pid"].astype(str)) & set(held_out["pid"].astype(str)))
-    shared_images = sorted(set(train["image_sha256"]) & set(held_out["image_sha256"]))
+    """No sample (by ``pid`` or by identical resized image) is in two of the splits: training, held-out
+    evaluation, validation (when ``validation_size`` carved one); training and evaluation are never empty."""
+    manifest = pd.read_parquet(artifacts.asset_dir(resized_images) / MANIFEST_NAME)
+    splits = {name: manifest[manifest["split"] == name] for name in (SPLIT_TRAIN, SPLIT_EVAL, SPLIT_VALIDATION)}
+    shared: dict[str, int] = {}
+    for i, (a, rows_a) in enumerate(splits.items()):
+        for b, rows_b in list(splits.items())[i + 1:]:
+            shared[f"shared_pids_{a}_{b}"] = len(set(rows_a["pid"].astype(str)) & set(rows_b["pid"].astype(str)))
+            shared[f"shared_images_{a}_{b}"] = len(set(rows_a["image_sha256"]) & set(rows_b["image_sha256"]))
+    unknown = sorted(set(manifest["split"]) - set(splits))
     return AssetCheckResult(
-        passed=not shared_pids and not shared_images and len(held_out) > 0 and len(train) > 0,
+        passed=not any(shared.values()) and not unknown and len(splits[SPLIT_EVAL]) > 0
+        and len(splits[SPLIT_TRAIN]) > 0,
         metadata={
-            "num_train": len(train),
-            "num_eval": len(held_out),
-            "shared_pids": len(shared_pids),
-            "shared_images": len(shared_images),
+            "num_train": len(splits[SPLIT_TRAIN]),
+            "num_eval": len(splits[SPLIT_EVAL]),
+            "num_validation": len(splits[SPLIT_VALIDATION]),
+            # The two-split names, kept: train vs eval.
+            "shared_pids": shared[f"shared_pids_{SPLIT_TRAIN}_{SPLIT_EVAL}"],
+            "shared_images": shared[f"shared_images_{SPLIT_TRAIN}_{SPLIT_EVAL}"],
+            **shared,
+            "unknown_splits": MetadataValue.json(unknown),
         },
     )
 

@@ -37,7 +37,7 @@ from vlmrl_pipeline.core.evaluation import (
     summarize_records,
 )
 from vlmrl_pipeline.core.modeling import load_policy, load_processor, vllm_dtype
-from vlmrl_pipeline.core.rewards import REWARD_VERSION
+from vlmrl_pipeline.core.rewards import REWARD_VERSION, gspo_reward_set, reward_name, reward_set_version
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, filter_context_overflow, read_manifest, split_rows
 from vlmrl_pipeline.execution import CPU_TAGS, GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import (
@@ -47,6 +47,7 @@ from vlmrl_pipeline.resources import (
     DataSettingsResource,
     EvalSettingsResource,
     ModelSettingsResource,
+    TrainingSettingsResource,
     asset_folder,
 )
 
@@ -141,14 +142,20 @@ def _generate(
 
 
 def _score(context: AssetExecutionContext, completions_asset: AssetsDefinition, artifacts: ArtifactStore,
-           data_settings: DataSettingsResource) -> MaterializeResult:
+           data_settings: DataSettingsResource, training_settings: TrainingSettingsResource) -> MaterializeResult:
     data = data_settings.to_core()
+    # Exactly the rewards GSPO trains with (functions, weights, boxed values), so the records' rewards are its.
+    rewards = gspo_reward_set(data.answer_format, training_settings.to_core())
+    version = reward_set_version(rewards)
     artifacts.verify(completions_asset, resized_images, log=context.log.warning)
     completions, info = load_completions(artifacts.asset_dir(completions_asset))
     rows = split_rows(read_manifest(artifacts.asset_dir(resized_images)), SPLIT_EVAL)
-    records = score_stored_completions(rows, completions, data.answer_format)
+    records = score_stored_completions(rows, completions, data.answer_format, rewards=rewards,
+                                       style=data.prompt_style)
     summary = summarize_records(records)
-    provenance = {**info, "reward_version": REWARD_VERSION, "answer_format": data.answer_format,
+    reward_info = {"reward_functions": [reward_name(f) for f in rewards.functions],
+                   "reward_weights": list(rewards.weights)}
+    provenance = {**info, "reward_version": version, "answer_format": data.answer_format, **reward_info,
                   "completions_from": asset_folder(completions_asset), "summary": summary}
     with artifacts.staging(context.asset_key) as tmp:
         save_records(records, tmp, asset_folder(context.asset_key), provenance)
@@ -163,7 +170,9 @@ def _score(context: AssetExecutionContext, completions_asset: AssetsDefinition, 
             # Text, so the UI shows it: "none", or why these answers look like a collapsed policy.
             "collapse": "; ".join(summary["collapse"]) or "none",
             **{k: info[k] for k in LINEAGE_KEYS if k in info},
-            "reward_version": REWARD_VERSION,
+            "reward_version": version,
+            "reward_functions": ", ".join(reward_info["reward_functions"]),
+            "reward_weights": MetadataValue.json(reward_info["reward_weights"]),
             "answer_format": data.answer_format,
             "preview": MetadataValue.md(records[PREVIEW_COLUMNS].head(20).to_markdown(index=False)),
         }
@@ -211,7 +220,8 @@ def after_completions(
        group_name="evaluation", deps=[baseline_completions, resized_images], kinds={"pandas"},
        code_version=REWARD_VERSION, tags=CPU_TAGS)
 def baseline_records(context: AssetExecutionContext, artifacts: ArtifactStore,
-                     data_settings: DataSettingsResource) -> MaterializeResult:
+                     data_settings: DataSettingsResource,
+                     training_settings: TrainingSettingsResource) -> MaterializeResult:
     """Per-sample records of the base policy: completion, ``pred``, ``correct`` (strict, the seed's metric),
     ``correct_numeric``, ``correct_mathvista`` (MathVista's rules), ``format_ok`` and the reward values, saved as
     ``baseline_records.json`` (with provenance) and ``.parquet``.
@@ -219,16 +229,17 @@ def baseline_records(context: AssetExecutionContext, artifacts: ArtifactStore,
     This is the "before" of the comparison. It only scores stored completions, so its code version is the
     rewards' source hash: a reward change re-runs this in seconds, not the generation.
     """
-    return _score(context, baseline_completions, artifacts, data_settings)
+    return _score(context, baseline_completions, artifacts, data_settings, training_settings)
 
 
 @asset(config_schema=NO_OP_CONFIG,
        group_name="evaluation", deps=[after_completions, resized_images], kinds={"pandas"},
        code_version=REWARD_VERSION, tags=CPU_TAGS)
 def after_records(context: AssetExecutionContext, artifacts: ArtifactStore,
-                  data_settings: DataSettingsResource) -> MaterializeResult:
+                  data_settings: DataSettingsResource,
+                  training_settings: TrainingSettingsResource) -> MaterializeResult:
     """The same records as ``baseline_records``, for the policy after GSPO (base plus the LoRA adapter)."""
-    return _score(context, after_completions, artifacts, data_settings)
+    return _score(context, after_completions, artifacts, data_settings, training_settings)
 
 
 def _records_complete(artifacts: ArtifactStore, records_asset: AssetsDefinition,

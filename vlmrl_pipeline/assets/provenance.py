@@ -34,6 +34,8 @@ def lineage(artifacts: ArtifactStore, adapter_dir: Path | None = None, *, with_r
         "manifest_sha256": sha256_file(artifacts.asset_dir(resized_images) / MANIFEST_NAME),
         "adapter_sha256": sha256_file(adapter_dir / ADAPTER_WEIGHTS) if adapter_dir else "none (base model)",
     }
+    if adapter_dir and (Path(adapter_dir) / "training_log.json").is_file():
+        provenance["kept_checkpoint"] = kept_checkpoint_text(adapter_dir)
     if with_rewards:
         provenance["reward_version"] = REWARD_VERSION
     return provenance
@@ -63,3 +65,17 @@ def card_sample(artifacts: ArtifactStore, style):
     rows = split_rows(manifest, SPLIT_EVAL) if (manifest["split"] == SPLIT_EVAL).any() else manifest
     row = rows.iloc[0].to_dict()
     return sample_for_card(row, artifacts.root, style)
+
+
+def kept_checkpoint_text(adapter_dir: Path) -> str:
+    """Which training step the adapter in ``adapter_dir`` is, and why (``keep_checkpoint``), from its training log.
+
+    An adapter trained before ``keep_checkpoint`` existed is the last step's."""
+    import json
+
+    log = json.loads((Path(adapter_dir) / "training_log.json").read_text())
+    kept = log.get("kept_checkpoint") or {}
+    step = kept.get("step", log.get("global_step"))
+    return f"step {step} of {kept.get('final_step', log.get('global_step'))}: " + (
+        kept.get("why") or "the adapter after the final step (keep_checkpoint='last')")
+

@@ -63,7 +63,11 @@ def eval_diff_report(context: AssetExecutionContext, artifacts: ArtifactStore,
     tolerance = export_settings.to_core().shipped_accuracy_tolerance
     shipped, reasons = _shipped_records(artifacts, after_info.get("adapter_sha256"), context.log)
     diff["shipped"] = shipped_rows(after, shipped, tolerance, {k: {"reason": v} for k, v in reasons.items()})
-    markdown = report_markdown(diff) + "\n" + shipped_markdown(diff["shipped"], tolerance)
+    # Which training step the evaluated adapter is (keep_checkpoint), chosen without the held-out rows.
+    diff["kept_checkpoint"] = after_info.get("kept_checkpoint")
+    kept_line = (f"\nAdapter evaluated: {diff['kept_checkpoint']}. The held-out rows played no part in "
+                 "training or in this choice.\n" if diff["kept_checkpoint"] else "")
+    markdown = report_markdown(diff) + kept_line + "\n" + shipped_markdown(diff["shipped"], tolerance)
     chart = before_after_png(diff["headline"], diff["comparison"])
     curves, curves_note = _training_curves(artifacts, after_info.get("adapter_sha256"))
     if curves is None:
@@ -94,6 +98,7 @@ def eval_diff_report(context: AssetExecutionContext, artifacts: ArtifactStore,
             "shipped": MetadataValue.md(shipped_markdown(diff["shipped"], tolerance)),
             "samples": f"{diff['num_samples']} held-out samples, {len(diff['flipped_samples'])} flipped",
             "model_cards_updated": ", ".join(cards) or "none",
+            "kept_checkpoint": str(diff["kept_checkpoint"] or "unrecorded"),
             "evaluation_environments": "; ".join(diff["environment"]["differences"]) or "the same",
             "report": MetadataValue.md(markdown),
             "before_after": _image_metadata(artifacts, "before_after.png", chart, "accuracy and format, before/after"),

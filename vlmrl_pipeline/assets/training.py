@@ -60,11 +60,18 @@ from vlmrl_pipeline.core.model_card import (
 )
 from vlmrl_pipeline.core.modeling import resolve_backend
 from vlmrl_pipeline.core.plots import png_markdown, training_curves_png
-from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_set
+from vlmrl_pipeline.core.rewards import (
+    gspo_reward_set,
+    reward_import_roots,
+    reward_kwargs_for_rows,
+    reward_problems,
+    reward_set,
+    reward_set_version,
+)
 from vlmrl_pipeline.core.rollout_engine import resolve_rollout_engine
 from vlmrl_pipeline.core.rollout_server import plan_gpus, server_settings_problems
 from vlmrl_pipeline.core.run_history import keep_run, run_folder_name, run_folders
-from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_TRAIN, read_manifest, split_rows
+from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_TRAIN, SPLIT_VALIDATION, read_manifest, split_rows
 from vlmrl_pipeline.core.settings_check import vllm_conflicts
 from vlmrl_pipeline.core.training import rollout_summary
 from vlmrl_pipeline.core.training_job import TRAINING_LOG, TrainingJob, TrainingProcessError, describe_failure
@@ -112,8 +119,11 @@ def lora_adapter(
     """A LoRA adapter trained with GSPO (TRL ``GRPOTrainer``, ``importance_sampling_level="sequence"``).
 
     Rewards follow ``answer_format``: the seeds' formatting and correctness functions weighted 0.3 and 1.0
-    (``tags``), or RLinf's +1/0 boxed-answer reward (``boxed``). Prompts that overflow the context are dropped and
-    counted first. LoRA sits on the language model's attention and MLP projections; the vision tower is frozen.
+    (``tags``), or RLinf's +1/0 boxed-answer reward (``boxed``), unless ``reward_funcs`` names others (each tried on
+    a training row before anything launches). Prompts that overflow the context are dropped and counted first.
+    With ``eval_steps`` the policy is evaluated on the validation rows during training, and ``keep_checkpoint``
+    picks the adapter written (the metadata says which step and why). LoRA sits on the language model's attention
+    and MLP projections; the vision tower is frozen.
     Trains on the training split only. Training runs in its own process(es): ``accelerate launch`` through Dagster
     Pipes, one process on a CPU or one per GPU (``num_processes``, ``distributed``), with its logs and metrics
     streamed into this run. Checkpoints every ``save_steps`` go to a folder keyed by the training inputs; after a
@@ -139,7 +149,21 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     artifacts.verify(base_model, resized_images, log=context.log.warning)  # the weights and every training image
     load_path, ref = base_model_path(artifacts)
     manifest_dir = artifacts.asset_dir(resized_images)
-    split_rows(read_manifest(manifest_dir), SPLIT_TRAIN)  # no manifest or no training rows: say so now
+    manifest = read_manifest(manifest_dir)
+    train_rows = split_rows(manifest, SPLIT_TRAIN)  # no manifest or no training rows: say so now
+    # Refused before any model loads: a plugged-in reward that does not import or score a real training row, and
+    # validation settings without validation rows.
+    rewards = gspo_reward_set(data.answer_format, gspo)
+    if gspo.reward_funcs:
+        problems = reward_problems(tuple(gspo.reward_funcs), reward_kwargs_for_rows(train_rows.head(1),
+                                                                                    data.prompt_style))
+        if problems:
+            raise ValueError("; ".join(problems))
+    num_validation = int((manifest["split"] == SPLIT_VALIDATION).sum())
+    if (gspo.eval_steps or gspo.keep_checkpoint == "best_validation") and not num_validation:
+        raise ValueError(f"training_settings.eval_steps={gspo.eval_steps} / "
+                         f"keep_checkpoint={gspo.keep_checkpoint!r} need validation rows, but resized_images' "
+                         "manifest has none: set data_settings.validation_size and materialize resized_images again")
     gpus = visible_gpu_count()
     server_cfg = rollout_server.to_core()
     if gspo.vllm_mode == "server" and server_cfg.gpu_ids:  # training takes the GPUs the server leaves it
@@ -162,6 +186,9 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
     gspo.check_generation_batch(processes)  # num_processes=0 resolves only here
     backend = resolve_backend(model_cfg.backend)
     check_backend_supports(backend, processes, gspo.distributed)
+    if gspo.eval_steps and processes > 1 and gspo.distributed == "fsdp":
+        raise ValueError("training_settings.eval_steps with distributed='fsdp' is not supported: validation "
+                         "generates on the whole policy, which FSDP shards; use ddp, one process, or eval_steps=0")
     # Resolved before the checks, the checkpoint key and the job: they all see the switches training runs with, so
     # a resumed run cannot change engines unnoticed (its key would differ).
     engine = resolve_rollout_engine(model_cfg, gspo, backend)
@@ -188,7 +215,7 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
         gspo=asdict(gspo), model=asdict(model_cfg), prompt_style=style, base_model_ref=ref,
         base_model_files=local_files_state(load_path, cache_file=artifacts.asset_dir(HASH_CACHE)),
         manifest_sha256=sha256_file(manifest_dir / MANIFEST_NAME),
-        reward_version=REWARD_VERSION, num_processes=processes, code_version=TRAINING_CODE_VERSION,
+        reward_version=reward_set_version(rewards), num_processes=processes, code_version=TRAINING_CODE_VERSION,
     )
     checkpoints_root = artifacts.asset_dir(CHECKPOINTS_DIR)
     work = prepare_work_dir(checkpoints_root, inputs)
@@ -245,13 +272,14 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
         try:
             invocation = PipesSubprocessClient().run(
                 command=command, context=context, extras={"job": str(job_file), "checkpoint_key": work.name},
-                env=_child_env(),
+                env=_child_env(reward_import_roots(tuple(gspo.reward_funcs))),
             )
         except Exception as exc:  # the process exited non-zero (Dagster's DagsterPipesExecutionError) or died
             raise TrainingProcessError(describe_failure(job_file, work, str(exc))) from exc
         serving.close()  # training is done: the server's GPUs are free again
         reported = dict(invocation.get_materialize_result().metadata or {})
         log = json.loads((tmp / TRAINING_LOG).read_text())
+        kept = log.get("kept_checkpoint") or {}
         curves = training_curves_png(log["log_history"])
         (tmp / TRAINING_CURVES).write_bytes(curves)
         # transformers writes TensorBoard events under the trainer's output dir (one folder per attempt, so a
@@ -270,6 +298,16 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             "path": MetadataValue.path(str(artifacts.asset_dir(context.asset_key))),
             **reported,  # from the training process: backend, train_rows, global_step, resumed_from_step, ...
             **lineage(artifacts),  # adapter_sha256 below: this run's adapter
+            "reward_version": log["reward_version"],
+            "reward_functions": ", ".join(log["reward_functions"]),
+            "reward_weights": MetadataValue.json(log["reward_weights"]),
+            **({"reward_paths": MetadataValue.json(log["reward_paths"])} if log.get("reward_paths") else {}),
+            "kept_checkpoint": kept.get("policy", "last"),
+            "kept_checkpoint_step": int(kept.get("step", log["global_step"])),
+            "kept_checkpoint_why": kept.get("why", ""),
+            **({"validation_rows": log["validation"]["rows"],
+                "kept_validation": MetadataValue.json(kept.get("validation"))}
+               if log.get("validation", {}).get("rows") else {}),
             "first_logged_reward": logged[0] if logged else float("nan"),
             "final_logged_reward": logged[-1] if logged else float("nan"),
             "adapter_sha256": stats["sha256"],
@@ -328,11 +366,13 @@ def _make_standalone(folder, artifacts: ArtifactStore, load_path: str, ref: dict
     (folder / CARD_NAME).write_text(adapter_card(facts, card_sample(artifacts, data.prompt_style)), encoding="utf-8")
 
 
-def _child_env() -> dict[str, str]:
-    """The training process imports this package from wherever the launching step did."""
+def _child_env(extra_paths: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """The training process imports this package from wherever the launching step did, and the plugged-in
+    rewards' modules from the folders this step imported them from (``extra_paths``)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(vlmrl_pipeline.__file__)))
     path = os.environ.get("PYTHONPATH")
-    return {"PYTHONPATH": root + (os.pathsep + path if path else ""), "PYTHONUNBUFFERED": "1",
+    roots = os.pathsep.join([root, *extra_paths])
+    return {"PYTHONPATH": roots + (os.pathsep + path if path else ""), "PYTHONUNBUFFERED": "1",
             "TOKENIZERS_PARALLELISM": "false"}
 
 

@@ -68,8 +68,15 @@ def _precision(value: Any) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def score_records(eval_rows: pd.DataFrame, completions: Sequence[str], answer_format: str = "tags") -> pd.DataFrame:
+def score_records(eval_rows: pd.DataFrame, completions: Sequence[str], answer_format: str = "tags",
+                  rewards: Any = None, style: PromptStyle | None = None) -> pd.DataFrame:
     """One record per evaluation row: the completion, the extracted prediction and every score.
+
+    ``rewards`` (a ``core.rewards.RewardSet``: the one training used, ``gspo_reward_set``) makes the reward columns
+    exactly training's: each function is called as TRL calls it (chat prompts from ``style``, the dataset's
+    columns, conversational completions), ``rewards`` holds ``{function name: value}``, ``total_reward`` their
+    weighted sum, and ``format_reward`` / ``correctness_reward`` the values of the set's ``formatting_reward`` and
+    ``correctness_reward`` / ``boxed_reward`` where it has them. Without it, the answer format's default rewards.
 
     Three accuracies, because they disagree and the report shows all of them: ``correct`` is the seed's strict
     string match ("991.0" is wrong against "991"); ``correct_numeric`` also accepts a numerically equal answer
@@ -108,11 +115,32 @@ def score_records(eval_rows: pd.DataFrame, completions: Sequence[str], answer_fo
                                    question_type=question_type),
             }
         )
-    table = pd.DataFrame.from_records(records, columns=list(RECORD_COLUMNS))
+    if rewards is not None:
+        _apply_reward_set(records, eval_rows, rewards, style or PromptStyle(answer_format=answer_format))
+    table = pd.DataFrame.from_records(records, columns=list(RECORD_COLUMNS) + (["rewards"] if rewards else []))
     # "no answer block", "no choices", "no precision" stay None (null in JSON/parquet), not pandas' NaN.
     for column in ("pred", "choices", "precision"):
         table[column] = pd.Series([r[column] for r in records], dtype=object)
     return table
+
+
+FORMAT_REWARDS = ("formatting_reward",)
+CORRECTNESS_REWARDS = ("correctness_reward", "boxed_reward")
+"""The reward functions whose values fill the records' ``format_reward`` / ``correctness_reward`` columns."""
+
+
+def _apply_reward_set(records: list[dict[str, Any]], rows: pd.DataFrame, rewards: Any, style: PromptStyle) -> None:
+    from vlmrl_pipeline.core.rewards import reward_kwargs_for_rows, score_with_reward_set
+
+    values, totals = score_with_reward_set(rewards, [r["completion"] for r in records],
+                                           **reward_kwargs_for_rows(rows, style))
+    for i, record in enumerate(records):
+        record["rewards"] = {name: scores[i] for name, scores in values.items()}
+        record["total_reward"] = totals[i]
+        for column, names in (("format_reward", FORMAT_REWARDS), ("correctness_reward", CORRECTNESS_REWARDS)):
+            found = [values[n][i] for n in names if n in values and values[n][i] is not None]
+            if found:
+                record[column] = float(found[0])
 
 
 def summarize_records(records: pd.DataFrame, collapse: CollapseSettings = CollapseSettings()) -> dict[str, Any]:
@@ -275,7 +303,7 @@ def report_markdown(diff: dict[str, Any], max_rows: int = 20) -> str:
             f"{c['p_value']:.3g} |"
         )
     lines.append(
-        f"| mean total reward (0.3 format + 1.0 correctness) | {h['baseline_mean_total_reward']:.3f} | "
+        f"| mean total reward (the training's weighted rewards) | {h['baseline_mean_total_reward']:.3f} | "
         f"{h['after_mean_total_reward']:.3f} | {h['after_mean_total_reward'] - h['baseline_mean_total_reward']:+.3f} "
         "| | | |"
     )
@@ -449,7 +477,8 @@ def load_completions(folder: str | os.PathLike) -> tuple[pd.DataFrame, dict[str,
 
 
 def score_stored_completions(eval_rows: pd.DataFrame, completions: pd.DataFrame,
-                             answer_format: str = "tags") -> pd.DataFrame:
+                             answer_format: str = "tags", rewards: Any = None,
+                             style: PromptStyle | None = None) -> pd.DataFrame:
     """Score stored completions against their rows, matched by ``pid`` (the records follow the completions' order).
 
     Raises if a completion's pid is not an evaluation row or repeats: scores must never be attached to the wrong
@@ -463,4 +492,4 @@ def score_stored_completions(eval_rows: pd.DataFrame, completions: pd.DataFrame,
     if unknown:
         raise ValueError(f"completions for pids that are not evaluation rows: {unknown[:10]}")
     return score_records(rows.loc[pids.tolist()].reset_index(drop=True), completions["completion"].tolist(),
-                         answer_format)
+                         answer_format, rewards=rewards, style=style)

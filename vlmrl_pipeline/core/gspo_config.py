@@ -20,6 +20,8 @@ VLLM_MODES = ("colocate", "server")
 the ``lora_adapter`` step starts on GPUs of its own and stops when it ends (``server``, ``core.rollout_server``)."""
 IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 ROLLOUT_ENGINES = ("auto", "vllm", "generate")
+KEEP_CHECKPOINTS = ("last", "best_validation")
+"""``GSPOSettings.keep_checkpoint`` values: which adapter ``lora_adapter`` writes."""
 """``GSPOSettings.rollout_engine`` values; ``core.rollout_engine`` resolves them on the training machine."""
 LAUNCH_FIELDS = ("num_processes", "distributed")
 """``GSPOSettings`` fields that shape the launch (``core.launch``), not ``GRPOConfig``."""
@@ -27,7 +29,7 @@ DYNAMIC_SAMPLING_FIELDS = ("dynamic_sampling", "dynamic_sampling_max_rounds")
 """``GSPOSettings`` fields of ``core.dynamic_sampling`` (the trainer's hook, not ``GRPOConfig`` options)."""
 PROJECT_FIELDS = LAUNCH_FIELDS + DYNAMIC_SAMPLING_FIELDS + (
     "rollout_engine", "rehearsal_reward_weight", "reward_max_val", "reward_min_val", "report_to",
-    "tensorboard_history_mb")
+    "tensorboard_history_mb", "reward_funcs", "reward_weights", "eval_steps", "keep_checkpoint")
 """``GSPOSettings`` fields the project acts on itself; every other field is a ``GRPOConfig`` option."""
 
 REPORT_TARGETS = ("none", "tensorboard", "wandb", "mlflow")
@@ -198,6 +200,25 @@ class GSPOSettings:
         "``boxed`` answers only: the reward of a correct answer (RLinf's ``reward_max_val``).")})
     reward_min_val: float = field(default=0.0, metadata={"help": (
         "``boxed`` answers only: the reward of a wrong or missing answer (RLinf's ``reward_min_val``).")})
+    reward_funcs: tuple[str, ...] = field(default=(), metadata={"help": (
+        "Reward functions to train with instead of the answer format's, as import paths "
+        "``package.module:function`` (the module's folder on ``PYTHONPATH``), each with TRL's signature "
+        "``f(prompts, completions, **dataset_columns) -> list[float | None]``. Empty: the answer format's "
+        "rewards (``tags``: the seed's formatting + correctness pair; ``boxed``: RLinf's boxed reward). Each is "
+        "imported and tried on a sample before any model loads; evaluation's records score with the same set, "
+        "and the modules' source is part of the reward version (edit one and its scores go stale).")})
+    reward_weights: tuple[float, ...] = field(default=(), metadata={"help": (
+        "One weight per reward function (TRL's ``reward_weights``); empty: the answer format's weights (0.3 / 1.0 "
+        "for ``tags``), or 1.0 each for ``reward_funcs``.")})
+    eval_steps: int = field(default=0, metadata={"help": (
+        "Every this many optimizer steps (and after the last), generate greedily on the validation rows "
+        "(``data_settings.validation_size``) and score them like the held-out evaluation: accuracy, format "
+        "compliance, answer rate, mean reward go to the run log, the log history and the training curves. 0: "
+        "never. Needs validation rows; the held-out rows are never used.")})
+    keep_checkpoint: str = field(default="last", metadata={"help": (
+        "Which adapter ``lora_adapter`` writes: ``last`` (after the final step) or ``best_validation`` (the "
+        "evaluated step with the highest validation accuracy; ties go to the higher answer rate, then format "
+        "compliance, then the earlier step). Needs ``eval_steps``. The metadata says which step was kept and why.")})
     distributed: str = field(default="ddp", metadata={"help": (
         "With more than one process: ``ddp`` (data parallel; every GPU holds the whole model, gradients are "
         "averaged) or ``fsdp`` (FSDP2; parameters, gradients and optimizer state are sharded across the GPUs, for "
@@ -249,6 +270,21 @@ class GSPOSettings:
         if not self.reward_max_val > self.reward_min_val:
             raise ValueError(f"reward_max_val ({self.reward_max_val}) must be above reward_min_val "
                              f"({self.reward_min_val}): a correct answer must earn more than a wrong one")
+        if self.eval_steps < 0:
+            raise ValueError(f"eval_steps must be >= 0 (0: no validation during training), got {self.eval_steps}")
+        if self.keep_checkpoint not in KEEP_CHECKPOINTS:
+            raise ValueError(f"keep_checkpoint must be one of {KEEP_CHECKPOINTS}, got {self.keep_checkpoint!r}")
+        if self.keep_checkpoint == "best_validation" and not self.eval_steps:
+            raise ValueError("keep_checkpoint='best_validation' chooses among validation evaluations, but "
+                             "eval_steps=0 runs none: set eval_steps (and data_settings.validation_size)")
+        if any(":" not in str(path) for path in self.reward_funcs):
+            raise ValueError(f"reward_funcs entries are import paths 'package.module:function', got "
+                             f"{list(self.reward_funcs)}")
+        if self.reward_funcs and self.reward_weights and len(self.reward_weights) != len(self.reward_funcs):
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} weight(s) for {len(self.reward_funcs)} "
+                             "reward_funcs: give one per function, or none")
+        if not all(math.isfinite(float(w)) for w in self.reward_weights):
+            raise ValueError(f"reward_weights must be finite numbers, got {list(self.reward_weights)}")
         targets = report_targets(self.report_to)
         unknown = [t for t in targets if t not in REPORT_TARGETS]
         if unknown or ("none" in targets and len(targets) > 1):

@@ -22,7 +22,8 @@ def _png(fig) -> bytes:
 def training_curves_png(log_history: Sequence[dict]) -> bytes:
     """Reward (with its format/correctness parts) and mean completion length per logged GSPO step; with them, when
     logged, the policy's mean token entropy and the rollout/train mismatch (vLLM rollouts: per-token logprob
-    difference between vLLM and the trainer, and the correction's importance ratio)."""
+    difference between vLLM and the trainer, and the correction's importance ratio); and, with evaluation during
+    training (``eval_steps``), the validation accuracy, format compliance and answer rate."""
     logged = [h for h in log_history if "reward" in h]
     steps = [h["step"] for h in logged]
 
@@ -30,10 +31,11 @@ def training_curves_png(log_history: Sequence[dict]) -> bytes:
         pairs = [(h["step"], h[key]) for h in logged if h.get(key) is not None]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
+    validation = [h for h in log_history if "validation/accuracy" in h and "step" in h]
     has_entropy = bool(series("entropy")[1])
     has_mismatch = bool(series("sampling/sampling_logp_difference/mean")[1])
     has_dynamic = bool(series("dynamic_sampling/frac_reward_zero_std_sampled")[1])
-    extra = int(has_entropy) + int(has_mismatch) + int(has_dynamic)
+    extra = int(has_entropy) + int(has_mismatch) + int(has_dynamic) + int(bool(validation))
     fig, axes = plt.subplots(1, 2 + extra, figsize=(4.5 * (2 + extra), 3.2))
     ax_r, ax_l = axes[0], axes[1]
     for key, label in (
@@ -79,6 +81,18 @@ def training_curves_png(log_history: Sequence[dict]) -> bytes:
         ax.plot(*series("frac_reward_zero_std"), label="trained")
         ax.set_xlabel("step")
         ax.set_title("zero-spread share of groups (dynamic sampling)")
+        ax.legend(fontsize=8)
+        position += 1
+    if validation:
+        ax = axes[position]
+        for key, label in (("validation/accuracy", "accuracy"), ("validation/format_compliance", "format"),
+                           ("validation/answer_rate", "answer rate")):
+            pairs = [(h["step"], 100 * h[key]) for h in validation if h.get(key) is not None]
+            ax.plot([p[0] for p in pairs], [p[1] for p in pairs], marker="o", label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel("%")
+        ax.set_ylim(-5, 105)
+        ax.set_title(f"validation ({validation[0].get('validation/num_samples', '?')} rows, greedy)")
         ax.legend(fontsize=8)
         position += 1
     del steps

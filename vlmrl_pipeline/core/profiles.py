@@ -51,6 +51,10 @@ class DataSettings:
         "Images are resized to ``image_size`` x ``image_size`` RGB (the seeds use 512).")})
     eval_size: int = field(default=100, metadata={"help": (
         "Held-out evaluation rows; they are never trained on.")})
+    validation_size: int = field(default=0, metadata={"help": (
+        "Validation rows carved from the training rows (after the held-out split, which it leaves unchanged): "
+        "never trained on, evaluated during training with ``training_settings.eval_steps`` and used by "
+        "``keep_checkpoint='best_validation'``; the held-out rows stay out of every choice. 0: none.")})
     seed: int = field(default=3407, metadata={"help": (
         "Seed of the train/eval split (and of the synthetic data set).")})
     prompt_field: str = field(default="query", metadata={"help": (

@@ -13,6 +13,8 @@ from vlmrl_pipeline.core.prompts import PromptStyle, chat_prompts
 MANIFEST_NAME = "manifest.parquet"
 SPLIT_TRAIN = "train"
 SPLIT_EVAL = "eval"
+SPLIT_VALIDATION = "validation"
+"""Rows carved from the training rows (``data_settings.validation_size``) for evaluation during training."""
 
 
 def read_manifest(folder: str | os.PathLike) -> pd.DataFrame:

@@ -30,6 +30,10 @@ def settings_conflicts(data: Any = None, model: Any = None, gspo: Any = None, ge
             problems.append(f"data_settings.image_size must be >= 1, got {data.image_size}")
         if not 0.0 <= data.max_lost_fraction <= 1.0:
             problems.append(f"data_settings.max_lost_fraction must be in [0, 1], got {data.max_lost_fraction}")
+        if getattr(data, "validation_size", 0) < 0:
+            problems.append(f"data_settings.validation_size must be >= 0 (0: no validation rows), got "
+                            f"{data.validation_size}")
+    problems += validation_conflicts(data, gspo)
     problems += vllm_conflicts(model, gspo)
     limit = getattr(model, "max_seq_length", None)
     if limit is not None and limit < 1:
@@ -42,6 +46,28 @@ def settings_conflicts(data: Any = None, model: Any = None, gspo: Any = None, ge
         if new_tokens is not None and new_tokens >= limit:
             problems.append(f"eval_settings.max_new_tokens={new_tokens} leaves no room for the prompt in "
                             f"model_settings.max_seq_length={limit}")
+    return problems
+
+
+def validation_conflicts(data: Any = None, gspo: Any = None) -> list[str]:
+    """Validation during training without validation rows (``eval_steps``, ``keep_checkpoint='best_validation'``
+    with ``data_settings.validation_size=0``), and plugged-in rewards that do not import or do not score a sample
+    (``core.rewards.reward_problems``)."""
+    if gspo is None:
+        return []
+    problems = []
+    if data is not None and not getattr(data, "validation_size", 0):
+        if getattr(gspo, "eval_steps", 0):
+            problems.append(f"training_settings.eval_steps={gspo.eval_steps} evaluates on validation rows, but "
+                            "data_settings.validation_size=0 carves none: set validation_size (e.g. 50), or "
+                            "eval_steps=0")
+        if getattr(gspo, "keep_checkpoint", "last") == "best_validation":
+            problems.append("training_settings.keep_checkpoint='best_validation' needs validation rows: set "
+                            "data_settings.validation_size, or keep_checkpoint='last'")
+    if getattr(gspo, "reward_funcs", ()):
+        from vlmrl_pipeline.core.rewards import reward_problems
+
+        problems += reward_problems(tuple(gspo.reward_funcs))
     return problems
 
 

@@ -28,17 +28,25 @@ SOURCE_FIELDS = ("source", "split", "dataset_format", "prompt_key", "answer_key"
 SYNTHETIC_FIELDS = ("seed", "image_size", "synthetic_rows", "synthetic_tasks")
 """What the synthetic source renders from (only when ``source`` is ``synthetic``)."""
 
+REWARD_FIELDS = ("reward_funcs", "reward_weights", "reward_max_val", "reward_min_val", "rehearsal_reward_weight")
+"""What the reward set GSPO trains with, and the records score with, is made of."""
+FEED_WHEN_SET = {("data", "validation_size"), ("gspo", "eval_steps"), ("gspo", "keep_checkpoint"),
+                 ("gspo", "reward_funcs"), ("gspo", "reward_weights")}
+"""Fields added after artifacts were first versioned: they feed only when set away from their default, so a
+profile that leaves them alone keeps its versions (and its materializations stay synced)."""
+
 SETTINGS_FEEDING: dict[str, dict[str, tuple[str, ...] | None]] = {
     "mathvista_filtered": {"data": SOURCE_FIELDS},
-    "resized_images": {"data": ("image_size", "eval_size", "seed")},
+    "resized_images": {"data": ("image_size", "eval_size", "seed", "validation_size")},
     # The demo model is built and warm-started here (on the prompts); a hub model is only named.
     "base_model": {"model": ("model_name", "revision", "tiny_model"), "warm_start": ALL, "data": PROMPT_FIELDS},
     "baseline_completions": {"model": LOADING_FIELDS, "generation": ALL, "data": PROMPT_FIELDS},
     "lora_adapter": {"model": LOADING_FIELDS + ("fast_inference", "vllm_standby", "lora"), "gspo": ALL,
                      "data": PROMPT_FIELDS},
     "after_completions": {"model": LOADING_FIELDS, "generation": ALL, "data": PROMPT_FIELDS},
-    "baseline_records": {"data": ("answer_format",)},
-    "after_records": {"data": ("answer_format",)},
+    # Scored with the training's reward set (core.rewards.gspo_reward_set): its functions, weights and values.
+    "baseline_records": {"data": ("answer_format",), "gspo": REWARD_FIELDS},
+    "after_records": {"data": ("answer_format",), "gspo": REWARD_FIELDS},
     "merged_model": {"export": ("merged_dtype", "merged_4bit")},
     "gguf_model": {"export": ("gguf_types", "mmproj_type", "verify_with_llama_cpp")},
     # The shipped artifacts' evaluations: the bytes they run reach them as the export assets' data versions
@@ -81,8 +89,24 @@ def feeding_settings(profile: Profile, asset: str) -> dict[str, dict[str, Any]]:
             names = names + SYNTHETIC_FIELDS
         if (asset, group) in DEMO_ONLY and not profile.model.is_demo:
             continue
-        out[group] = {name: values[name] for name in names}
+        defaults = dataclasses.asdict(type(groups[group])())
+        out[group] = {name: values[name] for name in names
+                      if (group, name) not in FEED_WHEN_SET or values[name] != defaults[name]}
+        if group == "gspo" and values.get("reward_funcs"):
+            out[group]["reward_source"] = _reward_source(tuple(values["reward_funcs"]))
     return out
+
+
+def _reward_source(reward_funcs: tuple[str, ...]) -> str:
+    """The plugged-in rewards' source version (``core.rewards.reward_set_version``), so editing one makes what it
+    scores stale; a reward that does not import gets a marker here and is refused when a run starts."""
+    from vlmrl_pipeline.core.rewards import RewardSet, load_reward_function, reward_set_version
+
+    try:
+        functions = tuple(load_reward_function(path) for path in reward_funcs)
+    except ValueError as exc:
+        return f"unimportable: {exc}"
+    return reward_set_version(RewardSet(functions=functions, weights=(1.0,) * len(functions)))
 
 
 def settings_versions(profile: Profile) -> dict[str, str]:

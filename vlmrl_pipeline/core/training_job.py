@@ -99,9 +99,10 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
 
     from vlmrl_pipeline.core.modeling import LoraSettings, apply_lora, load_model, peft_lora_config
     from vlmrl_pipeline.core.prompts import PromptStyle
-    from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_set
+    from vlmrl_pipeline.core.rewards import gspo_reward_set, reward_name, reward_set_version
     from vlmrl_pipeline.core.samples import (
         SPLIT_TRAIN,
+        SPLIT_VALIDATION,
         filter_context_overflow,
         read_manifest,
         split_rows,
@@ -113,18 +114,8 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
     model_cfg = job.model
     style = PromptStyle(job.prompt_style["prompt_field"], job.prompt_style["answer_format"],
                         job.prompt_style.get("system_prompt") or None)
-    rewards = reward_set(style.answer_format)
-    if style.answer_format == "boxed":
-        from vlmrl_pipeline.core.rewards import RewardSet, boxed_reward_valued
-
-        rewards = RewardSet(functions=(boxed_reward_valued(gspo.reward_max_val, gspo.reward_min_val),),
-                            weights=rewards.weights)
-    if gspo.rehearsal_reward_weight > 0:
-        from vlmrl_pipeline.core.rehearsal import ascii_share_reward
-        from vlmrl_pipeline.core.rewards import RewardSet
-
-        rewards = RewardSet(functions=(*rewards.functions, ascii_share_reward),
-                            weights=(*rewards.weights, gspo.rehearsal_reward_weight))
+    # The one place the training's reward set is built; evaluation's records build the same (core.rewards).
+    rewards = gspo_reward_set(style.answer_format, gspo)
     rank, local_rank, world_size = process_rank()
     if world_size != job.num_processes:
         raise RuntimeError(f"the job was planned for {job.num_processes} process(es) but {world_size} were launched")
@@ -133,7 +124,11 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
         device = f"cuda:{local_rank}"
     else:
         device = "cpu"
-    train_rows = split_rows(read_manifest(job.manifest_dir), SPLIT_TRAIN)
+    manifest = read_manifest(job.manifest_dir)
+    train_rows = split_rows(manifest, SPLIT_TRAIN)
+    # Validation rows only: the held-out (eval) rows are never read here, so they cannot steer training or the
+    # choice of the kept adapter.
+    validation_rows = split_rows(manifest, SPLIT_VALIDATION) if gspo.eval_steps else None
     tracker = _step_tracker()
     with explain_out_of_memory(gspo, step=lambda: tracker.step, max_seq_length=model_cfg["max_seq_length"],
                                load_in_4bit=model_cfg["load_in_4bit"]):
@@ -160,6 +155,23 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
                  f"{[item['pid'] for item in overflow[:20]]}")
         if train_rows.empty:
             raise ValueError(f"every training prompt overflows max_seq_length={model_cfg['max_seq_length']}")
+        callbacks = [tracker]
+        validation_overflow: list = []
+        if validation_rows is not None:
+            from vlmrl_pipeline.core.generation import GenerationSettings
+            from vlmrl_pipeline.core.validation import validation_callback
+
+            validation_rows, validation_overflow = filter_context_overflow(
+                validation_rows, processor, style, model_cfg["max_seq_length"], gspo.max_completion_length)
+            if validation_rows.empty:
+                raise ValueError(f"every validation prompt overflows max_seq_length={model_cfg['max_seq_length']}")
+            # Greedy, as the held-out evaluation decodes; as long as a rollout may be.
+            validation_generation = GenerationSettings(max_new_tokens=gspo.max_completion_length,
+                                                       batch_size=gspo.per_device_train_batch_size)
+            callbacks.append(validation_callback(
+                validation_rows, processor, style, gspo.eval_steps, validation_generation, rewards,
+                keep_best=gspo.keep_checkpoint == "best_validation", work_dir=job.work_dir, is_main=rank == 0,
+                log=log if rank == 0 else None))
         resume = latest_checkpoint(job.work_dir)
         if rank == 0:
             if resume is not None:
@@ -170,14 +182,24 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
             log(f"GSPO on {len(train_rows)} training rows with {backend} ({job.base_model_ref['model_name']}) on "
                 f"{world_size} process(es)" + (f", {gspo.distributed}" if world_size > 1 else "")
                 + (f"; checkpoints every {gspo.save_steps} steps in {job.work_dir}" if gspo.save_steps
-                   else "; no checkpoints (save_steps=0)"))
+                   else "; no checkpoints (save_steps=0)")
+                + (f"; validation on {len(validation_rows)} rows every {gspo.eval_steps} steps, keeping the "
+                   f"{gspo.keep_checkpoint} adapter" if validation_rows is not None else ""))
+            log("rewards: " + ", ".join(f"{w:g} x {reward_name(f)}" for f, w in
+                                        zip(rewards.functions, rewards.weights, strict=True)))
         _, result = train_gspo(
             model, processor, trl_dataset(train_rows, style), gspo, job.work_dir, rewards.functions,
             rewards.weights, peft_config=peft_config, log=log,
             resume_from_checkpoint=resume[0] if resume is not None else None,
-            progress_file=Path(job.work_dir) / PROGRESS_FILE, callbacks=[tracker], save_adapter_to=job.adapter_dir,
+            progress_file=Path(job.work_dir) / PROGRESS_FILE, callbacks=callbacks, save_adapter_to=job.adapter_dir,
             max_seq_length=model_cfg["max_seq_length"],
         )
+    from vlmrl_pipeline.core.validation import copy_kept_adapter, kept_checkpoint, validation_entries
+
+    kept = kept_checkpoint(gspo.keep_checkpoint, result.log_history, result.global_step, job.work_dir)
+    if rank == 0:
+        copy_kept_adapter(kept, job.adapter_dir)
+        log(f"kept adapter: step {kept['step']} ({kept['why']})")
     summary = {
         "backend": backend,
         "train_rows": len(train_rows),
@@ -189,14 +211,27 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
         "num_processes": world_size,
         "distributed": gspo.distributed if world_size > 1 else "none",
         "checkpoint_key": job.checkpoint_key,
+        "kept_checkpoint": kept["policy"],
+        "kept_checkpoint_step": kept["step"],
+        "reward_functions": ", ".join(reward_name(f) for f in rewards.functions),
     }
+    if validation_rows is not None:
+        summary["validation_rows"] = len(validation_rows)
+        summary["validation_evaluations"] = len(validation_entries(result.log_history))
     if rank == 0:
         from vlmrl_pipeline.core.files import write_json_atomic
 
         write_json_atomic(Path(job.adapter_dir) / TRAINING_LOG, {
             "log_history": result.log_history, "global_step": result.global_step, "settings": job.gspo,
-            "base_model": job.base_model_ref, "reward_version": REWARD_VERSION, "answer_format": style.answer_format,
-            "reward_functions": [f.__name__ for f in rewards.functions], "reward_weights": list(rewards.weights),
+            "base_model": job.base_model_ref, "reward_version": reward_set_version(rewards),
+            "answer_format": style.answer_format,
+            "reward_functions": [reward_name(f) for f in rewards.functions], "reward_weights": list(rewards.weights),
+            "reward_paths": list(gspo.reward_funcs),
+            "kept_checkpoint": {k: v for k, v in kept.items() if k != "folder"},
+            "validation": {"rows": len(validation_rows) if validation_rows is not None else 0,
+                           "eval_steps": gspo.eval_steps,
+                           "dropped_context_overflow": validation_overflow,
+                           "pids": [str(p) for p in validation_rows["pid"]] if validation_rows is not None else []},
             "dropped_context_overflow": overflow, "backend": backend, "rollout_engine": job.rollout_engine,
             "train_rows": len(train_rows),
             "train_runtime_s": result.train_runtime_s,

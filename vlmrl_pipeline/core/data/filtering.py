@@ -137,3 +137,30 @@ def split_train_eval(df: pd.DataFrame, eval_size: int, seed: int) -> tuple[pd.Da
         if len(train_df) == 0:
             raise DataError("split_train_eval: every training row shares its image with an eval row")
     return train_df.reset_index(drop=True), eval_df.reset_index(drop=True)
+
+
+def split_validation(train: pd.DataFrame, validation_size: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Carve ``validation_size`` rows out of the training rows: ``(train, validation)``, disjoint by pid and image.
+
+    Chosen like :func:`split_train_eval` (sorted pids shuffled with ``random.Random(seed)``), from the training rows
+    only, so the held-out rows are never touched. Training rows whose image hash equals a validation row's are
+    dropped from training. ``validation_size=0`` returns the rows unchanged and an empty frame. Raises DataError
+    unless ``0 <= validation_size < len(train)`` (training needs a row) or when no training row is left.
+    """
+    if isinstance(validation_size, bool) or not isinstance(validation_size, numbers.Integral):
+        raise DataError(f"validation_size must be an integer, got {validation_size!r}")
+    if validation_size == 0:
+        return train, train.iloc[0:0]
+    if validation_size < 0 or validation_size >= len(train):
+        raise DataError(f"data_settings.validation_size must be between 0 and {len(train) - 1} for {len(train)} "
+                        f"training rows (training needs at least one row), got {validation_size}")
+    order = sorted(train["pid"].astype(str))
+    random.Random(seed).shuffle(order)
+    chosen = set(order[: int(validation_size)])
+    is_validation = train["pid"].astype(str).isin(chosen).to_numpy()
+    validation, rest = train[is_validation], train[~is_validation]
+    if "image_sha256" in train.columns:
+        rest = rest[~rest["image_sha256"].isin(set(validation["image_sha256"].dropna())).to_numpy()]
+    if len(rest) == 0:
+        raise DataError("split_validation: every training row is a validation row or shares its image")
+    return rest.reset_index(drop=True), validation.reset_index(drop=True)
