@@ -58,6 +58,8 @@ def test_where_vllm_can_run_both_auto_and_vllm_pick_it(setting, model, backend, 
     (TRANSFORMERS_4BIT, "transformers", {}, "load_in_4bit=True"),
     (UNSLOTH_4BIT, "unsloth", {"compressed_tensors_installed": False}, "compressed_tensors"),
     (VISION_LORA, "unsloth", {}, "finetune_vision_layers"),
+    # Gemma 3 through Unsloth's engine: the rollout prompt is not the trainer's (the guard stops the first step).
+    (UNSLOTH_16BIT, "unsloth", {"model_type": "gemma3"}, "Gemma 3's rollouts"),
     (ModelSettings(backend="auto", fast_inference=True), "transformers", {}, "Unsloth, but the backend is "
                                                                             "transformers"),
 ])
@@ -72,6 +74,12 @@ def test_where_vllm_cannot_run_auto_generates_and_vllm_is_refused(model, backend
     [problem] = asked.problems
     assert problem.startswith("training_settings.rollout_engine='vllm' cannot run here: ") and why in problem
     assert "rollout_engine='auto'" in problem  # and what to do
+
+
+def test_only_the_architectures_whose_engine_prompt_differs_leave_unsloths_engine():
+    assert _resolve(UNSLOTH_4BIT, "auto", "unsloth", model_type="qwen3_vl").engine == "vllm"
+    assert _resolve(TRANSFORMERS_BF16, "auto", "transformers", model_type="gemma3").engine == "vllm"  # not seen there
+    assert "rollout_engine='generate'" in _resolve(UNSLOTH_4BIT, "auto", "unsloth", model_type="gemma3").reason
 
 
 def test_a_cpu_machine_without_vllm_says_what_would_be_needed():

@@ -4,6 +4,7 @@ CPU: the real lifecycle with a child that speaks the server's health protocol (`
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -76,9 +77,11 @@ def test_the_default_command_is_trl_vllm_serve_and_trls_own_parser_takes_every_f
     command = trl_vllm_serve_command("/models/qwen3-vl-8b", host="127.0.0.1", port=8123, tensor_parallel_size=2,
                                      gpu_memory_utilization=0.8, max_model_len=4096, dtype="bfloat16",
                                      revision="abc123", enforce_eager=True)
-    assert Path(command[0]).name == "trl" and command[1] == "vllm-serve"
+    # TRL's CLI through this interpreter, not a `trl` script that may not be on PATH (pip install --target).
+    assert command[:4] == [sys.executable, "-m", "trl.cli.main", "vllm-serve"]
+    assert importlib.util.find_spec("trl.cli.main") is not None
     assert "vllm-serve" in [c.name for c in get_commands()]  # the subcommand the trl CLI dispatches
-    args, remaining = make_parser().parse_args_into_dataclasses(command[2:], return_remaining_strings=True)
+    args, remaining = make_parser().parse_args_into_dataclasses(command[4:], return_remaining_strings=True)
     # `trl vllm-serve` forwards flags it does not know to `vllm serve`: none of ours may fall through that way
     assert remaining == []
     assert isinstance(args, ScriptArguments)

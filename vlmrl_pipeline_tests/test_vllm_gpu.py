@@ -249,8 +249,15 @@ def test_unsloth_fast_inference_demo_model_through_lora_adapter(tmp_path):
     assert quantization["load_in_4bit"] and "model.visual" in quantization["llm_int8_skip_modules"]
 
 
-@pytest.mark.parametrize("key, profile_name", [("qwen3vl-2b", "qwen3vl-8b"), ("qwen25vl-7b", "qwen25vl-7b"),
-                                               ("gemma3-4b", "gemma3-4b")])
+@pytest.mark.parametrize("key, profile_name", [
+    ("qwen3vl-2b", "qwen3vl-8b"), ("qwen25vl-7b", "qwen25vl-7b"),
+    # Measured 2026-12-04 (benchmarks/logs/gpu_checks_h200_run1/gemma.log): Unsloth's engine starts
+    # on Gemma 3, but its rollout prompt is 259 tokens longer than the trainer's (the image expanded twice) and the
+    # rollout-prompt guard stops the first step; rollout_engine='auto' therefore keeps Gemma 3 on model.generate
+    # (core.rollout_engine.UNSLOTH_ENGINE_PROMPT_MISMATCH). Strict: a fixed engine path fails this mark.
+    pytest.param("gemma3-4b", "gemma3-4b", marks=pytest.mark.xfail(
+        strict=True, reason="Unsloth's engine builds Gemma 3's rollout prompt with the image expanded twice")),
+])
 def test_unsloth_fast_inference_standin_through_lora_adapter(tmp_path, key, profile_name):
     """The same on the real architectures, each in its hub id's packaging (Qwen's real vocabulary, random
     weights) and with its profile's model settings (Gemma-3 in bf16): the Qwen3-VL 2B stand-in pre-quantized in

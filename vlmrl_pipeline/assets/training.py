@@ -191,7 +191,8 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
                          "generates on the whole policy, which FSDP shards; use ddp, one process, or eval_steps=0")
     # Resolved before the checks, the checkpoint key and the job: they all see the switches training runs with, so
     # a resumed run cannot change engines unnoticed (its key would differ).
-    engine = resolve_rollout_engine(model_cfg, gspo, backend)
+    model_type = read_checkpoint_config(load_path, ref.get("revision")).get("model_type")
+    engine = resolve_rollout_engine(model_cfg, gspo, backend, model_type=model_type)
     if engine.problems:
         raise ValueError("; ".join(engine.problems))
     model_cfg, gspo = engine.apply(model_cfg, gspo)

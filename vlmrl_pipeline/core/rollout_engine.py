@@ -24,14 +24,23 @@ class Blocker:
     fix: str
 
 
+UNSLOTH_ENGINE_PROMPT_MISMATCH = {
+    "gemma3": "Unsloth's vLLM engine (2026.10.9, vLLM 0.25.1) generates Gemma 3's rollouts from a prompt 259 tokens "
+              "longer than the trainer's (the image placeholder expanded twice; seen on the Gemma-3 4B stand-in "
+              "on an H200), which the rollout-prompt guard stops at the first step",
+}
+"""Architectures (``model_type``) whose rollouts through Unsloth's engine do not come from the trainer's prompt."""
+
+
 def vllm_rollout_blockers(model: Any, backend: str, *, cuda_available: bool | None = None,
                           vllm_installed: bool | None = None,
-                          compressed_tensors_installed: bool | None = None) -> list[Blocker]:
+                          compressed_tensors_installed: bool | None = None,
+                          model_type: str | None = None) -> list[Blocker]:
     """Why vLLM rollouts cannot run for ``model`` (``ModelSettings``) on ``backend``; empty when they can.
 
     A probe left at None is not known and not checked, and neither is anything that depends on the backend while
     it is still ``auto``: so the pre-run settings check (``core.settings_check``) gets only what the settings
-    alone decide.
+    alone decide. ``model_type`` is the checkpoint's ``config.json`` ``model_type`` where known.
 
     >>> from vlmrl_pipeline.core.profiles import ModelSettings
     >>> [b.fix for b in vllm_rollout_blockers(ModelSettings(backend="transformers"), "transformers")]
@@ -59,6 +68,9 @@ def vllm_rollout_blockers(model: Any, backend: str, *, cuda_available: bool | No
         blockers.append(Blocker(
             "Unsloth serves the 4-bit policy through vLLM's bitsandbytes loader, which needs the compressed_tensors "
             "package, not installed", "pip install compressed-tensors, or set model_settings.load_in_4bit=False"))
+    if backend == "unsloth" and model_type in UNSLOTH_ENGINE_PROMPT_MISMATCH:
+        blockers.append(Blocker(UNSLOTH_ENGINE_PROMPT_MISMATCH[model_type],
+                                "set training_settings.rollout_engine='generate'"))
     if backend == "unsloth" and model.lora.finetune_vision_layers:
         blockers.append(Blocker(
             "Unsloth's vLLM engine cannot serve LoRA on vision layers (model_settings.lora.finetune_vision_layers)",
@@ -102,7 +114,8 @@ def _engine_name(backend: str) -> str:
 
 def resolve_rollout_engine(model: Any, gspo: Any, backend: str, *, cuda_available: bool | None = None,
                            vllm_installed: bool | None = None,
-                           compressed_tensors_installed: bool | None = None) -> RolloutEngineChoice:
+                           compressed_tensors_installed: bool | None = None,
+                           model_type: str | None = None) -> RolloutEngineChoice:
     """``gspo.rollout_engine`` resolved for ``model`` on the resolved ``backend`` (``unsloth`` or
     ``transformers``). Probes left at None are this machine's: ``torch.cuda.is_available()`` and whether ``vllm``
     and ``compressed_tensors`` can be imported.
@@ -145,7 +158,7 @@ def resolve_rollout_engine(model: Any, gspo: Any, backend: str, *, cuda_availabl
     if compressed_tensors_installed is None:
         compressed_tensors_installed = importlib.util.find_spec("compressed_tensors") is not None
     blockers = vllm_rollout_blockers(model, backend, cuda_available=cuda_available, vllm_installed=vllm_installed,
-                                     compressed_tensors_installed=compressed_tensors_installed)
+                                     compressed_tensors_installed=compressed_tensors_installed, model_type=model_type)
     fast_inference = model.fast_inference or backend == "unsloth"
     if not blockers:
         return RolloutEngineChoice(

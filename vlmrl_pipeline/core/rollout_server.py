@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -143,17 +142,18 @@ def plan_gpus(server: RolloutServerSettings, visible: Sequence[str], num_process
     return wanted, ",".join(free[:wanted])
 
 
-def trl_executable() -> str:
-    """The ``trl`` console script of this interpreter's environment (else the first on ``PATH``)."""
-    beside = Path(sys.executable).parent / "trl"
-    return str(beside) if beside.exists() else (shutil.which("trl") or "trl")
+def trl_cli() -> list[str]:
+    """TRL's command line run by this interpreter (``trl.cli.main``, what the ``trl`` console script calls): an
+    environment installed without console scripts (``pip install --target``, as on the GPU machine) has no ``trl``
+    on ``PATH``, and the first GPU run failed there with "No such file or directory: 'trl'"."""
+    return [sys.executable, "-m", "trl.cli.main"]
 
 
 def trl_vllm_serve_command(model: str, *, host: str, port: int, tensor_parallel_size: int,
                            gpu_memory_utilization: float, max_model_len: int | None = None, dtype: str = "auto",
                            revision: str | None = None, enforce_eager: bool = False) -> list[str]:
     """The ``trl vllm-serve`` argv (``trl.scripts.vllm_serve.ScriptArguments``' flags) serving ``model``."""
-    command = [trl_executable(), "vllm-serve", "--model", str(model), "--host", host, "--port", str(port),
+    command = [*trl_cli(), "vllm-serve", "--model", str(model), "--host", host, "--port", str(port),
                "--tensor_parallel_size", str(tensor_parallel_size),
                "--gpu_memory_utilization", str(gpu_memory_utilization), "--dtype", dtype]
     if max_model_len is not None:
