@@ -189,3 +189,17 @@ def test_changing_only_held_out_rows_changes_no_training_output_and_the_best_sur
     assert [e["step"] for e in validation_entries(resumed["log"]["log_history"])] == [2, 4]  # none repeated
     assert resumed["log"]["kept_checkpoint"]["step"] == first["log"]["kept_checkpoint"]["step"]
     assert resumed["sha256"] == first["sha256"]
+
+
+def test_evaluating_during_training_changes_nothing_that_is_trained(upstream, tmp_path):
+    """The validation pass (model.eval(), greedy generate, model.train()) leaves training as it was: with
+    eval_steps=2 the last adapter and every logged training number equal those of the same run without it."""
+    with_validation = _run(_job(upstream, upstream / "resized_images", tmp_path / "with",
+                                _profile(keep_checkpoint="last")))
+    without = _run(_job(upstream, upstream / "resized_images", tmp_path / "without",
+                        _profile(keep_checkpoint="last", eval_steps=0)))
+    assert [e["step"] for e in validation_entries(with_validation["log"]["log_history"])] == [2, 4]
+    assert validation_entries(without["log"]["log_history"]) == []
+    trained = [h for h in with_validation["log"]["log_history"] if h not in validation_entries([h])]
+    assert _without_timings(trained) == _without_timings(without["log"]["log_history"])
+    assert with_validation["sha256"] == without["sha256"]
