@@ -205,10 +205,12 @@ def test_breakdown_agrees_with_batch_functions():
         assert b["total_reward"] == pytest.approx(sum(w * r for w, r in zip(REWARD_WEIGHTS, (f, c))))
 
 
-def test_reward_version_hashes_both_sources():
+def test_reward_version_hashes_the_reward_sources():
+    from vlmrl_pipeline.core import reward_plugins
+
     assert re.fullmatch(r"[0-9a-f]{12}", REWARD_VERSION)
     digest = hashlib.sha256()
-    for module in (answers, rewards):
+    for module in (answers, rewards, reward_plugins):
         digest.update(pathlib.Path(inspect.getsourcefile(module)).read_bytes())
         digest.update(b"\0")
     assert REWARD_VERSION == digest.hexdigest()[:12]

@@ -60,14 +60,14 @@ from vlmrl_pipeline.core.model_card import (
 )
 from vlmrl_pipeline.core.modeling import resolve_backend
 from vlmrl_pipeline.core.plots import png_markdown, training_curves_png
-from vlmrl_pipeline.core.rewards import (
+from vlmrl_pipeline.core.reward_plugins import (
     gspo_reward_set,
     reward_import_roots,
     reward_kwargs_for_rows,
     reward_problems,
-    reward_set,
     reward_set_version,
 )
+from vlmrl_pipeline.core.rewards import reward_set
 from vlmrl_pipeline.core.rollout_engine import resolve_rollout_engine
 from vlmrl_pipeline.core.rollout_server import plan_gpus, server_settings_problems
 from vlmrl_pipeline.core.run_history import keep_run, run_folder_name, run_folders

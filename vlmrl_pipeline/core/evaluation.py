@@ -130,7 +130,7 @@ CORRECTNESS_REWARDS = ("correctness_reward", "boxed_reward")
 
 
 def _apply_reward_set(records: list[dict[str, Any]], rows: pd.DataFrame, rewards: Any, style: PromptStyle) -> None:
-    from vlmrl_pipeline.core.rewards import reward_kwargs_for_rows, score_with_reward_set
+    from vlmrl_pipeline.core.reward_plugins import reward_kwargs_for_rows, score_with_reward_set
 
     values, totals = score_with_reward_set(rewards, [r["completion"] for r in records],
                                            **reward_kwargs_for_rows(rows, style))

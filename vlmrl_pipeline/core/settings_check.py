@@ -52,7 +52,7 @@ def settings_conflicts(data: Any = None, model: Any = None, gspo: Any = None, ge
 def validation_conflicts(data: Any = None, gspo: Any = None) -> list[str]:
     """Validation during training without validation rows (``eval_steps``, ``keep_checkpoint='best_validation'``
     with ``data_settings.validation_size=0``), and plugged-in rewards that do not import or do not score a sample
-    (``core.rewards.reward_problems``)."""
+    (``core.reward_plugins.reward_problems``)."""
     if gspo is None:
         return []
     problems = []
@@ -65,7 +65,7 @@ def validation_conflicts(data: Any = None, gspo: Any = None) -> list[str]:
             problems.append("training_settings.keep_checkpoint='best_validation' needs validation rows: set "
                             "data_settings.validation_size, or keep_checkpoint='last'")
     if getattr(gspo, "reward_funcs", ()):
-        from vlmrl_pipeline.core.rewards import reward_problems
+        from vlmrl_pipeline.core.reward_plugins import reward_problems
 
         problems += reward_problems(tuple(gspo.reward_funcs))
     return problems
