@@ -120,13 +120,16 @@ def test_editing_a_plugged_in_reward_changes_its_version_and_makes_training_and_
     before_version = reward_set_version(before_set)
     assert before_version != REWARD_VERSION
     changed = {k for k in before if before[k] != default[k]}
-    assert changed == {"lora_adapter", "baseline_records", "after_records"}  # not the completions: re-score only
+    # Not the completions: the adapter's evaluations re-score only; the shipped artifacts' records (which answer
+    # and score in one step) run again.
+    assert changed == {"lora_adapter", "baseline_records", "after_records", "merged_records", "gguf_records"}
     source = tmp_path / f"{user_rewards}.py"
     source.write_text(source.read_text().replace("/ 10 for c", "/ 20 for c"))
     sys.modules.pop(user_rewards)
     importlib.invalidate_caches()
     after = settings_versions(plugged)
-    assert {k for k in before if before[k] != after[k]} == {"lora_adapter", "baseline_records", "after_records"}
+    assert {k for k in before if before[k] != after[k]} == {"lora_adapter", "baseline_records", "after_records",
+                                                             "merged_records", "gguf_records"}
     assert reward_set_version(training_reward_set("tags", (path,))) != before_version
 
 
@@ -172,3 +175,21 @@ def test_the_default_tags_set_scores_records_as_before():
         got = plain.set_index("pid").loc[pid]
         assert (got["format_reward"], got["correctness_reward"], got["total_reward"]) == pytest.approx(
             (expected["format_reward"], expected["correctness_reward"], expected["total_reward"]))
+
+
+def test_the_shipped_artifacts_records_pay_what_training_paid(tmp_path):
+    """merged_records and gguf_records score with the training's reward set too (geo3k's values included)."""
+    from PIL import Image
+
+    from vlmrl_pipeline.assets.shipped import _records
+
+    rows = _rows()
+    rows["image_path"] = [str(tmp_path / f"{pid}.png") for pid in rows["pid"]]
+    for path in rows["image_path"]:
+        Image.new("RGB", (8, 8)).save(path)
+    completions = [r"so \boxed{3}", r"\boxed{5}", "no box"]
+    rewards = gspo_reward_set("boxed", dataclasses.replace(geo3k_profile().gspo, reward_max_val=2.0,
+                                                           reward_min_val=-0.5))
+    records = _records(rows, completions, "boxed", "gguf-q8_0", "0" * 64, "llama.cpp", rewards)
+    assert records["total_reward"].tolist() == [2.0, -0.5, -0.5]
+    assert set(records["artifact"]) == {"gguf-q8_0"}

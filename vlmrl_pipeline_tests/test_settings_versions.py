@@ -38,7 +38,7 @@ def _replace(profile, group: str, **changes):
     ("data", dict(eval_size=9), {"resized_images"}),
     ("data", dict(source="AI4Math/MathVista"), {"mathvista_filtered"}),
     ("data", dict(answer_format="boxed"), {"base_model", "baseline_completions", "lora_adapter", "after_completions",
-                                           "baseline_records", "after_records"}),
+                                           "baseline_records", "after_records", "merged_records", "gguf_records"}),
     ("gspo", dict(learning_rate=3.3e-4), {"lora_adapter"}),
     ("gspo", dict(rollout_engine="generate"), {"lora_adapter"}),  # another engine samples other rollouts
     ("generation", dict(max_new_tokens=99), {"baseline_completions", "after_completions"}),

@@ -42,6 +42,7 @@ from vlmrl_pipeline.core.generation import greedy_new_ids, next_token_logits
 from vlmrl_pipeline.core.model_card import CARD_NAME
 from vlmrl_pipeline.core.modeling import load_model, load_processor, vision_token_ids, vllm_dtype
 from vlmrl_pipeline.core.prompts import chat_prompts
+from vlmrl_pipeline.core.reward_plugins import gspo_reward_set
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, open_images, read_manifest, split_rows
 from vlmrl_pipeline.core.shipped import accuracy_kept, compare_to_adapter, logit_agreement
@@ -53,9 +54,10 @@ from vlmrl_pipeline.resources import (
     EvalSettingsResource,
     ExportSettingsResource,
     ModelSettingsResource,
+    TrainingSettingsResource,
 )
 
-SHIPPED_CODE_VERSION = f"shipped-1+rewards-{REWARD_VERSION}"
+SHIPPED_CODE_VERSION = f"shipped-2+rewards-{REWARD_VERSION}"
 GGUF_RECORDS_SUMMARY = "gguf_records.json"
 NO_RUNTIME_HINT = "pip install -e '.[gguf]'"
 MERGED_NAME = "merged"
@@ -77,9 +79,10 @@ def _adapter_rows(artifacts: ArtifactStore) -> pd.DataFrame:
 
 
 def _records(rows: pd.DataFrame, completions: list[str], answer_format: str, artifact: str, sha256: str,
-             runtime: str) -> pd.DataFrame:
+             runtime: str, rewards) -> pd.DataFrame:
+    # Scored with exactly the training's reward set (functions, weights, boxed values), as after_records is.
     records = score_stored_completions(rows, pd.DataFrame({"pid": rows["pid"].astype(str), "completion": completions}),
-                                       answer_format)
+                                       answer_format, rewards=rewards)
     # Each record names what answered it, so a records file read alone still says which bytes it measured.
     return records.assign(artifact=artifact, artifact_sha256=sha256, runtime=runtime)
 
@@ -102,6 +105,7 @@ def merged_records(
     data_settings: DataSettingsResource,
     eval_settings: EvalSettingsResource,
     export_settings: ExportSettingsResource,
+    training_settings: TrainingSettingsResource,
 ) -> MaterializeResult:
     """The merged 16-bit checkpoint (``merged_model/checkpoint``, what is shipped as safetensors) evaluated like
     the adapter: the same held-out rows as ``after_records``, the same prompts and generation settings, the same
@@ -133,7 +137,8 @@ def merged_records(
                                                      progress=progress)
             engine, runtime = {"engine": "transformers"}, f"transformers {transformers.__version__}"
             del model
-        records = _records(rows, completions, data.answer_format, MERGED_NAME, sha256, runtime)
+        records = _records(rows, completions, data.answer_format, MERGED_NAME, sha256, runtime,
+                           gspo_reward_set(data.answer_format, training_settings.to_core()))
         provenance = {**lineage(artifacts, artifacts.asset_dir(lora_adapter)), "artifact": MERGED_NAME,
                       "artifact_path": str(checkpoint), "artifact_sha256": sha256, "runtime": runtime,
                       "dtype": export.merged_dtype, "generation": asdict(settings), "engine": engine,
@@ -161,6 +166,7 @@ def gguf_records(
     data_settings: DataSettingsResource,
     eval_settings: EvalSettingsResource,
     export_settings: ExportSettingsResource,
+    training_settings: TrainingSettingsResource,
 ) -> MaterializeResult:
     """Each GGUF type of ``gguf_model`` with its mmproj, run by llama.cpp's multimodal runtime (``libmtmd``)
     greedily on the held-out rows ``after_records`` scored: the prompt string is the one the chat template
@@ -169,6 +175,7 @@ def gguf_records(
     runtime's version. On the first ``shipped_logit_samples`` rows each GGUF is also compared token by token with
     the merged checkpoint (first-token logits, greedy tokens): ``gguf_records.json``."""
     data, settings, export = data_settings.to_core(), eval_settings.to_core(), export_settings.to_core()
+    rewards = gspo_reward_set(data.answer_format, training_settings.to_core())
     if not llama_cpp_runtime_available():
         # Said, not hidden: the report shows the GGUF rows as not evaluated and the check warns.
         reason = f"llama.cpp's runtime is not installed ({NO_RUNTIME_HINT})"
@@ -209,7 +216,8 @@ def gguf_records(
                                    paths, max_new_tokens=settings.max_new_tokens, stop_ids=stops,
                                    suppress_ids=suppress, logits_samples=k,
                                    extra_buffer_types=export.llama_cpp_extra_buffer_types)
-            records = _records(rows, result.completions, data.answer_format, name, model_info["sha256"], runtime)
+            records = _records(rows, result.completions, data.answer_format, name, model_info["sha256"], runtime,
+                               rewards)
             records = records.assign(mmproj_sha256=mmproj_info["sha256"])
             entry = {"artifact": name, "file": model_info["file"], "sha256": model_info["sha256"],
                      "mmproj_file": mmproj_info["file"], "mmproj_sha256": mmproj_info["sha256"],

@@ -50,9 +50,11 @@ SETTINGS_FEEDING: dict[str, dict[str, tuple[str, ...] | None]] = {
     "merged_model": {"export": ("merged_dtype", "merged_4bit")},
     "gguf_model": {"export": ("gguf_types", "mmproj_type", "verify_with_llama_cpp")},
     # The shipped artifacts' evaluations: the bytes they run reach them as the export assets' data versions
-    # (hashes), the generation and prompt settings through after_completions (whose rows they answer).
-    "merged_records": {},
-    "gguf_records": {"export": ("shipped_logit_samples", "llama_cpp_extra_buffer_types")},
+    # (hashes), the generation and prompt settings through after_completions (whose rows they answer); they score
+    # with the training's reward set, as after_records does.
+    "merged_records": {"data": ("answer_format",), "gspo": REWARD_FIELDS},
+    "gguf_records": {"export": ("shipped_logit_samples", "llama_cpp_extra_buffer_types"), "data": ("answer_format",),
+                     "gspo": REWARD_FIELDS},
     "eval_diff_report": {},
 }
 """Asset -> settings group -> the fields of it that change the asset's artifact."""
