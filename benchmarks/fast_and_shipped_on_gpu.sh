@@ -7,7 +7,7 @@
 # Set-up, as for vllm_gpu_tests.sh: source .vllm/device_env.sh and .whl/install.sh (with llama-cpp-python and
 # diskcache added), send .tools/llama.cpp-0.3.36, copy the checkout to /tmp/repo, then
 #   setsid nohup bash benchmarks/fast_and_shipped_on_gpu.sh > /tmp/vlog/session.log 2>&1 &
-# Environment: FAST_TESTS_K (pytest -k of the fast tests; default all fast_inference ones but Qwen2.5-VL 7B's), PROFILES (default "qwen3vl-8b gemma3-4b"),
+# Environment: SERVER_TEST=1 (the one-GPU server-mode test after the fast tests), FAST_TESTS_K (pytest -k of the fast tests; default all fast_inference ones but Qwen2.5-VL 7B's), PROFILES (default "qwen3vl-8b gemma3-4b"),
 # SHM_PROFILES (profiles whose artifacts go to /dev/shm: the disk (64 GB) holds one 8B lineage, not two).
 # Logs in /tmp/vlog: fast-tests.log, rehearsal/rehearsal-<profile>.{log,json}; "SESSION DONE" ends session.log.
 cd /tmp/repo || exit 1
@@ -22,7 +22,15 @@ pids=()
 mkdir -p /dev/shm/pytmp
 (TMPDIR=/dev/shm/pytmp PYTEST_ADDOPTS="-v -o tmp_path_retention_policy=failed" \
    FAST_TESTS_K=${FAST_TESTS_K:-fast_inference and not qwen25vl} \
-   bash benchmarks/vllm_gpu_tests.sh fast-tests > /tmp/vlog/fast_session.log 2>&1; echo "FAST DONE $(date -u +%T)") &
+   bash benchmarks/vllm_gpu_tests.sh fast-tests > /tmp/vlog/fast_session.log 2>&1; echo "FAST DONE $(date -u +%T)"
+ # Then, with SERVER_TEST=1, TRL's server mode with engine and trainer sharing the GPU (the fast tests' engines gone).
+ if [ "${SERVER_TEST:-0}" = 1 ]; then
+   mkdir -p /dev/shm/pt-server
+   PYTHONPATH=$PWD:$PYTHONPATH TMPDIR=/dev/shm/pt-server python3 -m pytest -s -v -p no:cacheprovider -W ignore \
+     -o tmp_path_retention_policy=failed vlmrl_pipeline_tests/test_vllm_server_gpu.py -m gpu -k sharing_one_gpu \
+     > /tmp/vlog/server.log 2>&1
+   echo "SERVER EXIT $? $(date -u +%T)"
+ fi) &
 pids+=($!)
 for profile in ${PROFILES:-qwen3vl-8b gemma3-4b}; do
   work=/tmp/rehearsal
