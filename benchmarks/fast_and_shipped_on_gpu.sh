@@ -32,11 +32,17 @@ mkdir -p /dev/shm/pytmp
    echo "SERVER EXIT $? $(date -u +%T)"
  fi) &
 pids+=($!)
-for profile in ${PROFILES:-qwen3vl-8b gemma3-4b}; do
+# Each rehearsal on its own share of the cores (taskset): llama.cpp's threads spin while they wait, and in run 2 two
+# gguf_records each taking all 16 cores (load 32) had not finished 8 samples in 10 minutes.
+read -r -a profile_list <<< "${PROFILES:-qwen3vl-8b gemma3-4b}"
+cores=$(nproc); share=$(( cores / ${#profile_list[@]} ))
+for i in "${!profile_list[@]}"; do
+  profile=${profile_list[$i]}
+  cpus="$(( i * share ))-$(( (i + 1) * share - 1 ))"
   work=/tmp/rehearsal
   [[ " ${SHM_PROFILES:-gemma3-4b} " == *" $profile "* ]] && work=/dev/shm/rehearsal
   (PYTHONPATH=$no_vllm_path WORK_DIR=$work STANDIN_DIR=/dev/shm/standins \
-     bash benchmarks/rehearse_on_gpu.sh /tmp/vlog/rehearsal "$profile" > /tmp/vlog/session-$profile.log 2>&1
+     taskset -c "$cpus" bash benchmarks/rehearse_on_gpu.sh /tmp/vlog/rehearsal "$profile" > /tmp/vlog/session-$profile.log 2>&1
    echo "REHEARSAL $profile DONE $(date -u +%T)") &
   pids+=($!)
 done

@@ -299,6 +299,45 @@ def test_the_lora_adapter_step_refuses_server_mode_on_a_machine_without_gpus_bef
     assert not any("launching" in m or "rollout server" in m for m in messages)
 
 
+def test_the_lora_adapter_step_refuses_a_server_its_python_cannot_start_before_launching(tmp_path, monkeypatch):
+    """The first one-GPU run began training and then the server died on "No module named 'uvicorn'": on a step
+    that sees a GPU, a Python without TRL's server packages is refused, naming them, before anything launches."""
+    import dataclasses
+
+    from dagster import DagsterInstance, materialize
+
+    import vlmrl_pipeline.assets.training as training_assets
+    from vlmrl_pipeline.definitions import all_assets
+    from vlmrl_pipeline.resources import resources_for_profile
+    from vlmrl_pipeline_tests.conftest import tiny_profile
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "uvicorn" else real_find_spec(name, *a))
+    monkeypatch.setattr(training_assets, "visible_gpu_count", lambda: 1)
+    base = tiny_profile()
+    # rollout_engine='auto' so that this CPU's missing CUDA is one more refusal in the list, not the first raise.
+    profile = dataclasses.replace(base, gspo=dataclasses.replace(base.gspo, vllm_mode="server", rollout_engine="auto"))
+    server = RolloutServerResource(gpus="0", share_training_gpu=True, gpu_memory_utilization=0.3)
+    resources = {**resources_for_profile(profile, str(tmp_path)), "rollout_server": server}
+    upstream = [a for a in all_assets if a.key.to_user_string() in ("mathvista_filtered", "resized_images",
+                                                                     "base_model")]
+    assert materialize(upstream, resources=resources, instance=DagsterInstance.ephemeral()).success
+    instance = DagsterInstance.ephemeral()
+    result = materialize([a for a in all_assets if a.key.to_user_string() == "lora_adapter"], resources=resources,
+                         instance=instance, raise_on_error=False)
+    assert not result.success
+    [failure] = result.get_step_failure_events()
+    error, text = failure.step_failure_data.error, []
+    while error is not None:
+        text.append(error.message)
+        error = error.cause
+    assert "starts `trl vllm-serve` with this Python, which lacks" in "\n".join(text)
+    assert "uvicorn" in "\n".join(text)
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert not any("launching" in m or "rollout server" in m for m in messages)
+
+
 def test_the_servers_address_changes_neither_the_checkpoint_key_nor_the_settings_version():
     """A resumed run trains against a new server (a new port); the key and lora_adapter's staleness stay."""
     import dataclasses

@@ -69,7 +69,7 @@ from vlmrl_pipeline.core.reward_plugins import (
 )
 from vlmrl_pipeline.core.rewards import reward_set
 from vlmrl_pipeline.core.rollout_engine import resolve_rollout_engine
-from vlmrl_pipeline.core.rollout_server import plan_gpus, server_settings_problems
+from vlmrl_pipeline.core.rollout_server import plan_gpus, server_runtime_problems, server_settings_problems
 from vlmrl_pipeline.core.run_history import keep_run, run_folder_name, run_folders
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_TRAIN, SPLIT_VALIDATION, read_manifest, split_rows
 from vlmrl_pipeline.core.settings_check import vllm_conflicts
@@ -203,6 +203,8 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
                         f"resolved to model.generate ({engine.reason}): set training_settings.rollout_engine='vllm'")
     if gspo.use_vllm:
         refusals += vllm_problems("training_settings.use_vllm=True")
+    if gspo.vllm_mode == "server":
+        refusals += server_runtime_problems(server_cfg)
     refusals += report_to_problems(gspo)
     if refusals:
         raise ValueError("; ".join(refusals))

@@ -101,3 +101,10 @@ def environment_differences(before: Mapping[str, Any] | None, after: Mapping[str
     before, after = _current_keys(before), _current_keys(after)
     return [f"{k}: {before.get(k, 'unrecorded')} -> {after.get(k, 'unrecorded')}"
             for k in dict.fromkeys([*before, *after]) if before.get(k) != after.get(k)]
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, as ``taskset`` or a container's cpuset set it), not the
+    machine's: llama.cpp's threads spin while they wait, so two runs side by side, each taking every core, slow
+    each other down many times over."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlmrl_pipeline.core.environment import usable_cores
+
 TRAINING_MODULE = "vlmrl_pipeline.training_process"
 """The child entry point (``python -m``); it lives outside ``core`` because it speaks Dagster Pipes."""
 
@@ -211,8 +213,7 @@ def default_cpu_threads(num_processes: int) -> int:
     configured = os.environ.get("OMP_NUM_THREADS", "").strip()
     if configured.isdigit() and int(configured) > 0:
         return int(configured)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, num_processes))
+    return max(1, usable_cores() // max(1, num_processes))
 
 
 def node_parser() -> argparse.ArgumentParser:

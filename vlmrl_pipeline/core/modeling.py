@@ -270,6 +270,9 @@ def load_model(
 
         extra: dict[str, Any] = {}
         if fast_inference:
+            from vlmrl_pipeline.core.unsloth_compat import patch_unsloth_for_fast_inference
+
+            patch_unsloth_for_fast_inference(log=log or print)
             extra = {"fast_inference": True, "gpu_memory_utilization": gpu_memory_utilization}
         model, processor = FastVisionModel.from_pretrained(
             model_name=model_name,

@@ -113,6 +113,36 @@ def server_settings_problems(gspo, server: RolloutServerSettings, backend: str |
     return problems  # the GPUs themselves are checked on the step's machine (plan_gpus), which knows them
 
 
+# What ``trl vllm-serve`` imports before it serves (``trl/scripts/vllm_serve.py``); vLLM's own install brings the web
+# parts, a trimmed one may not (the first one-GPU run stopped at "No module named 'uvicorn'" after the step began).
+SERVER_PACKAGES = ("vllm", "fastapi", "uvicorn", "pydantic")
+
+
+def server_runtime_problems(server: RolloutServerSettings, find_spec: Callable[[str], object] | None = None
+                            ) -> list[str]:
+    """What this interpreter lacks to start ``trl vllm-serve`` (only when the step starts the server: a
+    ``vllm_server_base_url`` server runs elsewhere); checked on the step's machine before any model loads.
+
+    >>> [problem] = server_runtime_problems(RolloutServerSettings(gpus="1"), lambda name: name != "uvicorn" or None)
+    >>> "lacks uvicorn" in problem and problem.startswith("rollout_server.gpus='1'")
+    True
+    >>> server_runtime_problems(RolloutServerSettings(), lambda name: None)  # no server to start here
+    []
+    """
+    if not server.gpu_ids:
+        return []
+    if find_spec is None:
+        import importlib.util
+
+        find_spec = importlib.util.find_spec
+    missing = [name for name in SERVER_PACKAGES if find_spec(name) is None]
+    if not missing:
+        return []
+    return [f"rollout_server.gpus={server.gpus!r} starts `trl vllm-serve` with this Python, which lacks "
+            f"{', '.join(missing)} (TRL's server imports them): install the project's `vllm` extra, or "
+            "`pip install fastapi uvicorn` beside vLLM"]
+
+
 def plan_gpus(server: RolloutServerSettings, visible: Sequence[str], num_processes: int) -> tuple[int, str]:
     """``(training processes, their CUDA_VISIBLE_DEVICES)`` in server mode, given the step's ``visible`` GPU
     entries; refuses, naming the setting, what cannot run.

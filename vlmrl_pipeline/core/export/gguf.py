@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlmrl_pipeline.core.environment import usable_cores
 from vlmrl_pipeline.core.export.settings import GGUF_QUANTIZER_TYPES, GGUF_TYPES, MMPROJ_TYPES
 from vlmrl_pipeline.core.files import sha256_file
 
@@ -56,7 +57,7 @@ def quantize_gguf(source: str | os.PathLike, target: str | os.PathLike, gguf_typ
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = GGUF_QUANTIZER_TYPES[gguf_type]
-    params.nthread = threads or os.cpu_count() or 1
+    params.nthread = threads or usable_cores()
     status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
     if status != 0 or not Path(target).exists():
         raise RuntimeError(f"llama.cpp's quantizer failed ({status}) on {source} -> {gguf_type}")

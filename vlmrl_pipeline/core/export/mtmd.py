@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlmrl_pipeline.core.environment import usable_cores
+
 MEDIA_MARKER = "<__media__>"
 """mtmd's default media marker (``mtmd_default_marker()``)."""
 
@@ -90,7 +92,7 @@ def _load(job: MtmdJob):
     model = llama.llama_model_load_from_file(job.model_file.encode(), model_params)
     if not model:
         raise RuntimeError(f"llama.cpp could not load {job.model_file}")
-    threads = job.threads or os.cpu_count() or 1
+    threads = job.threads or usable_cores()
     params = llama.llama_context_default_params()
     params.n_ctx = params.n_batch = params.n_ubatch = job.context_tokens
     params.n_threads = params.n_threads_batch = threads
