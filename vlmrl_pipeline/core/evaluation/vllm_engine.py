@@ -208,7 +208,7 @@ def generate_in_subprocess(
         else None, "scratch_dir": str(scratch), "dtype": dtype, "revision": revision,
     }))
     out.unlink(missing_ok=True)
-    package_root = str(Path(__file__).resolve().parents[2])
+    package_root = str(Path(__file__).resolve().parents[3])
     env = {**os.environ, "PYTHONPATH": package_root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     child = subprocess.run([sys.executable, "-m", "vlmrl_pipeline.core.evaluation.vllm_engine", str(job), str(out)],
                            env=env, capture_output=True, text=True)

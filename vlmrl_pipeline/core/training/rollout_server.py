@@ -297,7 +297,7 @@ def running_server(command: Sequence[str], *, host: str, port: int, gpus: str, l
 
 
 def _package_root() -> str:
-    return str(Path(__file__).resolve().parents[2])
+    return str(Path(__file__).resolve().parents[3])
 
 
 def watch_parent(parent: int, pgid: int, grace_s: float, poll_s: float = WATCHDOG_POLL_S) -> int:
