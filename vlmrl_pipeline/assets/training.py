@@ -90,7 +90,8 @@ from vlmrl_pipeline.resources import (
 
 TRAINING_CODE_VERSION = "training-3"
 CHECKPOINTS_DIR = "lora_adapter_checkpoints"
-"""Beside the asset folders: ``<key>/checkpoint-<step>`` per set of training inputs (see ``core.training.checkpoints``)."""
+"""Beside the asset folders: ``<key>/checkpoint-<step>`` per set of training inputs
+(see ``core.training.checkpoints``)."""
 TRAINING_CURVES = "training_curves.png"
 TENSORBOARD_DIR = "tensorboard"
 """The adapter folder's TensorBoard event files (``tensorboard --logdir data/lora_adapter/tensorboard``)."""

@@ -197,9 +197,9 @@ def qwen3vl_8b_paper_profile() -> Profile:
 
 
 def qwen3vl_8b_dapo_profile() -> Profile:
-    """The seed's setup with DAPO's dynamic sampling (``core.training.dynamic_sampling``): groups whose rewards are all equal
-    are dropped and refilled with newly drawn MathVista prompts, so every step trains on groups that differ. For an 8B
-    model that answers many MathVista items always or never right, most groups would otherwise teach nothing."""
+    """The seed's setup with DAPO's dynamic sampling (``core.training.dynamic_sampling``): groups whose rewards are all
+    equal are dropped and refilled with newly drawn MathVista prompts, so every step trains on groups that differ. For
+    an 8B model that answers many MathVista items always or never right, most groups would otherwise teach nothing."""
     seed = qwen3vl_8b_profile()
     return replace(seed, name="qwen3vl-8b-dapo", gspo=replace(seed.gspo, dynamic_sampling=True))
 

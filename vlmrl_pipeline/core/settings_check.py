@@ -78,8 +78,8 @@ def vllm_conflicts(model: Any = None, gspo: Any = None, backend: str | None = No
     if model is None or gspo is None:
         return []
     backend = backend or model.backend
-    # rollout_engine='vllm' sets use_vllm and fast_inference itself (core.training.rollout_engine): their pairing is checked
-    # only where the user sets them.
+    # rollout_engine='vllm' sets use_vllm and fast_inference itself (core.training.rollout_engine): their pairing is
+    # checked only where the user sets them.
     engine = getattr(gspo, "rollout_engine", "auto")
     problems = []
     if engine == "generate" and model.fast_inference:

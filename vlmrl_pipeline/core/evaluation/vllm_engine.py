@@ -220,7 +220,8 @@ def generate_in_subprocess(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Child-process entry of :func:`generate_in_subprocess`: ``python -m vlmrl_pipeline.core.evaluation.vllm_engine JOB OUT``."""
+    """Child-process entry of :func:`generate_in_subprocess`:
+    ``python -m vlmrl_pipeline.core.evaluation.vllm_engine JOB OUT``."""
     import json
     import sys
 

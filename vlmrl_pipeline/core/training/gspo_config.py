@@ -17,7 +17,8 @@ from vlmrl_pipeline.core.model.loading import vision_token_ids
 DISTRIBUTED_MODES = ("ddp", "fsdp")
 VLLM_MODES = ("colocate", "server")
 """How TRL runs vLLM for rollouts: in the training process (``colocate``), or in a ``trl vllm-serve`` process that
-the ``lora_adapter`` step starts on GPUs of its own and stops when it ends (``server``, ``core.training.rollout_server``)."""
+the ``lora_adapter`` step starts on GPUs of its own and stops when it ends (``server``,
+``core.training.rollout_server``)."""
 IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 ROLLOUT_ENGINES = ("auto", "vllm", "generate")
 KEEP_CHECKPOINTS = ("last", "best_validation")
@@ -150,8 +151,8 @@ class GSPOSettings:
         "``per_device_train_batch_size`` completions, so a step covers ``num_processes`` times as many. 0 means "
         "one per visible GPU. A CPU-only machine runs 1.")})
     rehearsal_reward_weight: float = field(default=0.0, metadata={"help": (
-        "Weight of :func:`vlmrl_pipeline.core.standin.rehearsal.ascii_share_reward`, added to the recipe's rewards only "
-        "when above 0. For rehearsals on stand-in checkpoints with random weights, which never earn a task "
+        "Weight of :func:`vlmrl_pipeline.core.standin.rehearsal.ascii_share_reward`, added to the recipe's rewards "
+        "only when above 0. For rehearsals on stand-in checkpoints with random weights, which never earn a task "
         "reward: every group's advantages would be 0, the LoRA would stay zero and the ``lora_weights_trained`` "
         "check would stop the run. Leave at 0 for real training.")})
     rollout_engine: str = field(default="auto", metadata={"help": (
@@ -224,10 +225,10 @@ class GSPOSettings:
         "averaged) or ``fsdp`` (FSDP2; parameters, gradients and optimizer state are sharded across the GPUs, for "
         "a model that does not fit on one). Ignored with one process.")})
     dynamic_sampling: bool = field(default=False, metadata={"help": (
-        "DAPO's dynamic sampling (``core.training.dynamic_sampling``): drop every group whose completions all earn the same "
-        "reward (it has zero advantage and teaches nothing) and fill its place with groups of newly drawn training "
-        "prompts, so each step trains on groups that differ. Costs extra rollouts; worth it when many groups have "
-        "zero spread (``frac_reward_zero_std`` high: a model that answers many items always or never right). One "
+        "DAPO's dynamic sampling (``core.training.dynamic_sampling``): drop every group whose completions all earn the "
+        "same reward (it has zero advantage and teaches nothing) and fill its place with groups of newly drawn "
+        "training prompts, so each step trains on groups that differ. Costs extra rollouts; worth it when many groups "
+        "have zero spread (``frac_reward_zero_std`` high: a model that answers many items always or never right). One "
         "training process only.")})
     dynamic_sampling_max_rounds: int = field(default=4, metadata={"help": (
         "With ``dynamic_sampling``: most extra rounds of rollouts per generation batch, each for the groups still "

@@ -50,8 +50,9 @@ class TrainingJob:
     """A path whose lock (``core.atomic.exclusive``) rank 0 holds while it trains, so a training process that
     outlived its killed Dagster step is seen by the next launch; empty for none."""
     rollout_engine: dict[str, str] = field(default_factory=dict)
-    """What ``training_settings.rollout_engine`` resolved to (``core.training.rollout_engine``): ``engine``, ``setting``,
-    ``reason``; ``model`` and ``gspo`` already carry the switches it set. Empty in job files written before it."""
+    """What ``training_settings.rollout_engine`` resolved to (``core.training.rollout_engine``): ``engine``,
+    ``setting``, ``reason``; ``model`` and ``gspo`` already carry the switches it set. Empty in job files written before
+    it."""
 
     def write(self, path: str | os.PathLike) -> Path:
         from vlmrl_pipeline.core.atomic import atomic_file

@@ -4,9 +4,9 @@ Indexed Job runs machine ranks 1..N-1, one pod each, copied from the step's own 
 Kubernetes schedules the pods (no scheduler here); ``accelerate launch`` on every machine meets at rank 0's address
 (static rendezvous through ``torch.distributed``). Each worker pod is the step pod's image, GPUs, tolerations,
 node selection and volumes (so every rank mounts the same artifact volume: the job file, the base model, the
-checkpoints), with the step's command replaced by ``python -m vlmrl_pipeline.core.training.launch``, which reads its machine
-rank from ``JOB_COMPLETION_INDEX`` (``core.training.launch.machines_from_env``). The Job is owned by the step pod
-(``ownerReferences``), so Kubernetes deletes it with that pod; the step deletes it itself when training ends.
+checkpoints), with the step's command replaced by ``python -m vlmrl_pipeline.core.training.launch``, which reads its
+machine rank from ``JOB_COMPLETION_INDEX`` (``core.training.launch.machines_from_env``). The Job is owned by the step
+pod (``ownerReferences``), so Kubernetes deletes it with that pod; the step deletes it itself when training ends.
 
 Plain dicts in the Kubernetes API's JSON shape, no client objects: ``vlmrl_pipeline.k8s_training`` submits them.
 """

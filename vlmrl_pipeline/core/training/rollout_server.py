@@ -6,9 +6,9 @@ when training ends, fails or is cancelled. No server outlives its step, also whe
 
 * the server runs in a process group of its own (``start_new_session``), so stopping it reaches vLLM's engine
   processes too: SIGTERM to the group, SIGKILL after a grace period;
-* a watchdog process (``python -m vlmrl_pipeline.core.training.rollout_server --watch-parent ...``), the step's child in a
-  session of its own, polls its parent; once the step is gone (its parent pid changes), it stops the group the same
-  way. A watchdog rather than ``PR_SET_PDEATHSIG``: the death signal fires when the *thread* that started the
+* a watchdog process (``python -m vlmrl_pipeline.core.training.rollout_server --watch-parent ...``), the step's
+  child in a session of its own, polls its parent; once the step is gone (its parent pid changes), it stops the group
+  the same way. A watchdog rather than ``PR_SET_PDEATHSIG``: the death signal fires when the *thread* that started the
   child exits, and ``preexec_fn`` is unsafe in a process with threads, which a Dagster step is.
 
 Nothing here imports Dagster: ``vlmrl_pipeline.resources.RolloutServerResource`` wraps it.

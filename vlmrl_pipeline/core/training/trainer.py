@@ -2,7 +2,8 @@
 
 GSPO is not a separate trainer: it is GRPO whose importance ratio is computed per sequence (the geometric mean of
 the token ratios) instead of per token, switched on by ``importance_sampling_level="sequence"``. Its settings
-and the ``GRPOConfig`` built from them are ``core.training.gspo_config``; here are the loop, its callbacks and its errors.
+and the ``GRPOConfig`` built from them are ``core.training.gspo_config``; here are the loop, its callbacks and its
+errors.
 """
 
 from __future__ import annotations
