@@ -118,7 +118,7 @@ def generate_with_vllm(
     counts)``."""
     from vllm import SamplingParams
 
-    from vlmrl_pipeline.core.training.gspo_config import suppressed_token_kwargs
+    from vlmrl_pipeline.core.model.loading import suppressed_token_kwargs
 
     suppressed = suppressed_token_kwargs(processor, "vllm").get("logit_bias", {})
     params = SamplingParams(**greedy_sampling_params(settings, suppressed))

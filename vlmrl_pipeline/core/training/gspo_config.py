@@ -10,9 +10,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-from vlmrl_pipeline.core.model.loading import vision_token_ids
+# suppressed_token_kwargs lives beside vision_token_ids (evaluation uses it too); imported here for build_grpo_config
+from vlmrl_pipeline.core.model.loading import SUPPRESSED_LOGIT_BIAS, suppressed_token_kwargs  # noqa: F401
 
 DISTRIBUTED_MODES = ("ddp", "fsdp")
 VLLM_MODES = ("colocate", "server")
@@ -373,24 +373,6 @@ def resolve_optim(optim: str) -> str:
     if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None:
         return optim
     return "adamw_torch"
-
-
-SUPPRESSED_LOGIT_BIAS = -100.0
-"""vLLM's strongest logit bias (its API clamps to [-100, 100]): what suppressing a token means there."""
-
-
-def suppressed_token_kwargs(processor, engine: str) -> dict[str, Any]:
-    """Generation arguments that keep the vision special tokens out of sampled text, for ``engine``.
-
-    ``model.generate`` takes ``suppress_tokens``; vLLM's ``SamplingParams`` has no such field (TRL passes
-    ``generation_kwargs`` straight into it) and takes a logit bias instead.
-    """
-    ids = vision_token_ids(processor)
-    if not ids:
-        return {}
-    if engine == "vllm":
-        return {"logit_bias": {int(i): SUPPRESSED_LOGIT_BIAS for i in ids}}
-    return {"suppress_tokens": list(ids)}
 
 
 def build_grpo_config(settings: GSPOSettings, output_dir: str | Path, processor, reward_weights: Sequence[float],
