@@ -259,7 +259,7 @@ def child_build(spec: dict) -> dict:
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    from vlmrl_pipeline.core.modeling import CHAT_SPECIAL_TOKENS, VISION_SPECIAL_TOKENS, save_checkpoint
+    from vlmrl_pipeline.core.model.loading import CHAT_SPECIAL_TOKENS, VISION_SPECIAL_TOKENS, save_checkpoint
 
     arch = ARCHS[spec["arch"]]
     t0 = time.perf_counter()
@@ -347,7 +347,7 @@ def run_eval(model, processor, spec: dict) -> dict:
     """Greedy generation on the same prompts: ``batch_size`` at a time versus one by one."""
     import torch
 
-    from vlmrl_pipeline.core.generation import GenerationSettings, generate_completions
+    from vlmrl_pipeline.core.evaluation.generation import GenerationSettings, generate_completions
 
     prompts, images = eval_inputs(spec["eval_prompts"], spec["image_size"])
     hook = GenerateHook()
@@ -395,8 +395,8 @@ def child_decode_profile(spec: dict) -> dict:
     versus ``eval_batch``, plus a ``torch.profiler`` table of the batched run."""
     import torch
 
-    from vlmrl_pipeline.core.generation import GenerationSettings, generate_completions
-    from vlmrl_pipeline.core.modeling import load_model
+    from vlmrl_pipeline.core.evaluation.generation import GenerationSettings, generate_completions
+    from vlmrl_pipeline.core.model.loading import load_model
 
     on_gpu = torch.cuda.is_available()
     model, processor, _ = load_model(spec["ckpt"], backend="transformers", dtype="bfloat16" if on_gpu else "float32")
@@ -648,8 +648,7 @@ def child_gspo(spec: dict) -> dict:
         import unsloth  # noqa: F401  -- first, so that it patches transformers and TRL before they are imported
     import torch
 
-    from vlmrl_pipeline.core.gspo_config import GSPOSettings, build_grpo_config
-    from vlmrl_pipeline.core.modeling import (
+    from vlmrl_pipeline.core.model.loading import (
         LoraSettings,
         apply_lora,
         is_prequantized_4bit,
@@ -659,7 +658,8 @@ def child_gspo(spec: dict) -> dict:
         vllm_4bit_checkpoint,
     )
     from vlmrl_pipeline.core.rewards import REWARD_FUNCTIONS, REWARD_WEIGHTS
-    from vlmrl_pipeline.core.training import train_gspo
+    from vlmrl_pipeline.core.training.gspo_config import GSPOSettings, build_grpo_config
+    from vlmrl_pipeline.core.training.trainer import train_gspo
 
     on_gpu = torch.cuda.is_available()
     result: dict = {"engine": ENGINES[backend], **apply_memory_cap(spec.get("cap_gb"))}

@@ -84,7 +84,7 @@ def score(model, inputs, sequence, prompt_len: int, dtype):
 def probe(name: str, checkpoint: str, args) -> dict:
     import torch
 
-    from vlmrl_pipeline.core.modeling import load_model
+    from vlmrl_pipeline.core.model.loading import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(args.seed)
@@ -145,8 +145,8 @@ def vllm_versus_transformers(name: str, checkpoint: str, args) -> dict:
     import torch
     from vllm import LLM, SamplingParams
 
-    from vlmrl_pipeline.core.modeling import load_model, load_processor
-    from vlmrl_pipeline.core.vllm_engine import stop_engine
+    from vlmrl_pipeline.core.evaluation.vllm_engine import stop_engine
+    from vlmrl_pipeline.core.model.loading import load_model, load_processor
 
     processor = load_processor(checkpoint)
     prompts, images = chat_inputs(args.prompts, args.image_size, seed=args.seed)
@@ -161,7 +161,7 @@ def vllm_versus_transformers(name: str, checkpoint: str, args) -> dict:
               logprobs_mode="processed_logprobs", **engine_kwargs)
     bias = {}
     if args.vllm_as_trl:
-        from vlmrl_pipeline.core.gspo_config import suppressed_token_kwargs
+        from vlmrl_pipeline.core.training.gspo_config import suppressed_token_kwargs
 
         bias = suppressed_token_kwargs(processor, "vllm").get("logit_bias", {})
     params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_tokens=args.new_tokens,

@@ -71,10 +71,10 @@ def build_checkpoint(arch: str, image_size: int, tokenizer_vocab: int, ckpt: Pat
 
 def profile_for(args, ckpt: Path, on_gpu: bool):
     from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
-    from vlmrl_pipeline.core.generation import GenerationSettings
-    from vlmrl_pipeline.core.gspo_config import GSPOSettings
-    from vlmrl_pipeline.core.modeling import LoraSettings
+    from vlmrl_pipeline.core.evaluation.generation import GenerationSettings
+    from vlmrl_pipeline.core.model.loading import LoraSettings
     from vlmrl_pipeline.core.profiles import SYNTHETIC_SOURCE, DataSettings, ModelSettings, Profile
+    from vlmrl_pipeline.core.training.gspo_config import GSPOSettings
 
     return Profile(
         name="multi-gpu-benchmark",
@@ -169,7 +169,7 @@ def resume_check(profile, data_dir: Path, out_dir: Path, processes: int) -> dict
 
     from dagster import DagsterInstance, materialize
 
-    from vlmrl_pipeline.core.checkpoints import PROGRESS_FILE, latest_checkpoint
+    from vlmrl_pipeline.core.training.checkpoints import PROGRESS_FILE, latest_checkpoint
     from vlmrl_pipeline.definitions import all_assets
     from vlmrl_pipeline.resources import resources_for_profile
 

@@ -18,7 +18,7 @@ standins=${STANDIN_DIR:-/dev/shm/standins}
 work=${WORK_DIR:-/tmp/rehearsal}
 mkdir -p "$log_dir" "$standins" "$work"
 standin_of() {
-  python3 -c "from vlmrl_pipeline.core.rehearsal import REHEARSAL_STANDINS as s; print(s['$1'])"
+  python3 -c "from vlmrl_pipeline.core.standin.rehearsal import REHEARSAL_STANDINS as s; print(s['$1'])"
 }
 for i in "${!profiles[@]}"; do
   profile=${profiles[$i]}

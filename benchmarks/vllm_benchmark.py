@@ -308,8 +308,8 @@ class GenerateRecorder:
 def child_eval_transformers(spec: dict) -> dict:
     import torch
 
-    from vlmrl_pipeline.core.generation import GenerationSettings, generate_completions
-    from vlmrl_pipeline.core.modeling import load_model
+    from vlmrl_pipeline.core.evaluation.generation import GenerationSettings, generate_completions
+    from vlmrl_pipeline.core.model.loading import load_model
 
     on_gpu = torch.cuda.is_available()
     t0 = time.perf_counter()
@@ -360,9 +360,9 @@ def child_eval_transformers(spec: dict) -> dict:
 
 
 def child_eval_vllm(spec: dict) -> dict:
-    from vlmrl_pipeline.core.generation import GenerationSettings
-    from vlmrl_pipeline.core.modeling import load_processor
-    from vlmrl_pipeline.core.vllm_engine import generate_with_vllm, start_engine, stop_engine
+    from vlmrl_pipeline.core.evaluation.generation import GenerationSettings
+    from vlmrl_pipeline.core.evaluation.vllm_engine import generate_with_vllm, start_engine, stop_engine
+    from vlmrl_pipeline.core.model.loading import load_processor
 
     processor = load_processor(spec["ckpt"])
     prompts, images = chat_inputs(spec["n_prompts"], spec["image_size"], seed=spec["seed"])
@@ -487,10 +487,10 @@ def child_gspo(spec: dict) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from vlmrl_pipeline.core.gspo_config import GSPOSettings
-    from vlmrl_pipeline.core.modeling import LoraSettings, load_model, peft_lora_config
-    from vlmrl_pipeline.core.rehearsal import ascii_share_reward
-    from vlmrl_pipeline.core.training import rollout_summary, train_gspo
+    from vlmrl_pipeline.core.model.loading import LoraSettings, load_model, peft_lora_config
+    from vlmrl_pipeline.core.standin.rehearsal import ascii_share_reward
+    from vlmrl_pipeline.core.training.gspo_config import GSPOSettings
+    from vlmrl_pipeline.core.training.trainer import rollout_summary, train_gspo
 
     use_vllm = spec["engine"] == "vllm"
     on_gpu = torch.cuda.is_available()
@@ -880,7 +880,7 @@ def main(argv=None) -> int:
 def vllm_skip_reason(smoke: bool) -> str | None:
     if smoke:
         return "--smoke runs on the CPU; vLLM needs a CUDA GPU"
-    from vlmrl_pipeline.core.vllm_engine import vllm_problems
+    from vlmrl_pipeline.core.evaluation.vllm_engine import vllm_problems
 
     problems = vllm_problems("the vLLM configurations")
     return "; ".join(problems) or None

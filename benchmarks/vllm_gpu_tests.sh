@@ -39,7 +39,7 @@ for stage in ${@:-eval8b eval2b gspo2b tests}; do
              --max-completion-length 1024 --image-size 512 --warmup 1 --steps 1 --deadline-s ${SEED_BATCH_DEADLINE:-1500} \
              --seed-configs ${SEED_CONFIGS:-unsloth-4bit-vllm,transformers-bf16-vllm,unsloth-16bit-vllm,unsloth-4bit} \
              --out /tmp/vlog/$stage.json --work-dir /tmp/seed_batch ;;
-    # Dynamic sampling (core.dynamic_sampling) with TRL's colocated vLLM rollouts on the warm-started demo model.
+    # Dynamic sampling (core.training.dynamic_sampling) with TRL's colocated vLLM rollouts on the warm-started demo model.
     dynamic-sampling) python3 -m pytest vlmrl_pipeline_tests/test_vllm_gpu.py -m gpu -s -p no:cacheprovider -W ignore \
              -k dynamic_sampling --durations=10 ;;
     tests) python3 -m pytest vlmrl_pipeline_tests/test_vllm_gpu.py -m gpu -s -p no:cacheprovider -W ignore \

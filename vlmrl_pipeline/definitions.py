@@ -18,9 +18,9 @@ from dagster import (
 )
 
 from vlmrl_pipeline.assets import data, evaluation, export, model, report, shipped, training
-from vlmrl_pipeline.assets.experiments import build_experiment_comparison
+from vlmrl_pipeline.assets.experiment_comparison import build_experiment_comparison
 from vlmrl_pipeline.automation import retrain_schedule, source_data_sensor, vlmrl_lineage_job
-from vlmrl_pipeline.core.experiments import declared_experiments, report_page_path
+from vlmrl_pipeline.core.experiment_specs import declared_experiments, report_page_path
 from vlmrl_pipeline.core.profiles import Profile, get_profile
 from vlmrl_pipeline.core.settings_versions import settings_versions
 from vlmrl_pipeline.execution import executor_for_environment

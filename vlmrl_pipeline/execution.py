@@ -139,7 +139,7 @@ def settings_problems(job_def, run_config: dict, *, probe_machine: bool = False)
         problems += settings_conflicts(data=core.get("data_settings"), model=core.get("model_settings"),
                                        gspo=core.get("training_settings"), generation=core.get("eval_settings"))
         if "training_settings" in core and "rollout_server" in core:
-            from vlmrl_pipeline.core.rollout_server import server_settings_problems
+            from vlmrl_pipeline.core.training.rollout_server import server_settings_problems
 
             backend = getattr(core.get("model_settings"), "backend", None)
             problems += server_settings_problems(core["training_settings"], core["rollout_server"],

@@ -9,7 +9,7 @@ adds a location only when it restarts).
 
 The attribute is the experiment's name, declared in ``$VLMRL_DATA_DIR/experiments.yaml`` (or
 ``$VLMRL_EXPERIMENTS``); this module builds its Definitions on first access: the experiment's
-profile (``core.experiments``), its assets under the key prefix ``demo_boxed/``, and its artifacts under
+profile (``core.experiment_specs``), its assets under the key prefix ``demo_boxed/``, and its artifacts under
 ``$VLMRL_DATA_DIR/experiments/demo_boxed/``. The UI lists each experiment as a location and its assets under their
 prefix, with their own materializations, metadata plots and staleness, beside the main location's.
 """
@@ -20,7 +20,7 @@ from functools import cache
 
 from dagster import Definitions
 
-from vlmrl_pipeline.core.experiments import experiment_dir, experiment_profile, load_experiments
+from vlmrl_pipeline.core.experiment_specs import experiment_dir, experiment_profile, load_experiments
 from vlmrl_pipeline.definitions import build_definitions
 from vlmrl_pipeline.resources import default_data_dir, experiments_file
 

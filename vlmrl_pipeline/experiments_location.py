@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dagster import RepositoryDefinition, create_repository_using_definitions_args
 
-from vlmrl_pipeline.core.experiments import experiment_dir, experiment_profile, load_experiments
+from vlmrl_pipeline.core.experiment_specs import experiment_dir, experiment_profile, load_experiments
 from vlmrl_pipeline.definitions import definitions_args
 from vlmrl_pipeline.resources import default_data_dir, experiments_file
 

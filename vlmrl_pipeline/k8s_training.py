@@ -2,10 +2,10 @@
 
 The step's own pod is machine rank 0: it launches its training processes through Dagster Pipes as on one machine,
 so logs and the materialization's metadata come back the usual way. Here it submits the Indexed Job of the other
-machines (``core.k8s_workers``, copied from its own pod, read through the API with the step's service account), and
-deletes it when training ends, fails or is cancelled; the Job's owner is the step pod, so Kubernetes also deletes it
-when that pod goes. Needs the ``k8s`` extra and a pod whose service account may get pods and create/delete Jobs in
-its namespace (the Dagster chart's, which ``k8s_job_executor`` already uses for the step Jobs).
+machines (``core.training.k8s_workers``, copied from its own pod, read through the API with the step's service
+account), and deletes it when training ends, fails or is cancelled; the Job's owner is the step pod, so Kubernetes also
+deletes it when that pod goes. Needs the ``k8s`` extra and a pod whose service account may get pods and create/delete
+Jobs in its namespace (the Dagster chart's, which ``k8s_job_executor`` already uses for the step Jobs).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vlmrl_pipeline.core.k8s_workers import worker_job_manifest
+from vlmrl_pipeline.core.training.k8s_workers import worker_job_manifest
 
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 

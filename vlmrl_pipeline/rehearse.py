@@ -4,7 +4,7 @@
     vlmrl-rehearse qwen3vl-8b --model /scratch/standins/qwen3vl-8b --work /scratch/rehearsal/qwen3vl-8b
 
 The profile keeps everything (model class and packaging, backend, LoRA, optimiser, loss, export settings) but
-loads the stand-in and a local data copy and shortens lengths and counts (``core.rehearsal.RehearsalLengths``).
+loads the stand-in and a local data copy and shortens lengths and counts (``core.standin.rehearsal.RehearsalLengths``).
 Each stage is a Dagster materialization of the real assets, with their checks, in a persistent instance under
 ``--work``, so the stages can run in separate processes (or machines' sessions) and each records its wall time
 and peak host and GPU memory in ``rehearsal.json``. A stage already done is skipped unless ``--redo`` names it.
@@ -34,7 +34,7 @@ RESULTS = "rehearsal.json"
 
 
 def _prepare_data(profile, work: Path, mathvista_json: str | None, num_rows: int) -> Path:
-    from vlmrl_pipeline.core.rehearsal import write_geo3k_layout, write_mathvista_layout
+    from vlmrl_pipeline.core.standin.rehearsal import write_geo3k_layout, write_mathvista_layout
 
     folder = work / "source"
     if not folder.exists():
@@ -61,7 +61,7 @@ def run_stages(profile_name: str, model_dir: str, work: str | os.PathLike, stage
 
     from vlmrl_pipeline.core.memory import peak_memory
     from vlmrl_pipeline.core.profiles import get_profile
-    from vlmrl_pipeline.core.rehearsal import RehearsalLengths, rehearsal_profile
+    from vlmrl_pipeline.core.standin.rehearsal import RehearsalLengths, rehearsal_profile
     from vlmrl_pipeline.definitions import all_assets, all_checks
     from vlmrl_pipeline.resources import resources_for_profile
 

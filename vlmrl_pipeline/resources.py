@@ -19,12 +19,12 @@ from pydantic import Field, create_model
 
 from vlmrl_pipeline.core.atomic import atomic_dir, exclusive, remove_dead_staging
 from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
+from vlmrl_pipeline.core.evaluation.generation import GenerationSettings
 from vlmrl_pipeline.core.export.settings import ExportSettings
-from vlmrl_pipeline.core.generation import GenerationSettings
-from vlmrl_pipeline.core.gspo_config import GSPOSettings
 from vlmrl_pipeline.core.integrity import record_files, verify_files
 from vlmrl_pipeline.core.profiles import DataSettings, ModelSettings, Profile
-from vlmrl_pipeline.core.rollout_server import (
+from vlmrl_pipeline.core.training.gspo_config import GSPOSettings
+from vlmrl_pipeline.core.training.rollout_server import (
     RolloutServerSettings,
     RunningServer,
     free_port,
@@ -66,7 +66,7 @@ def asset_folder(asset: AssetRef) -> str:
     """The folder name of ``asset`` under a data folder: its key's last component.
 
     An experiment's location prefixes its keys (``exp1/resized_images``) and has a data folder of its own
-    (``core.experiments.experiment_dir``), so the prefix is never a subfolder. A str is taken as it is.
+    (``core.experiment_specs.experiment_dir``), so the prefix is never a subfolder. A str is taken as it is.
 
     >>> asset_folder(AssetKey(["exp1", "resized_images"])), asset_folder("lora_adapter_checkpoints")
     ('resized_images', 'lora_adapter_checkpoints')
@@ -234,11 +234,11 @@ DataSettingsResource = _settings_resource(
 TrainingSettingsResource = _settings_resource(
     GSPOSettings, "TrainingSettingsResource",
     "GSPO options passed to TRL's ``GRPOConfig``, plus checkpointing and the launch (processes, ddp/fsdp) "
-    "(``core.gspo_config.GSPOSettings``).")
+    "(``core.training.gspo_config.GSPOSettings``).")
 
 EvalSettingsResource = _settings_resource(
     GenerationSettings, "EvalSettingsResource",
-    "How evaluation generates (``core.generation.GenerationSettings``): greedy and batched by default.")
+    "How evaluation generates (``core.evaluation.generation.GenerationSettings``): greedy and batched by default.")
 
 ExportSettingsResource = _settings_resource(
     ExportSettings, "ExportSettingsResource",
@@ -266,9 +266,9 @@ class ModelSettingsResource(_settings_resource(
 class RolloutServerResource(_settings_resource(
         RolloutServerSettings, "RolloutServerBase",
         "The rollout server ``lora_adapter`` starts in ``vllm_mode='server'`` "
-        "(``core.rollout_server.RolloutServerSettings``).")):
+        "(``core.training.rollout_server.RolloutServerSettings``).")):
     """The rollout server ``lora_adapter`` starts in ``vllm_mode='server'``: ``trl vllm-serve`` on ``gpus``, up
-    while the step trains, stopped when it ends (``core.rollout_server``, which owns the process)."""
+    while the step trains, stopped when it ends (``core.training.rollout_server``, which owns the process)."""
 
     def serving(self, model: str, *, log_dir: str | os.PathLike, max_model_len: int | None = None,
                 dtype: str = "auto", revision: str | None = None, log: Callable[[str], None] | None = None,

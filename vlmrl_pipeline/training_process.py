@@ -18,7 +18,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from vlmrl_pipeline.core.training_job import TrainingJob, process_rank, run_training_job
+from vlmrl_pipeline.core.training.job import TrainingJob, process_rank, run_training_job
 
 ERRORS_DIR = "errors"
 

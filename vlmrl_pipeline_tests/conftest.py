@@ -8,7 +8,7 @@ import pytest
 
 from vlmrl_pipeline.core.demo.tiny_model import TinyModelSpec
 from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
-from vlmrl_pipeline.core.generation import GenerationSettings
+from vlmrl_pipeline.core.evaluation.generation import GenerationSettings
 from vlmrl_pipeline.core.profiles import Profile, demo_profile
 
 TINY_IMAGE = 64  # 4x4 patches of 16 px -> 4 image tokens: keeps every forward pass cheap

@@ -83,7 +83,7 @@ def test_a_reward_change_rescores_stored_completions_without_generating_or_train
 
 
 def test_scoring_refuses_completions_for_the_wrong_samples():
-    from vlmrl_pipeline.core.evaluation import score_stored_completions
+    from vlmrl_pipeline.core.evaluation.records import score_stored_completions
 
     rows = pd.DataFrame({"pid": ["a", "b"], "question": ["q", "q"], "answer": ["1", "2"]})
     scored = score_stored_completions(rows, pd.DataFrame({"pid": ["b", "a"], "completion": ["x", "y"]}))

@@ -11,9 +11,9 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
+from vlmrl_pipeline.core.evaluation.generation import GenerationSettings
 from vlmrl_pipeline.core.export.gguf import llama_cpp_runtime_available
 from vlmrl_pipeline.core.files import sha256_file
-from vlmrl_pipeline.core.generation import GenerationSettings
 from vlmrl_pipeline.core.llama_cpp import LLAMA_CPP_PYTHON_VERSION
 from vlmrl_pipeline.definitions import all_assets, all_checks
 from vlmrl_pipeline.resources import resources_for_profile

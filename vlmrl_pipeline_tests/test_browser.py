@@ -162,8 +162,8 @@ def test_report_filters_to_flipped_samples_and_shows_intervals(chromium, tmp_pat
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    from vlmrl_pipeline.core.plots import before_after_png
-    from vlmrl_pipeline.core.report_html import render_report_html, thumbnail_data_uri
+    from vlmrl_pipeline.core.evaluation.plots import before_after_png
+    from vlmrl_pipeline.core.evaluation.report_html import render_report_html, thumbnail_data_uri
     from vlmrl_pipeline_tests.test_report_html import report_inputs
 
     diff, baseline, after = report_inputs()
@@ -212,8 +212,8 @@ def test_the_report_page_opens_over_http_as_the_ui_links_it(chromium, tmp_path):
     links do not open); the page works there as it does from disk."""
     from selenium.webdriver.common.by import By
 
-    from vlmrl_pipeline.core.plots import before_after_png
-    from vlmrl_pipeline.core.report_html import render_report_html
+    from vlmrl_pipeline.core.evaluation.plots import before_after_png
+    from vlmrl_pipeline.core.evaluation.report_html import render_report_html
     from vlmrl_pipeline_tests.test_report_html import report_inputs
 
     diff, baseline, after = report_inputs()

@@ -69,10 +69,10 @@ def test_gpu_steps_share_the_gpu_pool_and_carry_the_compute_tag():
 
 
 def test_asset_names_that_dagster_free_code_needs_are_the_assets_keys():
-    """The report server (no Dagster) serves the folder named by ``core.experiments.REPORT_ASSET``; the rehearsal's
+    """The report server (no Dagster) serves the folder named by ``core.experiment_specs.REPORT_ASSET``; the rehearsal's
     stages name the assets they select. A renamed asset must fail here, not leave the server 404ing."""
     from vlmrl_pipeline.assets.report import eval_diff_report
-    from vlmrl_pipeline.core.experiments import REPORT_ASSET
+    from vlmrl_pipeline.core.experiment_specs import REPORT_ASSET
     from vlmrl_pipeline.definitions import all_assets
     from vlmrl_pipeline.rehearse import STAGES
 

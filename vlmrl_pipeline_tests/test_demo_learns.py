@@ -42,11 +42,11 @@ def test_gspo_lifts_held_out_accuracy_on_a_reduced_demo(tmp_path):
     from vlmrl_pipeline.core.data.mathvista import load_mathvista
     from vlmrl_pipeline.core.demo.synthetic import write_synthetic_mathvista
     from vlmrl_pipeline.core.demo.warmstart import build_demo_base_model
-    from vlmrl_pipeline.core.evaluation import diff_records, evaluate_policy
-    from vlmrl_pipeline.core.modeling import load_model, peft_lora_config
+    from vlmrl_pipeline.core.evaluation.records import diff_records, evaluate_policy
+    from vlmrl_pipeline.core.model.loading import load_model, peft_lora_config
     from vlmrl_pipeline.core.rewards import reward_set
     from vlmrl_pipeline.core.samples import trl_dataset
-    from vlmrl_pipeline.core.training import train_gspo
+    from vlmrl_pipeline.core.training.trainer import train_gspo
 
     profile = reduced_demo()
     data, style = profile.data, profile.data.prompt_style

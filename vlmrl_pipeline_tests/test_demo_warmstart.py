@@ -12,7 +12,7 @@ from vlmrl_pipeline.core.demo.warmstart import (
     supervised_warm_start,
     warm_start_targets,
 )
-from vlmrl_pipeline.core.modeling import load_model
+from vlmrl_pipeline.core.model.loading import load_model
 
 QUESTIONS = ["What is the value of bar A?", "How many red shapes are there?", "Find the area of it?",
              "In triangle ABC, what is angle C?"] * 25

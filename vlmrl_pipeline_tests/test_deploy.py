@@ -203,8 +203,8 @@ def _step_pod_as_the_api_returns_it(job, launcher) -> dict:
 
 
 def _example_workers(job, launcher, machines: int = 2, per_machine: int = 1) -> dict:
-    from vlmrl_pipeline.core.k8s_workers import worker_job_manifest, worker_job_name
-    from vlmrl_pipeline.core.launch import DEFAULT_MAIN_PROCESS_PORT
+    from vlmrl_pipeline.core.training.k8s_workers import worker_job_manifest, worker_job_name
+    from vlmrl_pipeline.core.training.launch import DEFAULT_MAIN_PROCESS_PORT
 
     return worker_job_manifest(
         _step_pod_as_the_api_returns_it(job, launcher), name=worker_job_name("0123456789abcdef", EXAMPLE_KEY),
@@ -239,7 +239,7 @@ def test_the_committed_worker_job_is_what_the_code_renders_for_two_machines(depl
 
 @pytest.mark.parametrize("machines, per_machine", [(2, 1), (4, 2)])
 def test_each_worker_rank_is_a_copy_of_the_step_pod_on_the_shared_volume(deployed, machines, per_machine):
-    from vlmrl_pipeline.core.launch import Machines, machines_from_env, node_parser
+    from vlmrl_pipeline.core.training.launch import Machines, machines_from_env, node_parser
 
     job, launcher, env = deployed
     manifest = _example_workers(job, launcher, machines, per_machine)
@@ -269,8 +269,8 @@ def test_each_worker_rank_is_a_copy_of_the_step_pod_on_the_shared_volume(deploye
     assert "VLMRL_TRAINING_MACHINES" not in worker_env and worker_env["VLMRL_NUM_MACHINES"] == str(machines)
     assert not [name for name in worker_env if name.startswith("DAGSTER_")]  # workers run no Dagster code
     assert pod.automount_service_account_token is False
-    # the command is core.launch's, and each pod's index becomes its machine rank: 1..machines-1 after the step's 0
-    assert container.command[:3] == ["python", "-m", "vlmrl_pipeline.core.launch"]
+    # the command is core.training.launch's, and each pod's index becomes its machine rank: 1..machines-1 after the step's 0
+    assert container.command[:3] == ["python", "-m", "vlmrl_pipeline.core.training.launch"]
     args = node_parser().parse_args(container.command[3:])
     assert (args.job, args.processes_per_machine, args.distributed) == (EXAMPLE_JOB_FILE, per_machine, "ddp")
     ranks = [machines_from_env({**worker_env, "JOB_COMPLETION_INDEX": str(i)}) for i in range(spec.completions)]
@@ -281,7 +281,7 @@ def test_every_machine_launches_accelerate_at_its_rank(tmp_path):
     """Rank 0's config (the step) and a worker's go through accelerate's own parser and validation."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
-    from vlmrl_pipeline.core import launch
+    from vlmrl_pipeline.core.training import launch
 
     for rank in (0, 2):
         machines = launch.Machines(3, rank, EXAMPLE_RANK0, 29500)
@@ -302,7 +302,7 @@ def test_every_machine_launches_accelerate_at_its_rank(tmp_path):
 
 
 def test_the_number_of_training_machines_is_a_deployment_setting():
-    from vlmrl_pipeline.core.k8s_workers import TRAINING_MACHINES_ENV, training_machines
+    from vlmrl_pipeline.core.training.k8s_workers import TRAINING_MACHINES_ENV, training_machines
 
     values = _load("values.yaml")
     [deployment] = values["dagster-user-deployments"]["deployments"]

@@ -1,4 +1,4 @@
-"""Dynamic sampling (``core.dynamic_sampling``) on TRL's GRPOTrainer with ``model.generate`` rollouts: zero-spread
+"""Dynamic sampling (``core.training.dynamic_sampling``) on TRL's GRPOTrainer with ``model.generate`` rollouts: zero-spread
 groups are dropped and replaced by drawn prompts, the bound stops and says so, a resumed run draws the same prompts,
 and the counts land in the trainer's metrics."""
 
@@ -9,16 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmrl_pipeline.core.dynamic_sampling import (
+from vlmrl_pipeline.core.model.loading import LoraSettings, load_model, peft_lora_config
+from vlmrl_pipeline.core.profiles import PROFILES
+from vlmrl_pipeline.core.training.dynamic_sampling import (
     DYNAMIC_SAMPLING_METRICS,
     join_groups,
     replacement_prompt_indices,
     zero_spread_groups,
 )
-from vlmrl_pipeline.core.gspo_config import GSPOSettings, build_grpo_config
-from vlmrl_pipeline.core.modeling import LoraSettings, load_model, peft_lora_config
-from vlmrl_pipeline.core.profiles import PROFILES
-from vlmrl_pipeline.core.training import train_gspo
+from vlmrl_pipeline.core.training.gspo_config import GSPOSettings, build_grpo_config
+from vlmrl_pipeline.core.training.trainer import train_gspo
 
 ANSWERS = ["3", "5", "7", "9"]
 FLAT_ANSWER = "3"

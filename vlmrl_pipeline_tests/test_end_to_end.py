@@ -11,9 +11,9 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from vlmrl_pipeline.core.environment import environment_fingerprint
-from vlmrl_pipeline.core.evaluation import p_value_text
+from vlmrl_pipeline.core.evaluation.records import p_value_text
 from vlmrl_pipeline.core.files import sha256_file
-from vlmrl_pipeline.core.modeling import load_model
+from vlmrl_pipeline.core.model.loading import load_model
 from vlmrl_pipeline.core.profiles import demo_profile
 from vlmrl_pipeline.core.prompts import BOXED_SYSTEM_PROMPT
 from vlmrl_pipeline.definitions import all_assets, all_checks

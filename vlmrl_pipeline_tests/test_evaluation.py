@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from vlmrl_pipeline.core.evaluation import (
+from vlmrl_pipeline.core.evaluation.records import (
     RECORD_COLUMNS,
     diff_records,
     report_markdown,

@@ -17,8 +17,8 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from vlmrl_pipeline import experiments as experiments_module
-from vlmrl_pipeline.core import experiments as core_experiments
-from vlmrl_pipeline.core.experiments import declared_experiment_names, experiment_profile, parse_experiments
+from vlmrl_pipeline.core import experiment_specs as core_experiments
+from vlmrl_pipeline.core.experiment_specs import declared_experiment_names, experiment_profile, parse_experiments
 from vlmrl_pipeline.core.profiles import demo_profile
 
 # Small enough to render and resize in seconds; the two differ in their held-out split.
@@ -154,7 +154,7 @@ def _report(accuracy_before: float, accuracy_after: float) -> dict:
 
 
 def test_the_main_location_sets_every_experiment_side_by_side(tmp_path, monkeypatch):
-    from vlmrl_pipeline.assets.experiments import build_experiment_comparison
+    from vlmrl_pipeline.assets.experiment_comparison import build_experiment_comparison
     from vlmrl_pipeline.resources import ArtifactStore, experiments_file
 
     (tmp_path / "experiments.yaml").write_text(EXPERIMENTS_YAML)
@@ -206,7 +206,7 @@ MALFORMED = {
 
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_a_malformed_experiments_file_is_one_error_naming_the_file_and_the_place(case, tmp_path, monkeypatch):
-    from vlmrl_pipeline.core.experiments import ExperimentsFileError, declared_experiments, load_experiments
+    from vlmrl_pipeline.core.experiment_specs import ExperimentsFileError, declared_experiments, load_experiments
 
     content, message = MALFORMED[case]
     path = tmp_path / "experiments.yaml"
@@ -262,7 +262,7 @@ def test_the_main_module_loads_in_a_fresh_process_whatever_the_experiments_file_
 
 def test_the_experiments_location_has_one_repository_per_experiment_and_says_when_there_is_none(tmp_path,
                                                                                               monkeypatch):
-    from vlmrl_pipeline.core.experiments import ExperimentsFileError
+    from vlmrl_pipeline.core.experiment_specs import ExperimentsFileError
     from vlmrl_pipeline.experiments_location import NONE_DECLARED, experiment_repositories
 
     path = tmp_path / "experiments.yaml"

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vlmrl_pipeline.core.evaluation.generation import GenerationSettings, generate_completions, greedy_token_ids
 from vlmrl_pipeline.core.export.gguf import export_gguf, gguf_greedy_tokens, llama_cpp_runtime_available, verify_gguf
 from vlmrl_pipeline.core.export.merge import (
     inspect_lora_adapter,
@@ -16,7 +17,6 @@ from vlmrl_pipeline.core.export.merge import (
 )
 from vlmrl_pipeline.core.export.settings import ExportSettings
 from vlmrl_pipeline.core.files import sha256_dir, sha256_file
-from vlmrl_pipeline.core.generation import GenerationSettings, generate_completions, greedy_token_ids
 from vlmrl_pipeline.core.llama_cpp import (
     LLAMA_CPP_PYTHON_VERSION,
     SDIST_ENV_VAR,
@@ -24,7 +24,7 @@ from vlmrl_pipeline.core.llama_cpp import (
     llama_cpp_tools,
     vocab_test_cases,
 )
-from vlmrl_pipeline.core.modeling import LoraSettings, apply_lora, load_model, load_policy, unsloth_available
+from vlmrl_pipeline.core.model.loading import LoraSettings, apply_lora, load_model, load_policy, unsloth_available
 
 
 def _save_adapter(checkpoint, folder, trained: bool):

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vlmrl_pipeline.core.evaluation.generation import greedy_new_ids, next_token_logits
+from vlmrl_pipeline.core.evaluation.shipped import logit_agreement
 from vlmrl_pipeline.core.export.gguf import export_gguf, llama_cpp_runtime_available
 from vlmrl_pipeline.core.export.merge import merge_adapter_to_checkpoint
 from vlmrl_pipeline.core.export.mtmd import (
@@ -22,10 +24,8 @@ from vlmrl_pipeline.core.export.mtmd import (
     run_gguf_multimodal,
     stop_token_ids,
 )
-from vlmrl_pipeline.core.generation import greedy_new_ids, next_token_logits
 from vlmrl_pipeline.core.llama_cpp import llama_cpp_tools
-from vlmrl_pipeline.core.modeling import load_model, vision_token_ids
-from vlmrl_pipeline.core.shipped import logit_agreement
+from vlmrl_pipeline.core.model.loading import load_model, vision_token_ids
 
 needs_llama_cpp = pytest.mark.skipif(not llama_cpp_runtime_available(),
                                      reason="needs the llama.cpp runtime (pip install -e '.[gguf]')")

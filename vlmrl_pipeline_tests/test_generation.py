@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from vlmrl_pipeline.core.generation import GenerationSettings, generate_completions
-from vlmrl_pipeline.core.modeling import load_model
+from vlmrl_pipeline.core.evaluation.generation import GenerationSettings, generate_completions
+from vlmrl_pipeline.core.model.loading import load_model
 
 
 def _inputs(n):

@@ -12,19 +12,19 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 from vlmrl_pipeline.core.demo.synthetic import generate_synthetic_mathvista
-from vlmrl_pipeline.core.evaluation import evaluate_policy
+from vlmrl_pipeline.core.evaluation.generation import GenerationSettings
+from vlmrl_pipeline.core.evaluation.records import evaluate_policy
 from vlmrl_pipeline.core.export.merge import (
     inspect_lora_adapter,
     merge_adapter_4bit_unsloth,
     merge_adapter_to_checkpoint,
 )
-from vlmrl_pipeline.core.generation import GenerationSettings
-from vlmrl_pipeline.core.gspo_config import GSPOSettings, paper_gspo_settings
-from vlmrl_pipeline.core.modeling import apply_lora, load_model, load_policy
+from vlmrl_pipeline.core.model.loading import apply_lora, load_model, load_policy
 from vlmrl_pipeline.core.profiles import demo_gpu_profile
 from vlmrl_pipeline.core.rewards import REWARD_FUNCTIONS, REWARD_WEIGHTS
 from vlmrl_pipeline.core.samples import trl_dataset
-from vlmrl_pipeline.core.training import train_gspo
+from vlmrl_pipeline.core.training.gspo_config import GSPOSettings, paper_gspo_settings
+from vlmrl_pipeline.core.training.trainer import train_gspo
 from vlmrl_pipeline.definitions import all_assets, all_checks
 from vlmrl_pipeline.resources import resources_for_profile
 from vlmrl_pipeline_tests.conftest import TINY_IMAGE
@@ -81,7 +81,7 @@ def test_unsloth_merged_4bit_checkpoint_loads_and_generates(tiny_checkpoint, tmp
     import torch
     from PIL import Image
 
-    from vlmrl_pipeline.core.generation import generate_completions
+    from vlmrl_pipeline.core.evaluation.generation import generate_completions
     from vlmrl_pipeline_tests.test_export import _save_adapter
 
     adapter = _save_adapter(tiny_checkpoint, tmp_path / "adapter", trained=True)

@@ -16,6 +16,7 @@ import torch
 from dagster import DagsterInstance, materialize
 from PIL import Image
 
+from vlmrl_pipeline.core.evaluation.generation import GenerationSettings, generate_completions, next_token_logits
 from vlmrl_pipeline.core.export.merge import (
     MERGE_LOGIT_TOLERANCE,
     bnb_quantization,
@@ -23,8 +24,7 @@ from vlmrl_pipeline.core.export.merge import (
     merge_adapter_to_checkpoint,
     merge_agreement,
 )
-from vlmrl_pipeline.core.generation import GenerationSettings, generate_completions, next_token_logits
-from vlmrl_pipeline.core.modeling import load_processor
+from vlmrl_pipeline.core.model.loading import load_processor
 from vlmrl_pipeline.definitions import all_assets, all_checks
 from vlmrl_pipeline.resources import resources_for_profile
 from vlmrl_pipeline_tests.conftest import tiny_profile
@@ -120,7 +120,7 @@ def test_vllm_serving_copy_of_a_4bit_base_is_16bit_and_computes_the_4bit_base(pr
     no 4-bit layer and computes what the 4-bit base computes (bitsandbytes dequantizes before every matmul)."""
     from transformers import AutoModelForImageTextToText
 
-    from vlmrl_pipeline.core.vllm_engine import needs_serving_copy, serving_checkpoint
+    from vlmrl_pipeline.core.evaluation.vllm_engine import needs_serving_copy, serving_checkpoint
 
     assert needs_serving_copy(prequantized, None)
     served = serving_checkpoint(prequantized, None, tmp_path, dtype="bfloat16")

@@ -19,7 +19,7 @@ from dagster import DagsterInstance, materialize
 from vlmrl_pipeline.core.export.gguf import llama_cpp_runtime_available
 from vlmrl_pipeline.core.export.mtmd import buffer_types
 from vlmrl_pipeline.core.integrity import verify_files
-from vlmrl_pipeline.core.model_card import (
+from vlmrl_pipeline.core.model.card import (
     EVALUATION_END,
     EVALUATION_START,
     NOT_EVALUATED,

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmrl_pipeline.core import modeling
-from vlmrl_pipeline.core.modeling import (
+from vlmrl_pipeline.core.model import loading as modeling
+from vlmrl_pipeline.core.model.loading import (
     VISION_SPECIAL_TOKENS,
     LoraSettings,
     apply_lora,

@@ -7,7 +7,7 @@ import io
 
 from PIL import Image
 
-from vlmrl_pipeline.core.plots import before_after_png, png_markdown, training_curves_png
+from vlmrl_pipeline.core.evaluation.plots import before_after_png, png_markdown, training_curves_png
 
 
 def _is_png(data: bytes) -> tuple[int, int]:

@@ -11,8 +11,7 @@ import textwrap
 import pandas as pd
 import pytest
 
-from vlmrl_pipeline.core.evaluation import score_records
-from vlmrl_pipeline.core.gspo_config import GSPOSettings
+from vlmrl_pipeline.core.evaluation.records import score_records
 from vlmrl_pipeline.core.profiles import geo3k_profile, qwen3vl_8b_profile
 from vlmrl_pipeline.core.prompts import PromptStyle
 from vlmrl_pipeline.core.reward_plugins import (
@@ -32,6 +31,7 @@ from vlmrl_pipeline.core.rewards import (
 )
 from vlmrl_pipeline.core.settings_check import settings_conflicts
 from vlmrl_pipeline.core.settings_versions import settings_versions
+from vlmrl_pipeline.core.training.gspo_config import GSPOSettings
 
 MODULE = textwrap.dedent("""
     def length_reward(prompts, completions, **kwargs):

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from vlmrl_pipeline.core.modeling import LoraSettings
+from vlmrl_pipeline.core.model.loading import LoraSettings
 from vlmrl_pipeline.core.profiles import DEMO_MODEL_NAME, ModelSettings, get_profile
 
 
@@ -62,7 +62,7 @@ def test_presets_for_the_seeds_models():
     for profile in (qwen3, qwen25, gemma):
         assert not profile.model.lora.finetune_vision_layers
     for make in PROFILES.values():
-        # The engine is picked on the training machine (core.rollout_engine); the low-level switches stay off.
+        # The engine is picked on the training machine (core.training.rollout_engine); the low-level switches stay off.
         profile = make()
         # demo-gpu keeps model.generate: the tiny model in 4-bit earned no reward spread through vLLM (measured).
         assert profile.gspo.rollout_engine == ("generate" if profile.name == "demo-gpu" else "auto"), profile.name

@@ -22,7 +22,7 @@ import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
 
 import vlmrl_pipeline
-from vlmrl_pipeline.core.checkpoints import PROGRESS_FILE, latest_checkpoint
+from vlmrl_pipeline.core.training.checkpoints import PROGRESS_FILE, latest_checkpoint
 from vlmrl_pipeline.execution import GPU_POOL, RUN_WORKER_TAG
 from vlmrl_pipeline_tests.recovery_defs import MAX_STEPS
 

@@ -18,7 +18,7 @@ import pytest
 
 from vlmrl_pipeline.core.export.merge import checkpoint_has_4bit_layers
 from vlmrl_pipeline.core.profiles import get_profile
-from vlmrl_pipeline.core.rehearsal import (
+from vlmrl_pipeline.core.standin.rehearsal import (
     REHEARSAL_STANDINS,
     RehearsalLengths,
     ascii_share_reward,

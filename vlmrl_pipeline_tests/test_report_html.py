@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vlmrl_pipeline.core.evaluation import diff_records, score_records
-from vlmrl_pipeline.core.plots import before_after_png
-from vlmrl_pipeline.core.report_html import render_report_html, safe_image_src, thumbnail_data_uri
+from vlmrl_pipeline.core.evaluation.plots import before_after_png
+from vlmrl_pipeline.core.evaluation.records import diff_records, score_records
+from vlmrl_pipeline.core.evaluation.report_html import render_report_html, safe_image_src, thumbnail_data_uri
 
 GOOD = "<REASONING>r</REASONING>\n<SOLUTION>{}</SOLUTION>"
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'

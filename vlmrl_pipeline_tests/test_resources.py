@@ -10,11 +10,11 @@ import pytest
 from vlmrl_pipeline import resources as res
 from vlmrl_pipeline.core.demo.tiny_model import TinyModelSpec
 from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
+from vlmrl_pipeline.core.evaluation.generation import GenerationSettings
 from vlmrl_pipeline.core.export.settings import ExportSettings
-from vlmrl_pipeline.core.generation import GenerationSettings
-from vlmrl_pipeline.core.gspo_config import GSPOSettings
-from vlmrl_pipeline.core.modeling import LoraSettings
+from vlmrl_pipeline.core.model.loading import LoraSettings
 from vlmrl_pipeline.core.profiles import PROFILES, DataSettings, ModelSettings
+from vlmrl_pipeline.core.training.gspo_config import GSPOSettings
 
 SETTINGS_CLASSES = [DataSettings, ModelSettings, LoraSettings, TinyModelSpec, WarmStartSettings, GSPOSettings,
                     GenerationSettings, ExportSettings]

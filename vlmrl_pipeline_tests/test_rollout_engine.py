@@ -10,12 +10,12 @@ import json
 
 import pytest
 
-from vlmrl_pipeline.core import rollout_engine
-from vlmrl_pipeline.core.gspo_config import GSPOSettings
-from vlmrl_pipeline.core.modeling import LoraSettings
+from vlmrl_pipeline.core.model.loading import LoraSettings
 from vlmrl_pipeline.core.profiles import ModelSettings
-from vlmrl_pipeline.core.rollout_engine import resolve_rollout_engine
-from vlmrl_pipeline.core.training_job import TrainingJob
+from vlmrl_pipeline.core.training import rollout_engine
+from vlmrl_pipeline.core.training.gspo_config import GSPOSettings
+from vlmrl_pipeline.core.training.job import TrainingJob
+from vlmrl_pipeline.core.training.rollout_engine import resolve_rollout_engine
 
 EVERYTHING = dict(cuda_available=True, vllm_installed=True, compressed_tensors_installed=True)
 UNSLOTH_4BIT = ModelSettings(backend="unsloth", load_in_4bit=True)

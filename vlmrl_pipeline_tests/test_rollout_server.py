@@ -1,4 +1,4 @@
-"""The rollout server of ``vllm_mode="server"`` (``core.rollout_server``, ``resources.RolloutServerResource``) on a
+"""The rollout server of ``vllm_mode="server"`` (``core.training.rollout_server``, ``resources.RolloutServerResource``) on a
 CPU: the real lifecycle with a child that speaks the server's health protocol (``rollout_fake_server``), the real
 ``trl vllm-serve`` argv checked against TRL's own parser, and the settings refused before any model loads."""
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from vlmrl_pipeline.core.gspo_config import GSPOSettings, build_grpo_config
-from vlmrl_pipeline.core.rollout_server import (
+from vlmrl_pipeline.core.training.gspo_config import GSPOSettings, build_grpo_config
+from vlmrl_pipeline.core.training.rollout_server import (
     RolloutServerError,
     RolloutServerSettings,
     group_alive,
@@ -119,7 +119,7 @@ def test_the_resource_builds_the_trl_command_when_none_is_injected(tmp_path, mon
 
 
 def test_the_servers_address_becomes_grpo_configs(tiny_checkpoint, tmp_path):
-    from vlmrl_pipeline.core.modeling import load_processor
+    from vlmrl_pipeline.core.model.loading import load_processor
 
     settings = GSPOSettings(optim="adamw_torch", use_vllm=True, vllm_mode="server",
                             vllm_server_base_url="http://127.0.0.1:8123")
@@ -189,7 +189,7 @@ def test_a_sigkilled_step_leaves_no_server_behind(tmp_path):
 
 
 def test_running_server_accepts_any_command_speaking_the_protocol(tmp_path):
-    from vlmrl_pipeline.core.rollout_server import free_port
+    from vlmrl_pipeline.core.training.rollout_server import free_port
 
     port = free_port()
     argv = [p.format(host="127.0.0.1", port=port) for p in FAKE]
@@ -342,8 +342,8 @@ def test_the_servers_address_changes_neither_the_checkpoint_key_nor_the_settings
     """A resumed run trains against a new server (a new port); the key and lora_adapter's staleness stay."""
     import dataclasses
 
-    from vlmrl_pipeline.core.checkpoints import checkpoint_key, training_inputs
     from vlmrl_pipeline.core.settings_versions import settings_versions
+    from vlmrl_pipeline.core.training.checkpoints import checkpoint_key, training_inputs
     from vlmrl_pipeline_tests.conftest import tiny_profile
 
     def key(gspo):
@@ -362,7 +362,7 @@ def test_the_servers_address_changes_neither_the_checkpoint_key_nor_the_settings
 def test_doctests_of_the_server_and_launch_modules():
     import doctest
 
-    from vlmrl_pipeline.core import k8s_workers, launch, rollout_server
+    from vlmrl_pipeline.core.training import k8s_workers, launch, rollout_server
 
     for module in (rollout_server, launch, k8s_workers):
         assert doctest.testmod(module).failed == 0, module.__name__

@@ -10,7 +10,7 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 from vlmrl_pipeline.assets.training import TENSORBOARD_DIR, TENSORBOARD_HISTORY_DIR
-from vlmrl_pipeline.core.run_history import folder_bytes, keep_run, run_folder_name, run_folders
+from vlmrl_pipeline.core.training.run_history import folder_bytes, keep_run, run_folder_name, run_folders
 from vlmrl_pipeline.definitions import all_assets, all_checks
 from vlmrl_pipeline.resources import resources_for_profile
 from vlmrl_pipeline_tests.conftest import tiny_profile

@@ -78,7 +78,7 @@ def test_boxed_style_uses_a_system_turn_and_no_tag_instruction(manifest_folder):
 
 
 def test_rows_whose_prompt_overflows_the_context_are_dropped_and_listed(manifest_folder, tiny_checkpoint):
-    from vlmrl_pipeline.core.modeling import load_processor
+    from vlmrl_pipeline.core.model.loading import load_processor
 
     processor = load_processor(tiny_checkpoint)
     rows = split_rows(read_manifest(manifest_folder), "train")

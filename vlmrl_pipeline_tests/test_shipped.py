@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlmrl_pipeline.core.shipped import (
+from vlmrl_pipeline.core.evaluation.shipped import (
     accuracy_kept,
     compare_to_adapter,
     logit_agreement,

@@ -236,7 +236,7 @@ def test_tiny_changes_only_widths_and_depths(key):
 def test_tiny_standin_loads_and_generates(standins, key):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vlmrl_pipeline.core.modeling import load_model
+    from vlmrl_pipeline.core.model.loading import load_model
 
     path = standins[key]
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)

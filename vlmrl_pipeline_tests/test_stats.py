@@ -1,4 +1,4 @@
-"""Tests for the paired before/after statistics (vlmrl_pipeline.core.stats)."""
+"""Tests for the paired before/after statistics (vlmrl_pipeline.core.evaluation.stats)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from vlmrl_pipeline.core import stats
-from vlmrl_pipeline.core.stats import (
+from vlmrl_pipeline.core.evaluation import stats
+from vlmrl_pipeline.core.evaluation.stats import (
     mcnemar_exact,
     paired_bootstrap_ci,
     paired_comparison,

@@ -10,19 +10,20 @@ import datasets
 import pytest
 from PIL import Image
 
-from vlmrl_pipeline.core.checkpoints import checkpoint_problem, latest_checkpoint, resume_candidates
 from vlmrl_pipeline.core.export.merge import inspect_lora_adapter
-from vlmrl_pipeline.core.gspo_config import (
+from vlmrl_pipeline.core.model.loading import LoraSettings, load_model, peft_lora_config, vision_token_ids
+from vlmrl_pipeline.core.profiles import qwen3vl_8b_profile
+from vlmrl_pipeline.core.rewards import REWARD_FUNCTIONS, REWARD_WEIGHTS
+from vlmrl_pipeline.core.training.checkpoints import checkpoint_problem, latest_checkpoint, resume_candidates
+from vlmrl_pipeline.core.training.gspo_config import (
     GSPOSettings,
     build_grpo_config,
     paper_gspo_settings,
     report_to_problems,
     resolve_optim,
 )
-from vlmrl_pipeline.core.modeling import LoraSettings, load_model, peft_lora_config, vision_token_ids
-from vlmrl_pipeline.core.profiles import qwen3vl_8b_profile
-from vlmrl_pipeline.core.rewards import REWARD_FUNCTIONS, REWARD_WEIGHTS
-from vlmrl_pipeline.core.training import (
+from vlmrl_pipeline.core.training.job import describe_failure
+from vlmrl_pipeline.core.training.trainer import (
     NonFiniteLossError,
     TrainingOutOfMemoryError,
     _progress_callback,
@@ -30,7 +31,6 @@ from vlmrl_pipeline.core.training import (
     is_out_of_memory,
     train_gspo,
 )
-from vlmrl_pipeline.core.training_job import describe_failure
 
 
 def _dataset(n=4):

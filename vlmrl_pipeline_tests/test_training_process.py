@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, materialize
 
-from vlmrl_pipeline.core import launch
-from vlmrl_pipeline.core.checkpoints import (
+from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
+from vlmrl_pipeline.core.training import launch
+from vlmrl_pipeline.core.training.checkpoints import (
     PROGRESS_FILE,
     checkpoint_key,
     latest_checkpoint,
     training_inputs,
 )
-from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
 from vlmrl_pipeline.definitions import all_assets
 from vlmrl_pipeline.resources import resources_for_profile
 from vlmrl_pipeline_tests.conftest import tiny_profile
@@ -264,7 +264,7 @@ def test_the_checkpoint_key_follows_what_training_depends_on():
 
 
 def test_the_base_model_part_of_the_key_follows_content_not_modification_times(tmp_path, monkeypatch):
-    from vlmrl_pipeline.core import checkpoints
+    from vlmrl_pipeline.core.training import checkpoints
 
     def write(folder, weights: bytes):
         (folder / "sub").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""``core.unsloth_compat``: the vision-config names the pinned unsloth_zoo misreads under transformers 5, mapped back
+"""``core.model.unsloth_compat``: the vision-config names the pinned unsloth_zoo misreads under transformers 5,
 (a fake module on any machine; the installed unsloth_zoo on a GPU machine with the ``gpu`` extra)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from vlmrl_pipeline.core import unsloth_compat
+from vlmrl_pipeline.core.model import unsloth_compat
 
 
 def test_doctests():

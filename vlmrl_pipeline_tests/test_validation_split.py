@@ -15,13 +15,13 @@ from PIL import Image
 from vlmrl_pipeline.assets.data import FILTERED_NAME, mathvista_filtered, resized_images, train_eval_disjoint
 from vlmrl_pipeline.core.data.filtering import DataError, split_train_eval, split_validation
 from vlmrl_pipeline.core.data.images import prepare_images
-from vlmrl_pipeline.core.gspo_config import GSPOSettings
-from vlmrl_pipeline.core.plots import training_curves_png
+from vlmrl_pipeline.core.evaluation.plots import training_curves_png
 from vlmrl_pipeline.core.profiles import PROFILES
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_EVAL, SPLIT_TRAIN, SPLIT_VALIDATION
 from vlmrl_pipeline.core.settings_check import settings_conflicts
 from vlmrl_pipeline.core.settings_versions import settings_versions
-from vlmrl_pipeline.core.validation import best_entry, drop_later_best, kept_checkpoint
+from vlmrl_pipeline.core.training.gspo_config import GSPOSettings
+from vlmrl_pipeline.core.training.validation import best_entry, drop_later_best, kept_checkpoint
 from vlmrl_pipeline.resources import ArtifactStore, resources_for_profile
 from vlmrl_pipeline_tests.conftest import tiny_profile
 

@@ -20,8 +20,8 @@ from PIL import Image
 
 from vlmrl_pipeline.assets.model import base_model_path
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_EVAL
-from vlmrl_pipeline.core.training_job import TRAINING_LOG, TrainingJob, run_training_job
-from vlmrl_pipeline.core.validation import BEST_DIR, best_entry, validation_entries
+from vlmrl_pipeline.core.training.job import TRAINING_LOG, TrainingJob, run_training_job
+from vlmrl_pipeline.core.training.validation import BEST_DIR, best_entry, validation_entries
 from vlmrl_pipeline.definitions import all_assets
 from vlmrl_pipeline.resources import ArtifactStore, resources_for_profile
 from vlmrl_pipeline_tests.conftest import tiny_profile
@@ -116,7 +116,7 @@ def test_a_plugged_in_reward_and_validation_during_training_through_dagster(upst
     import base64
     import io
 
-    from vlmrl_pipeline.core.plots import training_curves_png
+    from vlmrl_pipeline.core.evaluation.plots import training_curves_png
 
     png = base64.b64decode(meta["training_curves"].split("base64,", 1)[1].rstrip(")"))
     assert png == (data / "lora_adapter" / "training_curves.png").read_bytes()

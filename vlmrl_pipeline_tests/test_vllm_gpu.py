@@ -17,15 +17,15 @@ import statistics
 import pytest
 from dagster import DagsterInstance, materialize
 
-from vlmrl_pipeline.core.evaluation import generate_for_rows, generate_for_rows_vllm
-from vlmrl_pipeline.core.generation import GenerationSettings
-from vlmrl_pipeline.core.gspo_config import GSPOSettings
+from vlmrl_pipeline.core.evaluation.generation import GenerationSettings
+from vlmrl_pipeline.core.evaluation.records import generate_for_rows, generate_for_rows_vllm
 from vlmrl_pipeline.core.lineage import model_load_path, read_model_ref
-from vlmrl_pipeline.core.modeling import LoraSettings, load_model, load_policy, peft_lora_config
-from vlmrl_pipeline.core.rehearsal import ascii_share_reward
+from vlmrl_pipeline.core.model.loading import LoraSettings, load_model, load_policy, peft_lora_config
 from vlmrl_pipeline.core.rewards import REWARD_FUNCTIONS, REWARD_WEIGHTS
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, SPLIT_TRAIN, read_manifest, split_rows, trl_dataset
-from vlmrl_pipeline.core.training import rollout_summary, train_gspo
+from vlmrl_pipeline.core.standin.rehearsal import ascii_share_reward
+from vlmrl_pipeline.core.training.gspo_config import GSPOSettings
+from vlmrl_pipeline.core.training.trainer import rollout_summary, train_gspo
 from vlmrl_pipeline.definitions import all_assets, all_checks
 from vlmrl_pipeline.resources import resources_for_profile
 from vlmrl_pipeline_tests.conftest import tiny_profile
@@ -137,7 +137,7 @@ def test_gspo_with_vllm_rollouts_reports_a_small_mismatch_on_a_trained_model(dem
 
 
 def test_dynamic_sampling_with_vllm_rollouts_trains_only_groups_that_differ(demo_lineage_data, tmp_path):
-    """Dynamic sampling (``core.dynamic_sampling``) on TRL's colocated vLLM: on the warm-started demo model about a
+    """Dynamic sampling (``core.training.dynamic_sampling``) on TRL's colocated vLLM: on the warm-started demo model about a
     quarter of the groups of 4 earn equal rewards; they are dropped, extra prompts are rolled out through vLLM in
     the same step, and every group trained has spread unless a step ran out of rounds (logged)."""
     root, base = demo_lineage_data
@@ -174,7 +174,7 @@ def test_dynamic_sampling_with_vllm_rollouts_trains_only_groups_that_differ(demo
 def test_vllm_rollouts_come_from_the_trainers_prompt_on_random_weights(tmp_path):
     """A random-weight policy is sensitive to its context, so it shows a rollout prompt that differs from the
     trainer's: TRL hands vLLM processor-expanded image tokens, which vLLM expanded again (0.85 nats per token on
-    this stand-in, against 0.02 for bf16 rounding alone) until ``core.vllm_rollouts`` collapsed them."""
+    this stand-in, against 0.02 for bf16 rounding alone) until ``core.training.vllm_rollouts`` collapsed them."""
     import datasets
     import numpy as np
     from PIL import Image
@@ -254,7 +254,7 @@ def test_unsloth_fast_inference_demo_model_through_lora_adapter(tmp_path):
     # Measured 2026-12-04 (benchmarks/logs/gpu_checks_h200_run1/gemma.log): Unsloth's engine starts
     # on Gemma 3, but its rollout prompt is 259 tokens longer than the trainer's (the image expanded twice) and the
     # rollout-prompt guard stops the first step; rollout_engine='auto' therefore keeps Gemma 3 on model.generate
-    # (core.rollout_engine.UNSLOTH_ENGINE_PROMPT_MISMATCH). Strict: a fixed engine path fails this mark.
+    # (core.training.rollout_engine.UNSLOTH_ENGINE_PROMPT_MISMATCH). Strict: a fixed engine path fails this mark.
     pytest.param("gemma3-4b", "gemma3-4b", marks=pytest.mark.xfail(
         strict=True, reason="Unsloth's engine builds Gemma 3's rollout prompt with the image expanded twice")),
 ])

@@ -7,9 +7,9 @@ import doctest
 import pytest
 from PIL import Image
 
-from vlmrl_pipeline.core import vllm_rollouts
 from vlmrl_pipeline.core.standin import standin_processor
-from vlmrl_pipeline.core.vllm_rollouts import (
+from vlmrl_pipeline.core.training import vllm_rollouts
+from vlmrl_pipeline.core.training.vllm_rollouts import (
     RolloutPromptMismatchError,
     collapse_image_runs,
     feed_unexpanded_image_prompts,

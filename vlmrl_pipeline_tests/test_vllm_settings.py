@@ -11,15 +11,20 @@ import shutil
 import pytest
 from dagster import DagsterInstance, materialize
 
-from vlmrl_pipeline.core.generation import GenerationSettings
-from vlmrl_pipeline.core.gspo_config import SUPPRESSED_LOGIT_BIAS, GSPOSettings, build_grpo_config
-from vlmrl_pipeline.core.modeling import LoraSettings, load_processor, vision_token_ids, vllm_available
-from vlmrl_pipeline.core.plots import training_curves_png
+from vlmrl_pipeline.core.evaluation.generation import GenerationSettings
+from vlmrl_pipeline.core.evaluation.plots import training_curves_png
+from vlmrl_pipeline.core.evaluation.vllm_engine import (
+    greedy_sampling_params,
+    needs_serving_copy,
+    serving_checkpoint,
+    vllm_prompts,
+)
+from vlmrl_pipeline.core.model.loading import LoraSettings, load_processor, vision_token_ids, vllm_available
 from vlmrl_pipeline.core.profiles import ModelSettings, geo3k_profile
 from vlmrl_pipeline.core.rewards import boxed_reward, boxed_reward_valued
 from vlmrl_pipeline.core.settings_check import settings_conflicts, vllm_conflicts
-from vlmrl_pipeline.core.training import rollout_summary
-from vlmrl_pipeline.core.vllm_engine import greedy_sampling_params, needs_serving_copy, serving_checkpoint, vllm_prompts
+from vlmrl_pipeline.core.training.gspo_config import SUPPRESSED_LOGIT_BIAS, GSPOSettings, build_grpo_config
+from vlmrl_pipeline.core.training.trainer import rollout_summary
 from vlmrl_pipeline_tests.conftest import tiny_profile
 
 

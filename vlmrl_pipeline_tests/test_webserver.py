@@ -238,7 +238,7 @@ def test_the_report_images_show_on_its_asset_page_without_a_click(webserver, web
     from selenium.webdriver.support.ui import WebDriverWait
 
     from vlmrl_pipeline.assets.report import _image_metadata
-    from vlmrl_pipeline.core.plots import before_after_png, png_markdown
+    from vlmrl_pipeline.core.evaluation.plots import before_after_png, png_markdown
     from vlmrl_pipeline.playground import running_server
     from vlmrl_pipeline.resources import ArtifactStore
     from vlmrl_pipeline_tests.test_report_html import report_inputs

@@ -27,7 +27,7 @@ from vlmrl_pipeline.assets.model import base_model, base_model_path
 from vlmrl_pipeline.assets.provenance import LINEAGE_KEYS, lineage
 from vlmrl_pipeline.assets.training import lora_adapter
 from vlmrl_pipeline.core.environment import environment_fingerprint
-from vlmrl_pipeline.core.evaluation import (
+from vlmrl_pipeline.core.evaluation.records import (
     generate_for_rows,
     generate_for_rows_vllm,
     load_completions,
@@ -36,7 +36,7 @@ from vlmrl_pipeline.core.evaluation import (
     score_stored_completions,
     summarize_records,
 )
-from vlmrl_pipeline.core.modeling import load_policy, load_processor, vllm_dtype
+from vlmrl_pipeline.core.model.loading import load_policy, load_processor, vllm_dtype
 from vlmrl_pipeline.core.reward_plugins import gspo_reward_set, reward_name, reward_set_version
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, filter_context_overflow, read_manifest, split_rows

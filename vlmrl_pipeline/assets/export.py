@@ -18,6 +18,13 @@ from vlmrl_pipeline.assets.metadata import environment_metadata
 from vlmrl_pipeline.assets.model import base_model, base_model_path
 from vlmrl_pipeline.assets.provenance import ADAPTER_WEIGHTS, card_facts, card_sample, lineage
 from vlmrl_pipeline.assets.training import lora_adapter
+from vlmrl_pipeline.core.evaluation.generation import (
+    GenerationSettings,
+    end_of_turn_id,
+    generate_completions,
+    greedy_token_ids,
+    next_token_logits,
+)
 from vlmrl_pipeline.core.export.gguf import export_gguf, gguf_greedy_tokens, inspect_gguf, llama_cpp_runtime_available
 from vlmrl_pipeline.core.export.merge import (
     bnb_quantization,
@@ -30,17 +37,10 @@ from vlmrl_pipeline.core.export.merge import (
 )
 from vlmrl_pipeline.core.export.settings import GGUF_QUANTIZER_TYPES
 from vlmrl_pipeline.core.files import dir_size_bytes, sha256_dir, sha256_file, write_json_atomic
-from vlmrl_pipeline.core.generation import (
-    GenerationSettings,
-    end_of_turn_id,
-    generate_completions,
-    greedy_token_ids,
-    next_token_logits,
-)
 from vlmrl_pipeline.core.llama_cpp import LLAMA_CPP_PYTHON_VERSION, llama_cpp_tools
 from vlmrl_pipeline.core.memory import peak_memory
-from vlmrl_pipeline.core.model_card import CARD_NAME, merged_card, portable_base_reference
-from vlmrl_pipeline.core.modeling import load_model, load_policy
+from vlmrl_pipeline.core.model.card import CARD_NAME, merged_card, portable_base_reference
+from vlmrl_pipeline.core.model.loading import load_model, load_policy
 from vlmrl_pipeline.core.prompts import chat_prompts
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, open_images, read_manifest, split_rows
 from vlmrl_pipeline.execution import CPU_TAGS, GPU_POOL, GPU_TAGS, gpu_op_tags

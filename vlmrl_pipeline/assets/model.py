@@ -45,7 +45,7 @@ def base_model(
                 train_rows, tmp / CHECKPOINT_DIR, settings.tiny_model, model_settings.warm_start_settings(),
                 style=data_settings.to_core().prompt_style, log=context.log.info,
             )
-            from vlmrl_pipeline.core.modeling import load_model
+            from vlmrl_pipeline.core.model.loading import load_model
 
             model, _, _ = load_model(str(checkpoint), backend="transformers", dtype="float32", device="cpu")
             metadata.update(

@@ -44,8 +44,8 @@ def lineage(artifacts: ArtifactStore, adapter_dir: Path | None = None, *, with_r
 
 def card_facts(artifacts: ArtifactStore, base_reference: str, adapter_sha256: str, style,
                training: dict | None = None):
-    """What a model card (``core.model_card``) records: this lineage, the adapter, the prompt it was trained with."""
-    from vlmrl_pipeline.core.model_card import CardFacts
+    """What a model card (``core.model.card``) records: this lineage, the adapter, the prompt it was trained with."""
+    from vlmrl_pipeline.core.model.card import CardFacts
 
     found = lineage(artifacts)
     return CardFacts(base_model=found["base_model"], base_revision=read_model_ref(
@@ -57,7 +57,7 @@ def card_facts(artifacts: ArtifactStore, base_reference: str, adapter_sha256: st
 
 def card_sample(artifacts: ArtifactStore, style):
     """The first held-out sample, the model card's snippets' example."""
-    from vlmrl_pipeline.core.model_card import sample_for_card
+    from vlmrl_pipeline.core.model.card import sample_for_card
     from vlmrl_pipeline.core.samples import SPLIT_EVAL, read_manifest, split_rows
 
     manifest = read_manifest(artifacts.asset_dir(resized_images))

@@ -21,14 +21,14 @@ from vlmrl_pipeline.assets.shipped import (
 from vlmrl_pipeline.assets.training import TRAINING_CURVES, lora_adapter
 from vlmrl_pipeline.core.atomic import ArtifactBusyError
 from vlmrl_pipeline.core.environment import environment_differences
-from vlmrl_pipeline.core.evaluation import change_text, diff_records, report_markdown
+from vlmrl_pipeline.core.evaluation.plots import before_after_png, png_markdown
+from vlmrl_pipeline.core.evaluation.records import change_text, diff_records, report_markdown
+from vlmrl_pipeline.core.evaluation.report_html import render_report_html, thumbnail_data_uri
+from vlmrl_pipeline.core.evaluation.shipped import shipped_markdown, shipped_metadata, shipped_rows
 from vlmrl_pipeline.core.files import sha256_file, write_json_atomic
-from vlmrl_pipeline.core.model_card import CARD_NAME, card_adapter_sha256, evaluation_markdown, with_evaluation
-from vlmrl_pipeline.core.plots import before_after_png, png_markdown
-from vlmrl_pipeline.core.report_html import render_report_html, thumbnail_data_uri
+from vlmrl_pipeline.core.model.card import CARD_NAME, card_adapter_sha256, evaluation_markdown, with_evaluation
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, read_manifest, split_rows
-from vlmrl_pipeline.core.shipped import shipped_markdown, shipped_metadata, shipped_rows
 from vlmrl_pipeline.execution import CPU_TAGS
 from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore, ExportSettingsResource, asset_folder
 

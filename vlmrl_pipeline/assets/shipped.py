@@ -25,7 +25,8 @@ from vlmrl_pipeline.assets.metadata import environment_metadata, table_metadata
 from vlmrl_pipeline.assets.provenance import lineage
 from vlmrl_pipeline.assets.training import lora_adapter
 from vlmrl_pipeline.core.environment import environment_fingerprint
-from vlmrl_pipeline.core.evaluation import (
+from vlmrl_pipeline.core.evaluation.generation import greedy_new_ids, next_token_logits
+from vlmrl_pipeline.core.evaluation.records import (
     generate_for_rows,
     generate_for_rows_vllm,
     load_completions,
@@ -34,18 +35,17 @@ from vlmrl_pipeline.core.evaluation import (
     score_stored_completions,
     summarize_records,
 )
+from vlmrl_pipeline.core.evaluation.shipped import accuracy_kept, compare_to_adapter, logit_agreement
 from vlmrl_pipeline.core.export.gguf import llama_cpp_runtime_available
 from vlmrl_pipeline.core.export.merge import read_checkpoint_config, stored_dtype
 from vlmrl_pipeline.core.export.mtmd import evaluate_gguf, runtime_version, stop_token_ids
 from vlmrl_pipeline.core.files import sha256_dir, write_json_atomic
-from vlmrl_pipeline.core.generation import greedy_new_ids, next_token_logits
-from vlmrl_pipeline.core.model_card import CARD_NAME
-from vlmrl_pipeline.core.modeling import load_model, load_processor, vision_token_ids, vllm_dtype
+from vlmrl_pipeline.core.model.card import CARD_NAME
+from vlmrl_pipeline.core.model.loading import load_model, load_processor, vision_token_ids, vllm_dtype
 from vlmrl_pipeline.core.prompts import chat_prompts
 from vlmrl_pipeline.core.reward_plugins import gspo_reward_set
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, open_images, read_manifest, split_rows
-from vlmrl_pipeline.core.shipped import accuracy_kept, compare_to_adapter, logit_agreement
 from vlmrl_pipeline.execution import CPU_TAGS, GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import (
     NO_OP_CONFIG,

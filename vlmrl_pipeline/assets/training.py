@@ -19,12 +19,35 @@ from dagster import (
 
 import vlmrl_pipeline
 from vlmrl_pipeline.assets.data import resized_images
+from vlmrl_pipeline.assets.export_preflight import export_preflight
 from vlmrl_pipeline.assets.metadata import environment_metadata
 from vlmrl_pipeline.assets.model import base_model, base_model_path
-from vlmrl_pipeline.assets.preflight import export_preflight
 from vlmrl_pipeline.assets.provenance import card_facts, card_sample, lineage
 from vlmrl_pipeline.core.atomic import ArtifactBusyError, exclusive
-from vlmrl_pipeline.core.checkpoints import (
+from vlmrl_pipeline.core.evaluation.plots import png_markdown, training_curves_png
+from vlmrl_pipeline.core.evaluation.vllm_engine import vllm_problems
+from vlmrl_pipeline.core.export.merge import inspect_lora_adapter, read_checkpoint_config
+from vlmrl_pipeline.core.files import sha256_file
+from vlmrl_pipeline.core.model.card import (
+    CARD_NAME,
+    adapter_card,
+    make_adapter_portable,
+    model_class_name,
+    portable_base_reference,
+    save_base_processor,
+)
+from vlmrl_pipeline.core.model.loading import resolve_backend
+from vlmrl_pipeline.core.reward_plugins import (
+    gspo_reward_set,
+    reward_import_roots,
+    reward_kwargs_for_rows,
+    reward_problems,
+    reward_set_version,
+)
+from vlmrl_pipeline.core.rewards import reward_set
+from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_TRAIN, SPLIT_VALIDATION, read_manifest, split_rows
+from vlmrl_pipeline.core.settings_check import vllm_conflicts
+from vlmrl_pipeline.core.training.checkpoints import (
     local_files_state,
     other_work_dirs,
     prepare_work_dir,
@@ -33,12 +56,11 @@ from vlmrl_pipeline.core.checkpoints import (
     set_aside,
     training_inputs,
 )
-from vlmrl_pipeline.core.dynamic_sampling import dynamic_sampling_summary
-from vlmrl_pipeline.core.export.merge import inspect_lora_adapter, read_checkpoint_config
-from vlmrl_pipeline.core.files import sha256_file
-from vlmrl_pipeline.core.gspo_config import report_targets, report_to_problems
-from vlmrl_pipeline.core.k8s_workers import training_machines, worker_job_name
-from vlmrl_pipeline.core.launch import (
+from vlmrl_pipeline.core.training.dynamic_sampling import dynamic_sampling_summary
+from vlmrl_pipeline.core.training.gspo_config import report_targets, report_to_problems
+from vlmrl_pipeline.core.training.job import TRAINING_LOG, TrainingJob, TrainingProcessError, describe_failure
+from vlmrl_pipeline.core.training.k8s_workers import training_machines, worker_job_name
+from vlmrl_pipeline.core.training.launch import (
     DEFAULT_MAIN_PROCESS_PORT,
     Machines,
     accelerate_command,
@@ -50,32 +72,10 @@ from vlmrl_pipeline.core.launch import (
     visible_gpu_ids,
     write_accelerate_config,
 )
-from vlmrl_pipeline.core.model_card import (
-    CARD_NAME,
-    adapter_card,
-    make_adapter_portable,
-    model_class_name,
-    portable_base_reference,
-    save_base_processor,
-)
-from vlmrl_pipeline.core.modeling import resolve_backend
-from vlmrl_pipeline.core.plots import png_markdown, training_curves_png
-from vlmrl_pipeline.core.reward_plugins import (
-    gspo_reward_set,
-    reward_import_roots,
-    reward_kwargs_for_rows,
-    reward_problems,
-    reward_set_version,
-)
-from vlmrl_pipeline.core.rewards import reward_set
-from vlmrl_pipeline.core.rollout_engine import resolve_rollout_engine
-from vlmrl_pipeline.core.rollout_server import plan_gpus, server_runtime_problems, server_settings_problems
-from vlmrl_pipeline.core.run_history import keep_run, run_folder_name, run_folders
-from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_TRAIN, SPLIT_VALIDATION, read_manifest, split_rows
-from vlmrl_pipeline.core.settings_check import vllm_conflicts
-from vlmrl_pipeline.core.training import rollout_summary
-from vlmrl_pipeline.core.training_job import TRAINING_LOG, TrainingJob, TrainingProcessError, describe_failure
-from vlmrl_pipeline.core.vllm_engine import vllm_problems
+from vlmrl_pipeline.core.training.rollout_engine import resolve_rollout_engine
+from vlmrl_pipeline.core.training.rollout_server import plan_gpus, server_runtime_problems, server_settings_problems
+from vlmrl_pipeline.core.training.run_history import keep_run, run_folder_name, run_folders
+from vlmrl_pipeline.core.training.trainer import rollout_summary
 from vlmrl_pipeline.execution import GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import (
     NO_OP_CONFIG,
@@ -90,7 +90,8 @@ from vlmrl_pipeline.resources import (
 
 TRAINING_CODE_VERSION = "training-3"
 CHECKPOINTS_DIR = "lora_adapter_checkpoints"
-"""Beside the asset folders: ``<key>/checkpoint-<step>`` per set of training inputs (see ``core.checkpoints``)."""
+"""Beside the asset folders: ``<key>/checkpoint-<step>`` per set of training inputs (see
+``core.training.checkpoints``)."""
 TRAINING_CURVES = "training_curves.png"
 TENSORBOARD_DIR = "tensorboard"
 """The adapter folder's TensorBoard event files (``tensorboard --logdir data/lora_adapter/tensorboard``)."""
@@ -129,7 +130,7 @@ def lora_adapter(
     streamed into this run. Checkpoints every ``save_steps`` go to a folder keyed by the training inputs; after a
     killed run, materializing again resumes from the newest one. Saved in PEFT's format
     (``adapter_model.safetensors`` + ``adapter_config.json``) with the trainer's log history, and made to stand alone
-    (``core.model_card``): a base reference that works on another machine, PEFT's auto mapping instead of a task
+    (``core.model.card``): a base reference that works on another machine, PEFT's auto mapping instead of a task
     type, the base's processor and a model card. One materialization
     per data folder at a time: a second one fails at once, naming the first (its checkpoint folder and launch
     files would be shared).
@@ -355,7 +356,7 @@ def _keep_tensorboard_history(context: AssetExecutionContext, artifacts: Artifac
 
 def _make_standalone(folder, artifacts: ArtifactStore, load_path: str, ref: dict, data, reported: dict,
                      log_history: list, adapter_sha256: str) -> None:
-    """The staged adapter folder as a Hugging Face user loads it (``core.model_card``): a portable base reference
+    """The staged adapter folder as a Hugging Face user loads it (``core.model.card``): a portable base reference
     and PEFT auto mapping in ``adapter_config.json``, the base's processor, and the model card."""
     base_config = read_checkpoint_config(load_path, ref.get("revision"))
     reference = portable_base_reference(ref, asset_folder(base_model))

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field, replace
 
 from vlmrl_pipeline.core.demo.tiny_model import TinyModelSpec
 from vlmrl_pipeline.core.demo.warmstart import WarmStartSettings
+from vlmrl_pipeline.core.evaluation.generation import GenerationSettings
 from vlmrl_pipeline.core.export.settings import ExportSettings
-from vlmrl_pipeline.core.generation import GenerationSettings
-from vlmrl_pipeline.core.gspo_config import GSPOSettings, paper_gspo_settings
-from vlmrl_pipeline.core.modeling import LoraSettings
+from vlmrl_pipeline.core.model.loading import LoraSettings
 from vlmrl_pipeline.core.prompts import BOXED_SYSTEM_PROMPT, PromptStyle
+from vlmrl_pipeline.core.training.gspo_config import GSPOSettings, paper_gspo_settings
 
 # The model name that means "build the demo model here" rather than "load this hub id or folder".
 DEMO_MODEL_NAME = "demo:tiny-qwen3-vl"
@@ -191,15 +191,15 @@ def qwen3vl_8b_profile() -> Profile:
 
 
 def qwen3vl_8b_paper_profile() -> Profile:
-    """The seed's setup with GSPO as the paper runs it (see ``core.gspo_config.paper_gspo_settings``)."""
+    """The seed's setup with GSPO as the paper runs it (see ``core.training.gspo_config.paper_gspo_settings``)."""
     seed = qwen3vl_8b_profile()
     return replace(seed, name="qwen3vl-8b-paper", gspo=paper_gspo_settings(seed.gspo))
 
 
 def qwen3vl_8b_dapo_profile() -> Profile:
-    """The seed's setup with DAPO's dynamic sampling (``core.dynamic_sampling``): groups whose rewards are all equal
-    are dropped and refilled with newly drawn MathVista prompts, so every step trains on groups that differ. For an 8B
-    model that answers many MathVista items always or never right, most groups would otherwise teach nothing."""
+    """The seed's setup with DAPO's dynamic sampling (``core.training.dynamic_sampling``): groups whose rewards are all
+    equal are dropped and refilled with newly drawn MathVista prompts, so every step trains on groups that differ. For
+    an 8B model that answers many MathVista items always or never right, most groups would otherwise teach nothing."""
     seed = qwen3vl_8b_profile()
     return replace(seed, name="qwen3vl-8b-dapo", gspo=replace(seed.gspo, dynamic_sampling=True))
 
@@ -217,7 +217,7 @@ def qwen25vl_7b_profile() -> Profile:
     Quirks: the same Qwen-VL vision tokens (suppressed in generation); its known "addCriterion" gibberish during
     RL is what the formatting reward's -2 penalty exists for. The seed turns on vLLM (``fast_inference``); here
     ``rollout_engine="auto"`` does where vLLM is installed (the 16-bit hub checkpoint is then served from its 4-bit
-    copy, ``core.modeling.vllm_4bit_checkpoint``), and falls back to ``model.generate`` saying why.
+    copy, ``core.model.loading.vllm_4bit_checkpoint``), and falls back to ``model.generate`` saying why.
     """
     seed = qwen3vl_8b_profile()
     return replace(

@@ -69,7 +69,7 @@ def training_reward_set(answer_format: str, reward_funcs: tuple[str, ...] = (), 
     No ``reward_funcs``: the answer format's set (:func:`reward_set`; ``boxed`` pays ``reward_max_val`` /
     ``reward_min_val``). Otherwise the functions those import paths name (:func:`load_reward_function`).
     ``reward_weights`` empty: the default set's weights, or 1.0 each for named functions (TRL's default). With a
-    rehearsal weight above 0, :func:`~vlmrl_pipeline.core.rehearsal.ascii_share_reward` is added.
+    rehearsal weight above 0, :func:`~vlmrl_pipeline.core.standin.rehearsal.ascii_share_reward` is added.
 
     >>> chosen = training_reward_set("boxed", reward_max_val=2.0, reward_min_val=-1.0)
     >>> [reward_name(f) for f in chosen.functions], chosen.weights, chosen.functions[0]([r"\boxed{3}"], answer="3")
@@ -91,7 +91,7 @@ def training_reward_set(answer_format: str, reward_funcs: tuple[str, ...] = (), 
         raise ValueError(f"training_settings.reward_weights has {len(weights)} weight(s) for {len(functions)} reward "
                          f"function(s) ({[reward_name(f) for f in functions]}): give one per function, or none")
     if rehearsal_reward_weight > 0:
-        from vlmrl_pipeline.core.rehearsal import ascii_share_reward
+        from vlmrl_pipeline.core.standin.rehearsal import ascii_share_reward
 
         functions, weights = (*functions, ascii_share_reward), (*weights, float(rehearsal_reward_weight))
     return RewardSet(functions=functions, weights=weights)

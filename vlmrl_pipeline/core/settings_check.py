@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlmrl_pipeline.core.answers import ANSWER_FORMATS
-from vlmrl_pipeline.core.rollout_engine import vllm_rollout_blockers
+from vlmrl_pipeline.core.training.rollout_engine import vllm_rollout_blockers
 
 DATASET_FORMATS = ("mathvista", "rlinf")
 
@@ -78,8 +78,8 @@ def vllm_conflicts(model: Any = None, gspo: Any = None, backend: str | None = No
     if model is None or gspo is None:
         return []
     backend = backend or model.backend
-    # rollout_engine='vllm' sets use_vllm and fast_inference itself (core.rollout_engine): their pairing is checked
-    # only where the user sets them.
+    # rollout_engine='vllm' sets use_vllm and fast_inference itself (core.training.rollout_engine): their pairing is
+    # checked only where the user sets them.
     engine = getattr(gspo, "rollout_engine", "auto")
     problems = []
     if engine == "generate" and model.fast_inference:
@@ -119,7 +119,7 @@ def machine_problems(model: Any = None, gspo: Any = None, generation: Any = None
     """
     import os
 
-    from vlmrl_pipeline.core.vllm_engine import vllm_problems
+    from vlmrl_pipeline.core.evaluation.vllm_engine import vllm_problems
 
     asked = []
     if gspo is not None and getattr(gspo, "rollout_engine", "auto") == "vllm":

@@ -13,8 +13,8 @@ import hashlib
 import json
 from typing import Any
 
-from vlmrl_pipeline.core.checkpoints import KEY_EXCLUDED_SETTINGS
 from vlmrl_pipeline.core.profiles import SYNTHETIC_SOURCE, Profile
+from vlmrl_pipeline.core.training.checkpoints import KEY_EXCLUDED_SETTINGS
 
 ALL = None
 """Every field of the group."""

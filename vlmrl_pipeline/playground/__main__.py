@@ -7,7 +7,7 @@ import argparse
 import logging
 import signal
 
-from vlmrl_pipeline.core.experiments import REPORT_ASSET
+from vlmrl_pipeline.core.experiment_specs import REPORT_ASSET
 from vlmrl_pipeline.playground.server import DEFAULT_HOST, DEFAULT_PORT, PlaygroundServer
 
 

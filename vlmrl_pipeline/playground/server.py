@@ -33,8 +33,8 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from vlmrl_pipeline.core.experiments import EXPERIMENTS_DIR, REPORT_ASSET, report_dir
-from vlmrl_pipeline.core.experiments import NAME as EXPERIMENT_NAME
+from vlmrl_pipeline.core.experiment_specs import EXPERIMENTS_DIR, REPORT_ASSET, report_dir
+from vlmrl_pipeline.core.experiment_specs import NAME as EXPERIMENT_NAME
 from vlmrl_pipeline.core.rewards import REWARD_VERSION
 from vlmrl_pipeline.playground.i18n import STRINGS
 from vlmrl_pipeline.playground.presets import PRESETS
@@ -56,7 +56,7 @@ _DATA_MARKER = "__PLAYGROUND_DATA__"
 
 REPORTS_PREFIX = "/reports/"
 EXPERIMENT_REPORTS = re.compile(f"^/{EXPERIMENTS_DIR}/({EXPERIMENT_NAME})/reports/([^/]+)$")
-"""An experiment's report (``core.experiments``): its folder is ``experiments/<name>/`` under the data folder."""
+"""An experiment's report (``core.experiment_specs``): its folder is ``experiments/<name>/`` under the data folder."""
 REPORT_FILES = {"report.html": "text/html; charset=utf-8", "before_after.png": "image/png",
                 "training_curves.png": "image/png",
                 "report.json": "application/json; charset=utf-8", "report.md": "text/markdown; charset=utf-8"}
@@ -150,7 +150,7 @@ class PlaygroundApp:
                 {"Content-Security-Policy": _PAGE_CSP, "Referrer-Policy": "no-referrer"})
 
     def _report_file(self, name: str, experiment: str | None = None):
-        """File ``name`` of the report (``core.experiments.report_dir``: the main one, or ``experiment``'s)."""
+        """File ``name`` of the report (``core.experiment_specs.report_dir``: the main one, or ``experiment``'s)."""
         folder = report_dir(self.data_dir, experiment) if self.data_dir is not None else None
         if name not in REPORT_FILES:
             raise _Answer(404, f"no such report file: {name!r}; served: {sorted(REPORT_FILES)}")

@@ -2,7 +2,7 @@
 
 :func:`build_tiny_qwen3vl` writes a complete Qwen3-VL checkpoint folder (config, random weights, a byte-level BPE
 tokenizer (GPT-2's, from llama.cpp's files, or one trained here), chat template, vision special tokens, image
-processor), which is then loaded exactly like a hub checkpoint (``core.modeling.load_model``). No model is
+processor), which is then loaded exactly like a hub checkpoint (``core.model.loading.load_model``). No model is
 downloaded.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vlmrl_pipeline.core.modeling import CHAT_SPECIAL_TOKENS, VISION_SPECIAL_TOKENS, save_checkpoint
+from vlmrl_pipeline.core.model.loading import CHAT_SPECIAL_TOKENS, VISION_SPECIAL_TOKENS, save_checkpoint
 
 # Qwen-VL's chat template, reduced to what a single-image, single-turn math prompt needs. Images become
 # ``<|vision_start|><|image_pad|><|vision_end|>``; the processor expands the pad token to the patch count.

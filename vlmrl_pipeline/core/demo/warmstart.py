@@ -198,7 +198,7 @@ def build_demo_base_model(
     Returns ``(checkpoint_dir, losses)``; the checkpoint is written atomically.
     """
     from vlmrl_pipeline.core.demo.tiny_model import build_tiny_qwen3vl
-    from vlmrl_pipeline.core.modeling import load_model, save_checkpoint
+    from vlmrl_pipeline.core.model.loading import load_model, save_checkpoint
     from vlmrl_pipeline.core.prompts import PromptStyle, build_prompt_text, chat_prompts
     from vlmrl_pipeline.core.samples import open_images
 

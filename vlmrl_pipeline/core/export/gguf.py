@@ -110,7 +110,7 @@ def verify_gguf(model: dict[str, Any], mmproj: dict[str, Any] | None, checkpoint
     """
     from transformers import AutoTokenizer
 
-    from vlmrl_pipeline.core.modeling import GEMMA3_VISION_SPECIAL_TOKENS
+    from vlmrl_pipeline.core.model.loading import GEMMA3_VISION_SPECIAL_TOKENS
 
     config = json.loads((Path(checkpoint) / "config.json").read_text())
     text = config.get("text_config", config)

@@ -197,7 +197,7 @@ def merge_adapter_to_checkpoint(base_model_path: str, adapter_dir: str | os.Path
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from vlmrl_pipeline.core.modeling import load_processor, save_checkpoint, tokenizer_sidecars
+    from vlmrl_pipeline.core.model.loading import load_processor, save_checkpoint, tokenizer_sidecars
 
     if dtype not in MERGED_DTYPES:
         raise ValueError(f"merged dtype must be one of {list(MERGED_DTYPES)}, got {dtype!r}")
@@ -286,7 +286,7 @@ def merge_adapter_4bit_unsloth(adapter_dir: str | os.PathLike, out_dir: str | os
     "forced" suffix acknowledges that a 4-bit merge loses precision; the 16-bit checkpoint stays the reference.
     """
     from vlmrl_pipeline.core.atomic import atomic_dir
-    from vlmrl_pipeline.core.modeling import unsloth_available
+    from vlmrl_pipeline.core.model.loading import unsloth_available
 
     if not unsloth_available():
         raise RuntimeError("merged_4bit needs Unsloth and a CUDA GPU (pip install -e '.[gpu]'); "
@@ -295,9 +295,9 @@ def merge_adapter_4bit_unsloth(adapter_dir: str | os.PathLike, out_dir: str | os
 
     from unsloth import FastVisionModel
 
-    from vlmrl_pipeline.core.model_card import adapter_copy_for
+    from vlmrl_pipeline.core.model.card import adapter_copy_for
 
-    # The adapter folder names its base portably (relative to the data folder, core.model_card); Unsloth reads
+    # The adapter folder names its base portably (relative to the data folder, core.model.card); Unsloth reads
     # that name from any working directory, so it gets a copy naming the path this step loads.
     with tempfile.TemporaryDirectory(prefix="vlmrl-adapter-") as scratch:
         copy = adapter_copy_for(adapter_dir, scratch, base_load_path)

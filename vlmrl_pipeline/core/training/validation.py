@@ -1,8 +1,8 @@
 """Evaluation during training on the validation rows, and the choice of which adapter to keep.
 
 With ``training_settings.eval_steps`` the policy answers every validation row greedily every N optimizer steps
-(and after the last one), scored by ``core.evaluation`` exactly as the held-out evaluation scores: accuracy, format
-compliance, answer rate and the training's own reward. The numbers join the trainer's log history (so a resumed
+(and after the last one), scored by ``core.evaluation.records`` exactly as the held-out evaluation scores: accuracy,
+format compliance, answer rate and the training's own reward. The numbers join the trainer's log history (so a resumed
 run keeps them: they are in every checkpoint's ``trainer_state.json``) and the run log. With
 ``keep_checkpoint='best_validation'`` each evaluation that beats every earlier one saves the adapter to
 ``<work dir>/best_validation/step-<N>``; the kept adapter is the best one in the log history. The held-out rows
@@ -130,8 +130,8 @@ def validation_callback(rows: pd.DataFrame, processor, style, eval_steps: int, g
     import torch
     from transformers import TrainerCallback
 
-    from vlmrl_pipeline.core.evaluation import score_records, summarize_records
-    from vlmrl_pipeline.core.generation import generate_completions
+    from vlmrl_pipeline.core.evaluation.generation import generate_completions
+    from vlmrl_pipeline.core.evaluation.records import score_records, summarize_records
     from vlmrl_pipeline.core.prompts import chat_prompts
     from vlmrl_pipeline.core.samples import open_images
 

@@ -1,7 +1,7 @@
 """GSPO's configuration, kept apart from the training loop as TRL keeps ``grpo_config.py`` apart from
 ``grpo_trainer.py``: :class:`GSPOSettings` (the ``GRPOConfig`` options this project exposes, checked field by field
 and across fields when made), the paper's settings, where metrics are reported, and :func:`build_grpo_config`, which
-turns the settings into TRL's ``GRPOConfig``. The loop that runs it is ``core.training``.
+turns the settings into TRL's ``GRPOConfig``. The loop that runs it is ``core.training.trainer``.
 """
 
 from __future__ import annotations
@@ -10,23 +10,24 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-from vlmrl_pipeline.core.modeling import vision_token_ids
+# suppressed_token_kwargs lives beside vision_token_ids (evaluation uses it too); imported here for build_grpo_config
+from vlmrl_pipeline.core.model.loading import SUPPRESSED_LOGIT_BIAS, suppressed_token_kwargs  # noqa: F401
 
 DISTRIBUTED_MODES = ("ddp", "fsdp")
 VLLM_MODES = ("colocate", "server")
 """How TRL runs vLLM for rollouts: in the training process (``colocate``), or in a ``trl vllm-serve`` process that
-the ``lora_adapter`` step starts on GPUs of its own and stops when it ends (``server``, ``core.rollout_server``)."""
+the ``lora_adapter`` step starts on GPUs of its own and stops when it ends (``server``,
+``core.training.rollout_server``)."""
 IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 ROLLOUT_ENGINES = ("auto", "vllm", "generate")
 KEEP_CHECKPOINTS = ("last", "best_validation")
 """``GSPOSettings.keep_checkpoint`` values: which adapter ``lora_adapter`` writes."""
-"""``GSPOSettings.rollout_engine`` values; ``core.rollout_engine`` resolves them on the training machine."""
+"""``GSPOSettings.rollout_engine`` values; ``core.training.rollout_engine`` resolves them on the training machine."""
 LAUNCH_FIELDS = ("num_processes", "distributed")
-"""``GSPOSettings`` fields that shape the launch (``core.launch``), not ``GRPOConfig``."""
+"""``GSPOSettings`` fields that shape the launch (``core.training.launch``), not ``GRPOConfig``."""
 DYNAMIC_SAMPLING_FIELDS = ("dynamic_sampling", "dynamic_sampling_max_rounds")
-"""``GSPOSettings`` fields of ``core.dynamic_sampling`` (the trainer's hook, not ``GRPOConfig`` options)."""
+"""``GSPOSettings`` fields of ``core.training.dynamic_sampling`` (the trainer's hook, not ``GRPOConfig`` options)."""
 PROJECT_FIELDS = LAUNCH_FIELDS + DYNAMIC_SAMPLING_FIELDS + (
     "rollout_engine", "rehearsal_reward_weight", "reward_max_val", "reward_min_val", "report_to",
     "tensorboard_history_mb", "reward_funcs", "reward_weights", "eval_steps", "keep_checkpoint")
@@ -150,8 +151,8 @@ class GSPOSettings:
         "``per_device_train_batch_size`` completions, so a step covers ``num_processes`` times as many. 0 means "
         "one per visible GPU. A CPU-only machine runs 1.")})
     rehearsal_reward_weight: float = field(default=0.0, metadata={"help": (
-        "Weight of :func:`vlmrl_pipeline.core.rehearsal.ascii_share_reward`, added to the recipe's rewards only "
-        "when above 0. For rehearsals on stand-in checkpoints with random weights, which never earn a task "
+        "Weight of :func:`vlmrl_pipeline.core.standin.rehearsal.ascii_share_reward`, added to the recipe's rewards "
+        "only when above 0. For rehearsals on stand-in checkpoints with random weights, which never earn a task "
         "reward: every group's advantages would be 0, the LoRA would stay zero and the ``lora_weights_trained`` "
         "check would stop the run. Leave at 0 for real training.")})
     rollout_engine: str = field(default="auto", metadata={"help": (
@@ -224,10 +225,10 @@ class GSPOSettings:
         "averaged) or ``fsdp`` (FSDP2; parameters, gradients and optimizer state are sharded across the GPUs, for "
         "a model that does not fit on one). Ignored with one process.")})
     dynamic_sampling: bool = field(default=False, metadata={"help": (
-        "DAPO's dynamic sampling (``core.dynamic_sampling``): drop every group whose completions all earn the same "
-        "reward (it has zero advantage and teaches nothing) and fill its place with groups of newly drawn training "
-        "prompts, so each step trains on groups that differ. Costs extra rollouts; worth it when many groups have "
-        "zero spread (``frac_reward_zero_std`` high: a model that answers many items always or never right). One "
+        "DAPO's dynamic sampling (``core.training.dynamic_sampling``): drop every group whose completions all earn the "
+        "same reward (it has zero advantage and teaches nothing) and fill its place with groups of newly drawn "
+        "training prompts, so each step trains on groups that differ. Costs extra rollouts; worth it when many groups "
+        "have zero spread (``frac_reward_zero_std`` high: a model that answers many items always or never right). One "
         "training process only.")})
     dynamic_sampling_max_rounds: int = field(default=4, metadata={"help": (
         "With ``dynamic_sampling``: most extra rounds of rollouts per generation batch, each for the groups still "
@@ -374,24 +375,6 @@ def resolve_optim(optim: str) -> str:
     return "adamw_torch"
 
 
-SUPPRESSED_LOGIT_BIAS = -100.0
-"""vLLM's strongest logit bias (its API clamps to [-100, 100]): what suppressing a token means there."""
-
-
-def suppressed_token_kwargs(processor, engine: str) -> dict[str, Any]:
-    """Generation arguments that keep the vision special tokens out of sampled text, for ``engine``.
-
-    ``model.generate`` takes ``suppress_tokens``; vLLM's ``SamplingParams`` has no such field (TRL passes
-    ``generation_kwargs`` straight into it) and takes a logit bias instead.
-    """
-    ids = vision_token_ids(processor)
-    if not ids:
-        return {}
-    if engine == "vllm":
-        return {"logit_bias": {int(i): SUPPRESSED_LOGIT_BIAS for i in ids}}
-    return {"suppress_tokens": list(ids)}
-
-
 def build_grpo_config(settings: GSPOSettings, output_dir: str | Path, processor, reward_weights: Sequence[float],
                       max_seq_length: int | None = None):
     """A ``trl.GRPOConfig`` from ``settings``, with the vision special tokens suppressed in every rollout.
@@ -423,6 +406,6 @@ def build_grpo_config(settings: GSPOSettings, output_dir: str | Path, processor,
         dataloader_num_workers=0,
         disable_tqdm=True,
         # transformers' default hides a NaN/inf loss from the logs (it logs the running average instead); the
-        # trainer (``core.training``) stops on the first one, so the logs must not paper over it either.
+        # trainer (``core.training.trainer``) stops on the first one, so the logs must not paper over it either.
         logging_nan_inf_filter=False,
     )

@@ -101,7 +101,7 @@ def save_base_processor(base_load_path: str, folder: str | os.PathLike, revision
 
     from transformers import AutoProcessor
 
-    from vlmrl_pipeline.core.modeling import tokenizer_sidecars
+    from vlmrl_pipeline.core.model.loading import tokenizer_sidecars
 
     folder = Path(folder)
     before = {p.name for p in folder.iterdir()}

@@ -4,9 +4,9 @@ Indexed Job runs machine ranks 1..N-1, one pod each, copied from the step's own 
 Kubernetes schedules the pods (no scheduler here); ``accelerate launch`` on every machine meets at rank 0's address
 (static rendezvous through ``torch.distributed``). Each worker pod is the step pod's image, GPUs, tolerations,
 node selection and volumes (so every rank mounts the same artifact volume: the job file, the base model, the
-checkpoints), with the step's command replaced by ``python -m vlmrl_pipeline.core.launch``, which reads its machine
-rank from ``JOB_COMPLETION_INDEX`` (``core.launch.machines_from_env``). The Job is owned by the step pod
-(``ownerReferences``), so Kubernetes deletes it with that pod; the step deletes it itself when training ends.
+checkpoints), with the step's command replaced by ``python -m vlmrl_pipeline.core.training.launch``, which reads its
+machine rank from ``JOB_COMPLETION_INDEX`` (``core.training.launch.machines_from_env``). The Job is owned by the step
+pod (``ownerReferences``), so Kubernetes deletes it with that pod; the step deletes it itself when training ends.
 
 Plain dicts in the Kubernetes API's JSON shape, no client objects: ``vlmrl_pipeline.k8s_training`` submits them.
 """
@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from vlmrl_pipeline.core.launch import (
+from vlmrl_pipeline.core.training.launch import (
     MACHINE_RANK_OFFSET_ENV,
     MAIN_PROCESS_IP_ENV,
     MAIN_PROCESS_PORT_ENV,
@@ -85,7 +85,7 @@ def worker_job_manifest(step_pod: Mapping[str, Any], *, name: str, num_machines:
     container = {
         "name": WORKER_CONTAINER,
         "image": step["image"],
-        "command": [python, "-m", "vlmrl_pipeline.core.launch", "--job", job_file,
+        "command": [python, "-m", "vlmrl_pipeline.core.training.launch", "--job", job_file,
                     "--processes-per-machine", str(processes_per_machine), "--distributed", distributed],
         "env": env,
     }

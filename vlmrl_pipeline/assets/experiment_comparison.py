@@ -7,9 +7,9 @@ from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, 
 
 from vlmrl_pipeline.assets.metadata import environment_metadata
 from vlmrl_pipeline.assets.report import eval_diff_report
-from vlmrl_pipeline.core.experiments import comparison_markdown, comparison_rows, experiment_dir
+from vlmrl_pipeline.core.evaluation.plots import experiments_png, png_markdown
+from vlmrl_pipeline.core.experiment_specs import comparison_markdown, comparison_rows, experiment_dir
 from vlmrl_pipeline.core.files import write_json_atomic
-from vlmrl_pipeline.core.plots import experiments_png, png_markdown
 from vlmrl_pipeline.execution import CPU_TAGS
 from vlmrl_pipeline.resources import NO_OP_CONFIG, ArtifactStore, asset_folder
 
@@ -20,7 +20,7 @@ def build_experiment_comparison(main_name: str, experiment_names: Sequence[str],
                                 file_problem: str | None = None) -> AssetsDefinition:
     """The ``experiment_comparison`` asset of the main location, downstream of its own report and of each
     experiment's (``<name>/eval_diff_report``, served by the experiment's location), so it turns stale when any
-    of them changes. ``file_problem``: why the experiments file is malformed (``core.experiments
+    of them changes. ``file_problem``: why the experiments file is malformed (``core.experiment_specs
     .declared_experiments``); the comparison then still runs, says so in its run log and metadata."""
 
     @asset(config_schema=NO_OP_CONFIG, name="experiment_comparison", group_name="report", kinds={"markdown"},

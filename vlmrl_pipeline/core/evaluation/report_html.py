@@ -1,6 +1,6 @@
 """The before/after evaluation report as one self-contained HTML page.
 
-:func:`render_report_html` turns what :func:`vlmrl_pipeline.core.evaluation.diff_records` returns, plus the two
+:func:`render_report_html` turns what :func:`vlmrl_pipeline.core.evaluation.records.diff_records` returns, plus the two
 record tables, into a single file: the headline numbers with their intervals and McNemar p-values, the
 before/after chart, and every sample with its thumbnail, answers, verdicts and completions, filterable to the
 samples that flipped. Nothing is fetched from elsewhere (images are data: URIs or relative paths, script and
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from vlmrl_pipeline.core.evaluation import METRICS
+from vlmrl_pipeline.core.evaluation.records import METRICS
 
 # Thumbnails may be embedded images or files beside the report; never a remote URL (the page makes no requests).
 _DATA_IMAGE_RE = re.compile(r"data:image/(?:png|jpeg|gif|webp);base64,[A-Za-z0-9+/]*={0,2}")
@@ -249,7 +249,7 @@ def _environment_note(diff: Mapping[str, Any]) -> str:
 
 def _shipped_section(diff: Mapping[str, Any]) -> str:
     """The "what you ship" table: the adapter and each exported artifact on the same samples, with intervals."""
-    from vlmrl_pipeline.core.shipped import SHIPPED_METRICS
+    from vlmrl_pipeline.core.evaluation.shipped import SHIPPED_METRICS
 
     shipped = diff.get("shipped") or {}
     if not shipped:
@@ -294,12 +294,12 @@ def render_report_html(
 ) -> str:
     """The report page for one before/after evaluation, as a complete HTML document (a str).
 
-    ``diff`` is :func:`~vlmrl_pipeline.core.evaluation.diff_records`' result; ``baseline`` and ``after`` are the
+    ``diff`` is :func:`~vlmrl_pipeline.core.evaluation.records.diff_records`' result; ``baseline`` and ``after`` are the
     record tables it was computed from (columns as in ``RECORD_COLUMNS``; rows are shown in ``baseline``'s order
     and matched by ``pid``). ``thumbnails`` maps a pid to an image URI: a ``data:image/...;base64`` URI (see
     :func:`thumbnail_data_uri`) or a path relative to the report; anything else (http:, javascript:, absolute
     paths) is dropped so the page never makes a request elsewhere. ``plot_png`` is the before/after chart
-    (:func:`~vlmrl_pipeline.core.plots.before_after_png`), embedded when given. Pure: no I/O.
+    (:func:`~vlmrl_pipeline.core.evaluation.plots.before_after_png`), embedded when given. Pure: no I/O.
     """
     thumbnails = thumbnails or {}
     rows, n_flipped = _sample_rows(diff, baseline, after, thumbnails)

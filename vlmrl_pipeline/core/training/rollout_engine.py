@@ -1,7 +1,7 @@
 """Which engine generates the GSPO rollouts: ``training_settings.rollout_engine`` (``auto``, ``vllm`` or
 ``generate``) resolved into the low-level switches ``use_vllm`` and ``model_settings.fast_inference``.
 
-Resolved on the training machine, after the backend is (``core.modeling.resolve_backend``): whether vLLM can run
+Resolved on the training machine, after the backend is (``core.model.loading.resolve_backend``): whether vLLM can run
 depends on its GPU and packages. :func:`resolve_rollout_engine` takes those probes as arguments so the rules can be
 tested anywhere; left out, they look at this machine.
 """
@@ -126,7 +126,7 @@ def resolve_rollout_engine(model: Any, gspo: Any, backend: str, *, cuda_availabl
     * ``auto``: an explicit ``use_vllm`` or ``fast_inference`` is kept as set (their own checks apply); otherwise
       as ``vllm`` where it can run, else ``generate``, the reason saying what stood in the way.
 
-    >>> from vlmrl_pipeline.core.gspo_config import GSPOSettings
+    >>> from vlmrl_pipeline.core.training.gspo_config import GSPOSettings
     >>> from vlmrl_pipeline.core.profiles import ModelSettings
     >>> choice = resolve_rollout_engine(ModelSettings(backend="transformers", load_in_4bit=False), GSPOSettings(),
     ...                                 "transformers", cuda_available=False, vllm_installed=False)

@@ -16,8 +16,8 @@ from typing import Any
 
 from PIL import Image
 
-from vlmrl_pipeline.core.generation import GenerationSettings
-from vlmrl_pipeline.core.modeling import vllm_available
+from vlmrl_pipeline.core.evaluation.generation import GenerationSettings
+from vlmrl_pipeline.core.model.loading import vllm_available
 
 
 def vllm_problems(setting: str) -> list[str]:
@@ -53,7 +53,7 @@ def serving_checkpoint(base_model_path: str, adapter_dir: str | os.PathLike | No
 
 
 def greedy_sampling_params(settings: GenerationSettings, suppressed: dict[int, float]) -> dict[str, Any]:
-    """``SamplingParams`` arguments matching :func:`core.generation.generate_completions`: greedy unless
+    """``SamplingParams`` arguments matching :func:`core.evaluation.generation.generate_completions`: greedy unless
     ``do_sample``, ``max_new_tokens`` new tokens, the vision special tokens suppressed.
 
     >>> greedy_sampling_params(GenerationSettings(max_new_tokens=5), {7: -100.0})["temperature"]
@@ -118,7 +118,7 @@ def generate_with_vllm(
     counts)``."""
     from vllm import SamplingParams
 
-    from vlmrl_pipeline.core.gspo_config import suppressed_token_kwargs
+    from vlmrl_pipeline.core.model.loading import suppressed_token_kwargs
 
     suppressed = suppressed_token_kwargs(processor, "vllm").get("logit_bias", {})
     params = SamplingParams(**greedy_sampling_params(settings, suppressed))
@@ -208,9 +208,9 @@ def generate_in_subprocess(
         else None, "scratch_dir": str(scratch), "dtype": dtype, "revision": revision,
     }))
     out.unlink(missing_ok=True)
-    package_root = str(Path(__file__).resolve().parents[2])
+    package_root = str(Path(__file__).resolve().parents[3])
     env = {**os.environ, "PYTHONPATH": package_root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    child = subprocess.run([sys.executable, "-m", "vlmrl_pipeline.core.vllm_engine", str(job), str(out)],
+    child = subprocess.run([sys.executable, "-m", "vlmrl_pipeline.core.evaluation.vllm_engine", str(job), str(out)],
                            env=env, capture_output=True, text=True)
     if child.returncode != 0 or not out.exists():
         tail = (child.stderr or child.stdout or "")[-3000:]
@@ -220,12 +220,13 @@ def generate_in_subprocess(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Child-process entry of :func:`generate_in_subprocess`: ``python -m vlmrl_pipeline.core.vllm_engine JOB OUT``."""
+    """Child-process entry of :func:`generate_in_subprocess`:
+    ``python -m vlmrl_pipeline.core.evaluation.vllm_engine JOB OUT``."""
     import json
     import sys
 
     from vlmrl_pipeline.core.atomic import atomic_file
-    from vlmrl_pipeline.core.modeling import load_processor
+    from vlmrl_pipeline.core.model.loading import load_processor
 
     job_path, out_path = (argv if argv is not None else sys.argv[1:])[:2]
     job = json.loads(Path(job_path).read_text())

@@ -217,7 +217,7 @@ def default_cpu_threads(num_processes: int) -> int:
 
 
 def node_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vlmrl_pipeline.core.launch",
+    parser = argparse.ArgumentParser(prog="python -m vlmrl_pipeline.core.training.launch",
                                      description="Launch one machine's training processes of a multi-machine job.")
     parser.add_argument("--job", required=True, help="the TrainingJob JSON the lora_adapter step wrote")
     parser.add_argument("--processes-per-machine", type=int, required=True)

@@ -54,4 +54,4 @@ def patch_unsloth_for_fast_inference(log=print) -> None:
     applied = alias_vision_model_types(empty_model)
     if applied:
         log(f"unsloth_zoo: vision config names {applied} read as {[VISION_TYPE_ALIASES[a] for a in applied]} "
-            "(vlmrl_pipeline.core.unsloth_compat)")
+            "(vlmrl_pipeline.core.model.unsloth_compat)")

@@ -14,14 +14,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmrl_pipeline.core.checkpoints import PROGRESS_FILE, latest_checkpoint
-from vlmrl_pipeline.core.gspo_config import GSPOSettings
-from vlmrl_pipeline.core.training import explain_out_of_memory, train_gspo
+from vlmrl_pipeline.core.training.checkpoints import PROGRESS_FILE, latest_checkpoint
+from vlmrl_pipeline.core.training.gspo_config import GSPOSettings
+from vlmrl_pipeline.core.training.trainer import explain_out_of_memory, train_gspo
 
 TRAINING_LOG = "training_log.json"
 VLLM_4BIT_CACHE = "vllm-4bit-base"
 """Beside the work folders: the 4-bit copies of 16-bit bases that Unsloth's vLLM engine serves
-(``core.modeling.vllm_4bit_checkpoint``); kept across runs, unlike the work folders."""
+(``core.model.loading.vllm_4bit_checkpoint``); kept across runs, unlike the work folders."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class TrainingJob:
     adapter_dir: str
     """Where the adapter and ``training_log.json`` are written (the asset's staging folder)."""
     work_dir: str
-    """This run's checkpoint folder (keyed by its inputs, see ``core.checkpoints``); survives a killed run."""
+    """This run's checkpoint folder (keyed by its inputs, see ``core.training.checkpoints``); survives a killed run."""
     checkpoint_key: str
     model: dict[str, Any]
     """``asdict(ModelSettings)``."""
@@ -50,8 +50,9 @@ class TrainingJob:
     """A path whose lock (``core.atomic.exclusive``) rank 0 holds while it trains, so a training process that
     outlived its killed Dagster step is seen by the next launch; empty for none."""
     rollout_engine: dict[str, str] = field(default_factory=dict)
-    """What ``training_settings.rollout_engine`` resolved to (``core.rollout_engine``): ``engine``, ``setting``,
-    ``reason``; ``model`` and ``gspo`` already carry the switches it set. Empty in job files written before it."""
+    """What ``training_settings.rollout_engine`` resolved to (``core.training.rollout_engine``): ``engine``,
+    ``setting``, ``reason``; ``model`` and ``gspo`` already carry the switches it set. Empty in job files written before
+    it."""
 
     def write(self, path: str | os.PathLike) -> Path:
         from vlmrl_pipeline.core.atomic import atomic_file
@@ -97,7 +98,7 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
     """
     import torch
 
-    from vlmrl_pipeline.core.modeling import LoraSettings, apply_lora, load_model, peft_lora_config
+    from vlmrl_pipeline.core.model.loading import LoraSettings, apply_lora, load_model, peft_lora_config
     from vlmrl_pipeline.core.prompts import PromptStyle
     from vlmrl_pipeline.core.reward_plugins import gspo_reward_set, reward_name, reward_set_version
     from vlmrl_pipeline.core.samples import (
@@ -158,8 +159,8 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
         callbacks = [tracker]
         validation_overflow: list = []
         if validation_rows is not None:
-            from vlmrl_pipeline.core.generation import GenerationSettings
-            from vlmrl_pipeline.core.validation import validation_callback
+            from vlmrl_pipeline.core.evaluation.generation import GenerationSettings
+            from vlmrl_pipeline.core.training.validation import validation_callback
 
             validation_rows, validation_overflow = filter_context_overflow(
                 validation_rows, processor, style, model_cfg["max_seq_length"], gspo.max_completion_length)
@@ -194,7 +195,7 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
             progress_file=Path(job.work_dir) / PROGRESS_FILE, callbacks=callbacks, save_adapter_to=job.adapter_dir,
             max_seq_length=model_cfg["max_seq_length"],
         )
-    from vlmrl_pipeline.core.validation import copy_kept_adapter, kept_checkpoint, validation_entries
+    from vlmrl_pipeline.core.training.validation import copy_kept_adapter, kept_checkpoint, validation_entries
 
     kept = kept_checkpoint(gspo.keep_checkpoint, result.log_history, result.global_step, job.work_dir)
     if rank == 0:

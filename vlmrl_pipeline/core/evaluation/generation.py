@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from vlmrl_pipeline.core.modeling import vision_token_ids
+from vlmrl_pipeline.core.model.loading import vision_token_ids
 
 GENERATION_ENGINES = ("transformers", "vllm")
 

@@ -102,6 +102,24 @@ def vision_token_ids(processor_or_tokenizer) -> list[int]:
     return sorted(vocab[t] for t in (*VISION_SPECIAL_TOKENS, *GEMMA3_VISION_SPECIAL_TOKENS) if t in vocab)
 
 
+SUPPRESSED_LOGIT_BIAS = -100.0
+"""vLLM's strongest logit bias (its API clamps to [-100, 100]): what suppressing a token means there."""
+
+
+def suppressed_token_kwargs(processor, engine: str) -> dict[str, Any]:
+    """Generation arguments that keep the vision special tokens out of sampled text, for ``engine``.
+
+    ``model.generate`` takes ``suppress_tokens``; vLLM's ``SamplingParams`` has no such field (TRL passes
+    ``generation_kwargs`` straight into it) and takes a logit bias instead.
+    """
+    ids = vision_token_ids(processor)
+    if not ids:
+        return {}
+    if engine == "vllm":
+        return {"logit_bias": {int(i): SUPPRESSED_LOGIT_BIAS for i in ids}}
+    return {"suppress_tokens": list(ids)}
+
+
 def torch_dtype(name: str):
     """``"bfloat16"`` -> ``torch.bfloat16``; ``"auto"`` -> bf16 on a GPU that supports it, else float32 (CPU)."""
     import torch
@@ -270,7 +288,7 @@ def load_model(
 
         extra: dict[str, Any] = {}
         if fast_inference:
-            from vlmrl_pipeline.core.unsloth_compat import patch_unsloth_for_fast_inference
+            from vlmrl_pipeline.core.model.unsloth_compat import patch_unsloth_for_fast_inference
 
             patch_unsloth_for_fast_inference(log=log or print)
             extra = {"fast_inference": True, "gpu_memory_utilization": gpu_memory_utilization}

@@ -6,9 +6,9 @@ when training ends, fails or is cancelled. No server outlives its step, also whe
 
 * the server runs in a process group of its own (``start_new_session``), so stopping it reaches vLLM's engine
   processes too: SIGTERM to the group, SIGKILL after a grace period;
-* a watchdog process (``python -m vlmrl_pipeline.core.rollout_server --watch-parent ...``), the step's child in a
-  session of its own, polls its parent; once the step is gone (its parent pid changes), it stops the group the same
-  way. A watchdog rather than ``PR_SET_PDEATHSIG``: the death signal fires when the *thread* that started the
+* a watchdog process (``python -m vlmrl_pipeline.core.training.rollout_server --watch-parent ...``), the step's
+  child in a session of its own, polls its parent; once the step is gone (its parent pid changes), it stops the group
+  the same way. A watchdog rather than ``PR_SET_PDEATHSIG``: the death signal fires when the *thread* that started the
   child exits, and ``preexec_fn`` is unsafe in a process with threads, which a Dagster step is.
 
 Nothing here imports Dagster: ``vlmrl_pipeline.resources.RolloutServerResource`` wraps it.
@@ -92,7 +92,7 @@ class RolloutServerSettings:
 def server_settings_problems(gspo, server: RolloutServerSettings, backend: str | None = None) -> list[str]:
     """What rules server mode out from the settings alone (before any model loads), one line per problem.
 
-    >>> from vlmrl_pipeline.core.gspo_config import GSPOSettings
+    >>> from vlmrl_pipeline.core.training.gspo_config import GSPOSettings
     >>> server_settings_problems(GSPOSettings(vllm_mode="server", use_vllm=True), RolloutServerSettings())[0][:60]
     "training_settings.vllm_mode='server' needs rollout_server.gp"
     """
@@ -291,7 +291,7 @@ def wait_until_ready(server: RunningServer, timeout_s: float, poll_s: float = 0.
 
 
 def _watchdog_command(parent: int, pgid: int, grace_s: float) -> list[str]:
-    return [sys.executable, "-m", "vlmrl_pipeline.core.rollout_server", "--watch-parent", str(parent),
+    return [sys.executable, "-m", "vlmrl_pipeline.core.training.rollout_server", "--watch-parent", str(parent),
             "--group", str(pgid), "--grace", str(grace_s)]
 
 
@@ -327,7 +327,7 @@ def running_server(command: Sequence[str], *, host: str, port: int, gpus: str, l
 
 
 def _package_root() -> str:
-    return str(Path(__file__).resolve().parents[2])
+    return str(Path(__file__).resolve().parents[3])
 
 
 def watch_parent(parent: int, pgid: int, grace_s: float, poll_s: float = WATCHDOG_POLL_S) -> int:

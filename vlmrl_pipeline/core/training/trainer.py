@@ -2,7 +2,8 @@
 
 GSPO is not a separate trainer: it is GRPO whose importance ratio is computed per sequence (the geometric mean of
 the token ratios) instead of per token, switched on by ``importance_sampling_level="sequence"``. Its settings
-and the ``GRPOConfig`` built from them are ``core.gspo_config``; here are the loop, its callbacks and its errors.
+and the ``GRPOConfig`` built from them are ``core.training.gspo_config``; here are the loop, its callbacks and its
+errors.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmrl_pipeline.core.gspo_config import GSPOSettings, build_grpo_config
+from vlmrl_pipeline.core.training.gspo_config import GSPOSettings, build_grpo_config
 
 ROLLOUT_METRICS = (
     "sampling/sampling_logp_difference/mean",
@@ -300,7 +301,7 @@ def train_gspo(
     progress = _progress_callback(log, progress_file)
     trainer_class = _checked_trainer_class(GRPOTrainer)
     if settings.dynamic_sampling:
-        from vlmrl_pipeline.core.dynamic_sampling import dynamic_sampling_trainer_class
+        from vlmrl_pipeline.core.training.dynamic_sampling import dynamic_sampling_trainer_class
 
         trainer_class = dynamic_sampling_trainer_class(trainer_class, settings.dynamic_sampling_max_rounds, log)
     trainer = trainer_class(
@@ -317,7 +318,7 @@ def train_gspo(
 
     trainer.remove_callback(PrinterCallback)
     if settings.use_vllm:
-        from vlmrl_pipeline.core.vllm_rollouts import feed_unexpanded_image_prompts
+        from vlmrl_pipeline.core.training.vllm_rollouts import feed_unexpanded_image_prompts
 
         feed_unexpanded_image_prompts(trainer, processor, log)
     resumed_from = checkpoint_step(resume_from_checkpoint) if resume_from_checkpoint is not None else 0

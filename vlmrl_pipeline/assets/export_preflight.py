@@ -2,7 +2,7 @@
 
 from vlmrl_pipeline.core.export.merge import count_parameters, read_checkpoint_config
 from vlmrl_pipeline.core.llama_cpp import llama_cpp_tools
-from vlmrl_pipeline.core.modeling import unsloth_available
+from vlmrl_pipeline.core.model.loading import unsloth_available
 from vlmrl_pipeline.resources import ArtifactStore, ExportSettingsResource
 
 

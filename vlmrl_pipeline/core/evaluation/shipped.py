@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from vlmrl_pipeline.core.stats import paired_comparison
+from vlmrl_pipeline.core.evaluation.stats import paired_comparison
 
 SHIPPED_METRICS = (
     ("correct", "accuracy", "accuracy (strict)"),

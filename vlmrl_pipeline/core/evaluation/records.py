@@ -14,11 +14,11 @@ import pandas as pd
 
 from vlmrl_pipeline.core.answers import choice_list, score_completion
 from vlmrl_pipeline.core.atomic import atomic_file
+from vlmrl_pipeline.core.evaluation.stats import paired_comparison
 from vlmrl_pipeline.core.files import write_json_atomic
 from vlmrl_pipeline.core.prompts import PromptStyle, chat_prompts
 from vlmrl_pipeline.core.rewards import REWARD_VERSION, reward_breakdown
 from vlmrl_pipeline.core.samples import open_images
-from vlmrl_pipeline.core.stats import paired_comparison
 
 RECORD_COLUMNS = (
     "pid", "question", "answer", "question_type", "answer_type", "choices", "precision", "completion", "pred",
@@ -411,7 +411,7 @@ def generate_for_rows(model, processor, rows: pd.DataFrame, settings, style: Pro
     """One completion per row (batched, vision tokens suppressed). Returns ``(completions, seconds)``."""
     import time
 
-    from vlmrl_pipeline.core.generation import generate_completions
+    from vlmrl_pipeline.core.evaluation.generation import generate_completions
 
     style = style or PromptStyle()
     start = time.perf_counter()
@@ -430,7 +430,7 @@ def generate_for_rows_vllm(model_path: str, processor, rows: pd.DataFrame, setti
     and starting vLLM. ``processor`` is unused (the child loads its own) but kept for the same call shape."""
     import time
 
-    from vlmrl_pipeline.core.vllm_engine import generate_in_subprocess
+    from vlmrl_pipeline.core.evaluation.vllm_engine import generate_in_subprocess
 
     style = style or PromptStyle()
     start = time.perf_counter()
