@@ -561,7 +561,7 @@ _TAG_PIECES = st.sampled_from([REASONING_START, REASONING_END, SOLUTION_START, S
 @settings(max_examples=400, deadline=None)
 @given(pieces=st.lists(_TAG_PIECES, max_size=40))
 def test_block_scan_finds_exactly_what_the_seeds_regex_finds(pieces):
-    from vlmrl_pipeline.core.answers import _blocks
+    from vlmrl_pipeline.core.answers.extraction import _blocks
 
     text = "".join(pieces)
     for (start, end), pattern in _SEED_BLOCK.items():

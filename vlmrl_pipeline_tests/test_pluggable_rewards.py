@@ -14,20 +14,16 @@ import pytest
 from vlmrl_pipeline.core.evaluation.records import score_records
 from vlmrl_pipeline.core.profiles import geo3k_profile, qwen3vl_8b_profile
 from vlmrl_pipeline.core.prompts import PromptStyle
-from vlmrl_pipeline.core.reward_plugins import (
-    gspo_reward_set,
-    reward_import_roots,
-    reward_name,
-    reward_problems,
-    reward_set_version,
-    training_reward_set,
-)
+from vlmrl_pipeline.core.reward_plugins import reward_import_roots, reward_name, reward_problems
 from vlmrl_pipeline.core.rewards import (
     REWARD_VERSION,
     boxed_reward,
     correctness_reward,
     formatting_reward,
+    gspo_reward_set,
     reward_breakdown,
+    reward_set_version,
+    training_reward_set,
 )
 from vlmrl_pipeline.core.settings_check import settings_conflicts
 from vlmrl_pipeline.core.settings_versions import settings_versions

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import doctest
 import hashlib
-import inspect
 import pathlib
 import re
 
@@ -205,15 +204,31 @@ def test_breakdown_agrees_with_batch_functions():
         assert b["total_reward"] == pytest.approx(sum(w * r for w, r in zip(REWARD_WEIGHTS, (f, c))))
 
 
-def test_reward_version_hashes_the_reward_sources():
+def test_reward_version_hashes_the_reward_sources(tmp_path):
+    """Every file of the answers package, rewards.py and reward_plugins.py: a change to any of them (a scorer, a
+    reward, how the set is built) changes the version, so records scored before it are stale."""
     from vlmrl_pipeline.core import reward_plugins
 
     assert re.fullmatch(r"[0-9a-f]{12}", REWARD_VERSION)
+    package = pathlib.Path(answers.__file__).parent
+    expected = {*package.glob("*.py"), pathlib.Path(rewards.__file__), pathlib.Path(reward_plugins.__file__)}
+    assert set(rewards.REWARD_SOURCES) == expected and len(expected) >= 6
     digest = hashlib.sha256()
-    for module in (answers, rewards, reward_plugins):
-        digest.update(pathlib.Path(inspect.getsourcefile(module)).read_bytes())
+    for source in rewards.REWARD_SOURCES:
+        digest.update(source.read_bytes())
         digest.update(b"\0")
     assert REWARD_VERSION == digest.hexdigest()[:12]
+    copies = []
+    for i, source in enumerate(rewards.REWARD_SOURCES):
+        copy = tmp_path / f"{i}_{source.name}"
+        copy.write_bytes(source.read_bytes())
+        copies.append(copy)
+    assert rewards.sources_version(tuple(copies)) == REWARD_VERSION
+    for copy in copies:
+        original = copy.read_bytes()
+        copy.write_bytes(original + b"# edited\n")
+        assert rewards.sources_version(tuple(copies)) != REWARD_VERSION, copy.name
+        copy.write_bytes(original)
 
 
 # --- boxed answers (geo3k / RLinf) -------------------------------------------------
@@ -424,12 +439,13 @@ def test_docstring_examples_run():
     results = doctest.testmod(rewards, optionflags=doctest.ELLIPSIS)
     assert results.failed == 0
     assert results.attempted > 0
-    for public in (formatting_reward, correctness_reward, boxed_reward, boxed_reward_valued, reward_breakdown,
-                   reward_set):
+    for public in (formatting_reward, correctness_reward, boxed_reward, boxed_reward_valued, rewards.BoxedRewardValued,
+                   reward_breakdown, reward_set, rewards.training_reward_set, rewards.gspo_reward_set):
         assert ">>> " in public.__doc__, public.__name__
 
 
-# The rewards that read the answer column; boxed_reward_valued's function keeps boxed_reward's name (and messages).
+# The rewards that read the answer column; boxed_reward_valued's BoxedRewardValued keeps boxed_reward's name (and
+# messages).
 ANSWER_REWARDS = [correctness_reward, boxed_reward, boxed_reward_valued(2.0, -1.0)]
 _IDS = ["correctness", "boxed", "boxed_valued"]
 
@@ -487,3 +503,61 @@ def test_odd_completion_text_still_scores_as_floats():
             assert set(reward_breakdown(completion, gold, answer_format)) == {"format_reward", "correctness_reward",
                                                                                "total_reward"}
 
+
+
+# --- the reward set of every profile: picklable, and logged under the same names ----------------------------------
+
+def _profile_reward_sets():
+    """(label, reward set, the names TRL must log) for every profile, plus geo3k with RLinf's other values and a
+    rehearsal's extra reward: every set training builds."""
+    import dataclasses
+
+    from vlmrl_pipeline.core.profiles import PROFILES
+
+    expected = {"tags": ["formatting_reward", "correctness_reward"], "boxed": ["boxed_reward"]}
+    for name, make in sorted(PROFILES.items()):
+        profile = make()
+        answer_format = profile.data.answer_format
+        yield name, rewards.gspo_reward_set(answer_format, profile.gspo), expected[answer_format]
+        valued = dataclasses.replace(profile.gspo, reward_max_val=2.0, reward_min_val=-1.0,
+                                     rehearsal_reward_weight=0.1)
+        yield (f"{name}-valued-rehearsal", rewards.gspo_reward_set(answer_format, valued),
+               [*expected[answer_format], "ascii_share_reward"])
+
+
+def test_every_profile_reward_set_pickles_and_keeps_its_metric_names():
+    """TRL logs each reward as ``rewards/<name>/mean`` with ``getattr(f, "__name__", type(f).__name__)``: the
+    names must not change with the values (geo3k's ``boxed_reward`` stays ``boxed_reward``), and every reward must
+    survive pickle (a closure would not), e.g. for a process pool or a saved trainer."""
+    import pickle
+
+    completions = [[{"role": "assistant", "content": text}] for text in
+                   (GOOD, r"so \boxed{991}", "<SOLUTION>991.0</SOLUTION>", "991", SPAM)]
+    answer = ["991"] * len(completions)
+    sets = list(_profile_reward_sets())
+    assert len(sets) >= 16
+    for label, reward_set_, names in sets:
+        assert [getattr(f, "__name__", type(f).__name__) for f in reward_set_.functions] == names, label
+        restored = pickle.loads(pickle.dumps(reward_set_))
+        assert restored == reward_set_, label
+        for function, copy in zip(reward_set_.functions, restored.functions, strict=True):
+            assert copy.__name__ == function.__name__, label
+            assert copy(completions, answer=answer) == function(completions, answer=answer), label
+
+
+def test_trl_names_the_rewards_as_before():
+    utils = pytest.importorskip("trl.trainer.utils")
+    if not hasattr(utils, "get_callable_name"):
+        pytest.skip("this TRL names rewards by __name__ directly")
+    for label, reward_set_, names in _profile_reward_sets():
+        assert [utils.get_callable_name(f) for f in reward_set_.functions] == names, label
+
+
+def test_the_valued_boxed_reward_is_a_small_class_that_pays_the_same_as_the_closure_did():
+    valued = boxed_reward_valued(2.0, -1.0)
+    assert isinstance(valued, rewards.BoxedRewardValued) and valued == rewards.BoxedRewardValued(2.0, -1.0)
+    completions = [r"\boxed{3}", r"\boxed{4}", "no box", r"\boxed{3.0}"]
+    assert valued(completions, answer="3") == [-1.0 + 3.0 * s for s in boxed_reward(completions, answer="3")]
+    for text in completions:
+        breakdown = reward_breakdown(text, "3", answer_format="boxed", reward_max_val=2.0, reward_min_val=-1.0)
+        assert breakdown["total_reward"] == valued([text], answer="3")[0]

@@ -37,8 +37,7 @@ from vlmrl_pipeline.core.evaluation.records import (
     summarize_records,
 )
 from vlmrl_pipeline.core.model.loading import load_policy, load_processor, vllm_dtype
-from vlmrl_pipeline.core.reward_plugins import gspo_reward_set, reward_name, reward_set_version
-from vlmrl_pipeline.core.rewards import REWARD_VERSION
+from vlmrl_pipeline.core.rewards import REWARD_VERSION, gspo_reward_set, reward_name, reward_set_version
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, filter_context_overflow, read_manifest, split_rows
 from vlmrl_pipeline.execution import CPU_TAGS, GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import (

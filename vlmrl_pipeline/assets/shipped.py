@@ -43,8 +43,7 @@ from vlmrl_pipeline.core.files import sha256_dir, write_json_atomic
 from vlmrl_pipeline.core.model.card import CARD_NAME
 from vlmrl_pipeline.core.model.loading import load_model, load_processor, vision_token_ids, vllm_dtype
 from vlmrl_pipeline.core.prompts import chat_prompts
-from vlmrl_pipeline.core.reward_plugins import gspo_reward_set
-from vlmrl_pipeline.core.rewards import REWARD_VERSION
+from vlmrl_pipeline.core.rewards import REWARD_VERSION, gspo_reward_set
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, open_images, read_manifest, split_rows
 from vlmrl_pipeline.execution import CPU_TAGS, GPU_POOL, GPU_TAGS, gpu_op_tags
 from vlmrl_pipeline.resources import (

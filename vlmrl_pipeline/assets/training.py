@@ -37,14 +37,8 @@ from vlmrl_pipeline.core.model.card import (
     save_base_processor,
 )
 from vlmrl_pipeline.core.model.loading import resolve_backend
-from vlmrl_pipeline.core.reward_plugins import (
-    gspo_reward_set,
-    reward_import_roots,
-    reward_kwargs_for_rows,
-    reward_problems,
-    reward_set_version,
-)
-from vlmrl_pipeline.core.rewards import reward_set
+from vlmrl_pipeline.core.reward_plugins import reward_import_roots, reward_kwargs_for_rows, reward_problems
+from vlmrl_pipeline.core.rewards import gspo_reward_set, reward_set, reward_set_version
 from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_TRAIN, SPLIT_VALIDATION, read_manifest, split_rows
 from vlmrl_pipeline.core.settings_check import vllm_conflicts
 from vlmrl_pipeline.core.training.checkpoints import (

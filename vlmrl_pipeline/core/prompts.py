@@ -9,10 +9,16 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from vlmrl_pipeline.core.answers import ANSWER_FORMATS, REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START
+from vlmrl_pipeline.core.answers.extraction import (
+    ANSWER_FORMATS,
+    REASONING_END,
+    REASONING_START,
+    SOLUTION_END,
+    SOLUTION_START,
+)
 from vlmrl_pipeline.core.data.schema import DataError, is_missing
 
-# The tags are the ones answers.py parses, so the prompt and the rewards cannot drift apart.
+# The tags are the ones answers/extraction.py parses, so the prompt and the rewards cannot drift apart.
 FORMAT_INSTRUCTION = (
     f"First think step by step inside {REASONING_START}{REASONING_END}, "
     f"then give only the final answer inside {SOLUTION_START}{SOLUTION_END}."

@@ -1,23 +1,20 @@
-"""Rewards a user plugs in (``training_settings.reward_funcs``, import paths ``package.module:function``) and the
-reward set training and the records both score with: resolved in one place, checked on a sample before any model
-loads, called the way TRL calls them, and versioned by their source.
+"""Rewards a user plugs in (``training_settings.reward_funcs``, import paths ``package.module:function``), and
+calling any reward the way TRL calls it: resolved, checked on a sample before any model loads, and scored on
+stored completions. The reward set itself is built in ``core.rewards`` (``gspo_reward_set``), which imports this.
 
->>> rewards = training_reward_set("tags")
->>> [reward_name(f) for f in rewards.functions], rewards.weights
-(['formatting_reward', 'correctness_reward'], (0.3, 1.0))
+>>> function = load_reward_function("vlmrl_pipeline.core.rewards:formatting_reward")
+>>> reward_name(function), call_reward(function, as_completions(["<REASONING>r</REASONING><SOLUTION>3</SOLUTION>"]))
+('formatting_reward', [2.0])
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 import numbers
 import pathlib
 from collections.abc import Callable
 from typing import Any
-
-from vlmrl_pipeline.core.rewards import REWARD_VERSION, RewardSet, boxed_reward_valued, reward_set
 
 REWARD_PATH_SEPARATOR = ":"
 
@@ -61,49 +58,6 @@ def reward_name(function: Callable[..., Any]) -> str:
     return getattr(function, "__name__", None) or type(function).__name__
 
 
-def training_reward_set(answer_format: str, reward_funcs: tuple[str, ...] = (), reward_weights: tuple[float, ...] = (),
-                        reward_max_val: float = 1.0, reward_min_val: float = 0.0,
-                        rehearsal_reward_weight: float = 0.0) -> RewardSet:
-    r"""The rewards GSPO trains with, and evaluation scores with: one place, so the two never differ.
-
-    No ``reward_funcs``: the answer format's set (:func:`reward_set`; ``boxed`` pays ``reward_max_val`` /
-    ``reward_min_val``). Otherwise the functions those import paths name (:func:`load_reward_function`).
-    ``reward_weights`` empty: the default set's weights, or 1.0 each for named functions (TRL's default). With a
-    rehearsal weight above 0, :func:`~vlmrl_pipeline.core.standin.rehearsal.ascii_share_reward` is added.
-
-    >>> chosen = training_reward_set("boxed", reward_max_val=2.0, reward_min_val=-1.0)
-    >>> [reward_name(f) for f in chosen.functions], chosen.weights, chosen.functions[0]([r"\boxed{3}"], answer="3")
-    (['boxed_reward'], (1.0,), [2.0])
-    >>> training_reward_set("tags", ("vlmrl_pipeline.core.rewards:boxed_reward",)).weights
-    (1.0,)
-    """
-    base = reward_set(answer_format)
-    if reward_funcs:
-        functions = tuple(load_reward_function(path) for path in reward_funcs)
-        default_weights = (1.0,) * len(functions)
-    else:
-        functions = base.functions
-        if answer_format == "boxed":
-            functions = (boxed_reward_valued(reward_max_val, reward_min_val),)
-        default_weights = base.weights
-    weights = tuple(float(w) for w in reward_weights) if reward_weights else default_weights
-    if len(weights) != len(functions):
-        raise ValueError(f"training_settings.reward_weights has {len(weights)} weight(s) for {len(functions)} reward "
-                         f"function(s) ({[reward_name(f) for f in functions]}): give one per function, or none")
-    if rehearsal_reward_weight > 0:
-        from vlmrl_pipeline.core.standin.rehearsal import ascii_share_reward
-
-        functions, weights = (*functions, ascii_share_reward), (*weights, float(rehearsal_reward_weight))
-    return RewardSet(functions=functions, weights=weights)
-
-
-def gspo_reward_set(answer_format: str, gspo: Any) -> RewardSet:
-    """:func:`training_reward_set` from a ``GSPOSettings`` (or anything with its reward fields)."""
-    return training_reward_set(answer_format, tuple(getattr(gspo, "reward_funcs", ()) or ()),
-                               tuple(getattr(gspo, "reward_weights", ()) or ()), gspo.reward_max_val,
-                               gspo.reward_min_val, gspo.rehearsal_reward_weight)
-
-
 def reward_kwargs_for_rows(rows: Any, style: Any) -> dict[str, Any]:
     """What TRL passes a reward function besides the completions, for ``rows`` (a manifest frame): ``prompts``
     (the chat prompts) and every dataset column (``core.samples.trl_dataset``'s, images decoded), as lists."""
@@ -132,8 +86,9 @@ def as_completions(texts: list[str]) -> list[list[dict[str, str]]]:
     return [[{"role": "assistant", "content": text}] for text in texts]
 
 
-def score_with_reward_set(rewards: RewardSet, texts: list[str], **kwargs: Any) -> tuple[dict[str, list], list]:
-    """Each reward function's values for ``texts`` (``{name: [value or None per text]}``) and their weighted total
+def score_with_reward_set(rewards: Any, texts: list[str], **kwargs: Any) -> tuple[dict[str, list], list]:
+    """Under ``rewards`` (a ``core.rewards.RewardSet``; typed loosely since core.rewards imports this module), each
+    reward function's values for ``texts`` (``{name: [value or None per text]}``) and their weighted total
     per text, None counting as nothing (TRL's ``nansum`` over functions)."""
     completions = as_completions(list(texts))
     values: dict[str, list] = {}
@@ -184,31 +139,6 @@ def reward_problems(reward_funcs: tuple[str, ...], sample: dict[str, Any] | None
             problems.append(f"training_settings.reward_funcs entry {path!r} must return one finite number (or None) "
                             f"per completion: for {n} completions it returned {values!r}")
     return problems
-
-
-def _source_digest(function: Callable[..., Any]) -> str | None:
-    """sha256 of the source file of ``function``'s module; None for this package's own (REWARD_VERSION covers)."""
-    target = inspect.unwrap(getattr(function, "func", function))
-    module = inspect.getmodule(target)
-    if module is not None and module.__name__.startswith("vlmrl_pipeline."):
-        return None
-    try:
-        return hashlib.sha256(pathlib.Path(inspect.getsourcefile(target)).read_bytes()).hexdigest()
-    except (OSError, TypeError):
-        return "<source unavailable>"
-
-
-def reward_set_version(rewards: RewardSet) -> str:
-    """The version of what scores a completion under ``rewards``: :data:`REWARD_VERSION` when every function is this
-    package's own; else REWARD_VERSION with the user's reward modules' source, names and weights, so editing a
-    plugged-in reward makes its scores stale (12 hex characters either way)."""
-    own = all(_source_digest(f) is None for f in rewards.functions)
-    if own:
-        return REWARD_VERSION
-    digest = hashlib.sha256(REWARD_VERSION.encode())
-    for function, weight in zip(rewards.functions, rewards.weights, strict=True):
-        digest.update(f"{reward_name(function)}\0{weight}\0{_source_digest(function)}\0".encode())
-    return digest.hexdigest()[:12]
 
 
 def reward_import_roots(reward_funcs: tuple[str, ...]) -> list[str]:

@@ -9,7 +9,13 @@ That pair is the ``"tags"`` entry of :data:`REWARD_SETS`, which keys the reward
 functions by answer format; ``"boxed"`` is the geo3k / RLinf recipe (a single
 ``\\boxed{}`` answer reward, +1 / 0). Use :func:`reward_set` to pick one.
 
-Each reward is one short typed function with an example in its docstring (the tests run them), pairing the
+The reward set a profile trains with is built here, once: :func:`gspo_reward_set` (the answer format's set, RLinf's
+reward values, the rewards a user plugs in, the rehearsal's extra reward). The training job, ``lora_adapter``'s
+checks, and every records asset (baseline, after, merged, gguf) call it, so what evaluation pays is what training
+paid. Plugging in and calling rewards the way TRL does is ``core.reward_plugins``.
+
+Each reward is one short typed function with an example in its docstring (the tests run them); a reward with
+parameters is a small picklable class with the same signature (:class:`BoxedRewardValued`). They pair the
 completions with the dataset's columns by ``zip(..., strict=True)``. Bad input gets one of two answers:
 
 - Odd completion *text* never raises: an exception inside the reward loop would abort a training run hours in, so
@@ -31,19 +37,16 @@ from collections.abc import Callable
 from typing import Any
 
 from vlmrl_pipeline.core import answers
-from vlmrl_pipeline.core.answers import (
-    choice_for_letter,
+from vlmrl_pipeline.core.answers.extraction import (
     completion_text,
     count_reasoning_blocks,
     count_solution_blocks,
     extract_boxed,
     extract_solution,
-    gold_text,
     is_addcriterion_spam,
-    numeric_match,
-    strict_match,
-    unbox_answer,
 )
+from vlmrl_pipeline.core.answers.matching import choice_for_letter, gold_text, numeric_match, strict_match, unbox_answer
+from vlmrl_pipeline.core.reward_plugins import load_reward_function, reward_name
 
 FORMAT_WEIGHT = 0.3
 CORRECTNESS_WEIGHT = 1.0
@@ -274,26 +277,54 @@ def boxed_reward(completions: Completions, answer: list[str] | str | None = None
     return [_boxed_score(completion, gold) for completion, gold in zip(completions, golds, strict=True)]
 
 
-def boxed_reward_valued(reward_max_val: float = 1.0, reward_min_val: float = 0.0) -> Callable[..., list[float]]:
+@dataclasses.dataclass(frozen=True)
+class BoxedRewardValued:
     r""":func:`boxed_reward` paying ``reward_max_val`` for a correct box and ``reward_min_val`` otherwise (RLinf's
-    configurable reward values). The returned function keeps the name ``boxed_reward`` for TRL's logs.
+    configurable reward values), with TRL's reward signature.
+
+    A small class, not a closure, so a reward set pickles (a closure cannot; TRL's parametric rewards are
+    picklable for the same reason). Its ``__name__`` is ``boxed_reward``, the name TRL logs it under
+    (``rewards/boxed_reward/mean``), so the metrics and error messages read the same whatever the values.
+
+    Example:
+
+    >>> import pickle
+    >>> reward = BoxedRewardValued(5.0, -1.0)
+    >>> reward(["so \\boxed{4}", "\\boxed{5}"], answer=["4", "4"])
+    [5.0, -1.0]
+    >>> reward.__name__, pickle.loads(pickle.dumps(reward)) == reward
+    ('boxed_reward', True)
+    """
+
+    reward_max_val: float = 1.0
+    reward_min_val: float = 0.0
+
+    def __post_init__(self) -> None:
+        # TRL names a reward by ``getattr(f, "__name__", type(f).__name__)``; an instance has no __name__ of its own.
+        object.__setattr__(self, "__name__", boxed_reward.__name__)
+
+    def __call__(self, completions: Completions, answer: list[str] | str | None = None, **kwargs: Any) -> list[float]:
+        return [self.valued(score) for score in boxed_reward(completions, answer=answer)]
+
+    def valued(self, score: float) -> float:
+        """A +1 / 0 :func:`boxed_reward` score in these values."""
+        return self.reward_min_val + (self.reward_max_val - self.reward_min_val) * score
+
+
+def boxed_reward_valued(reward_max_val: float = 1.0, reward_min_val: float = 0.0) -> Callable[..., list[float]]:
+    r""":func:`boxed_reward` itself for RLinf's default values (+1 / 0), else a :class:`BoxedRewardValued`.
 
     Example:
 
     >>> from vlmrl_pipeline.core.rewards import boxed_reward_valued
     >>> boxed_reward_valued(5.0, -1.0)(["so \\boxed{4}", "\\boxed{5}"], answer=["4", "4"])
     [5.0, -1.0]
+    >>> boxed_reward_valued() is boxed_reward
+    True
     """
     if (reward_max_val, reward_min_val) == (1.0, 0.0):
         return boxed_reward
-
-    def valued(completions: Completions, answer: list[str] | str | None = None, **kwargs: Any) -> list[float]:
-        return [reward_min_val + (reward_max_val - reward_min_val) * score
-                for score in boxed_reward(completions, answer=answer)]
-
-    valued.__name__ = valued.__qualname__ = "boxed_reward"
-    valued.__doc__ = boxed_reward.__doc__
-    return valued
+    return BoxedRewardValued(reward_max_val, reward_min_val)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,6 +370,57 @@ def reward_set(answer_format: str) -> RewardSet:
         ) from None
 
 
+def training_reward_set(answer_format: str, reward_funcs: tuple[str, ...] = (), reward_weights: tuple[float, ...] = (),
+                        reward_max_val: float = 1.0, reward_min_val: float = 0.0,
+                        rehearsal_reward_weight: float = 0.0) -> RewardSet:
+    r"""The rewards GSPO trains with, and evaluation scores with: one place, so the two never differ.
+
+    No ``reward_funcs``: the answer format's set (:func:`reward_set`; ``boxed`` pays ``reward_max_val`` /
+    ``reward_min_val``). Otherwise the functions those import paths name (:func:`load_reward_function`).
+    ``reward_weights`` empty: the default set's weights, or 1.0 each for named functions (TRL's default). With a
+    rehearsal weight above 0, :func:`~vlmrl_pipeline.core.standin.rehearsal.ascii_share_reward` is added.
+
+    >>> chosen = training_reward_set("boxed", reward_max_val=2.0, reward_min_val=-1.0)
+    >>> [reward_name(f) for f in chosen.functions], chosen.weights, chosen.functions[0]([r"\boxed{3}"], answer="3")
+    (['boxed_reward'], (1.0,), [2.0])
+    >>> training_reward_set("tags", ("vlmrl_pipeline.core.rewards:boxed_reward",)).weights
+    (1.0,)
+    """
+    base = reward_set(answer_format)
+    if reward_funcs:
+        functions = tuple(load_reward_function(path) for path in reward_funcs)
+        default_weights = (1.0,) * len(functions)
+    else:
+        functions = base.functions
+        if answer_format == "boxed":
+            functions = (boxed_reward_valued(reward_max_val, reward_min_val),)
+        default_weights = base.weights
+    weights = tuple(float(w) for w in reward_weights) if reward_weights else default_weights
+    if len(weights) != len(functions):
+        raise ValueError(f"training_settings.reward_weights has {len(weights)} weight(s) for {len(functions)} reward "
+                         f"function(s) ({[reward_name(f) for f in functions]}): give one per function, or none")
+    if rehearsal_reward_weight > 0:
+        from vlmrl_pipeline.core.standin.rehearsal import ascii_share_reward
+
+        functions, weights = (*functions, ascii_share_reward), (*weights, float(rehearsal_reward_weight))
+    return RewardSet(functions=functions, weights=weights)
+
+
+def gspo_reward_set(answer_format: str, gspo: Any) -> RewardSet:
+    """The reward set of a profile: :func:`training_reward_set` from its answer format and ``GSPOSettings`` (or
+    anything with its reward fields). Training and evaluation both take their rewards from here.
+
+    >>> from vlmrl_pipeline.core.profiles import geo3k_profile, qwen3vl_8b_profile
+    >>> [reward_name(f) for f in gspo_reward_set("tags", qwen3vl_8b_profile().gspo).functions]
+    ['formatting_reward', 'correctness_reward']
+    >>> gspo_reward_set("boxed", geo3k_profile().gspo).functions == (boxed_reward,)
+    True
+    """
+    return training_reward_set(answer_format, tuple(getattr(gspo, "reward_funcs", ()) or ()),
+                               tuple(getattr(gspo, "reward_weights", ()) or ()), gspo.reward_max_val,
+                               gspo.reward_min_val, gspo.rehearsal_reward_weight)
+
+
 def reward_breakdown(
     completion: str | list[dict[str, Any]],
     answer: Any,
@@ -375,7 +457,7 @@ def reward_breakdown(
     """
     chosen = reward_set(answer_format)
     if answer_format == "boxed":
-        boxed = reward_min_val + (reward_max_val - reward_min_val) * _boxed_score(completion, answer)
+        boxed = BoxedRewardValued(reward_max_val, reward_min_val).valued(_boxed_score(completion, answer))
         return {
             "format_reward": 0.0,
             "correctness_reward": boxed,
@@ -390,19 +472,51 @@ def reward_breakdown(
     }
 
 
-def _reward_version() -> str:
-    """12-hex sha256 of answers.py, rewards.py and reward_plugins.py (how a reward set is assembled and called), so
-    records can say which reward code scored them."""
+def _reward_sources() -> tuple[pathlib.Path, ...]:
+    """The source files that decide a reward or a verdict: every module of ``core.answers``, this module and
+    ``reward_plugins.py`` (how a reward set is assembled and called), in a fixed order."""
+    here = pathlib.Path(__file__)
+    return (*sorted(pathlib.Path(answers.__file__).parent.glob("*.py")), here, here.with_name("reward_plugins.py"))
+
+
+def sources_version(sources: tuple[pathlib.Path, ...]) -> str:
+    """12-hex sha256 of the files ``sources``, each followed by a NUL; a missing file hashes as a fixed marker."""
     digest = hashlib.sha256()
-    here = inspect.getsourcefile(inspect.getmodule(_reward_version))
-    for source in (inspect.getsourcefile(answers), here, here and pathlib.Path(here).with_name("reward_plugins.py")):
+    for source in sources:
         try:
             digest.update(pathlib.Path(source).read_bytes())
-        except (OSError, TypeError):
+        except OSError:
             # Source not shipped (e.g. bytecode-only install): still hash something stable.
             digest.update(b"<source unavailable>")
         digest.update(b"\0")
     return digest.hexdigest()[:12]
 
 
-REWARD_VERSION = _reward_version()
+REWARD_SOURCES = _reward_sources()
+REWARD_VERSION = sources_version(REWARD_SOURCES)
+"""Which reward code scored a record: editing any file of :data:`REWARD_SOURCES` changes it."""
+
+
+def _source_digest(function: Callable[..., Any]) -> str | None:
+    """sha256 of the source file of ``function``'s module; None for this package's own (REWARD_VERSION covers)."""
+    target = inspect.unwrap(getattr(function, "func", function))
+    module = inspect.getmodule(target)
+    if module is not None and module.__name__.startswith("vlmrl_pipeline."):
+        return None
+    try:
+        return hashlib.sha256(pathlib.Path(inspect.getsourcefile(target)).read_bytes()).hexdigest()
+    except (OSError, TypeError):
+        return "<source unavailable>"
+
+
+def reward_set_version(rewards: RewardSet) -> str:
+    """The version of what scores a completion under ``rewards``: :data:`REWARD_VERSION` when every function is this
+    package's own; else REWARD_VERSION with the user's reward modules' source, names and weights, so editing a
+    plugged-in reward makes its scores stale (12 hex characters either way)."""
+    own = all(_source_digest(f) is None for f in rewards.functions)
+    if own:
+        return REWARD_VERSION
+    digest = hashlib.sha256(REWARD_VERSION.encode())
+    for function, weight in zip(rewards.functions, rewards.weights, strict=True):
+        digest.update(f"{reward_name(function)}\0{weight}\0{_source_digest(function)}\0".encode())
+    return digest.hexdigest()[:12]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmrl_pipeline.core.answers import ANSWER_FORMATS
+from vlmrl_pipeline.core.answers.extraction import ANSWER_FORMATS
 from vlmrl_pipeline.core.training.rollout_engine import vllm_rollout_blockers
 
 DATASET_FORMATS = ("mathvista", "rlinf")

@@ -44,7 +44,7 @@ SETTINGS_FEEDING: dict[str, dict[str, tuple[str, ...] | None]] = {
     "lora_adapter": {"model": LOADING_FIELDS + ("fast_inference", "vllm_standby", "lora"), "gspo": ALL,
                      "data": PROMPT_FIELDS},
     "after_completions": {"model": LOADING_FIELDS, "generation": ALL, "data": PROMPT_FIELDS},
-    # Scored with the training's reward set (core.reward_plugins.gspo_reward_set): its functions, weights and values.
+    # Scored with the training's reward set (core.rewards.gspo_reward_set): its functions, weights and values.
     "baseline_records": {"data": ("answer_format",), "gspo": REWARD_FIELDS},
     "after_records": {"data": ("answer_format",), "gspo": REWARD_FIELDS},
     "merged_model": {"export": ("merged_dtype", "merged_4bit")},
@@ -100,10 +100,10 @@ def feeding_settings(profile: Profile, asset: str) -> dict[str, dict[str, Any]]:
 
 
 def _reward_source(reward_funcs: tuple[str, ...]) -> str:
-    """The plugged-in rewards' source version (``core.reward_plugins.reward_set_version``), so editing one makes what it
+    """The plugged-in rewards' source version (``core.rewards.reward_set_version``), so editing one makes what it
     scores stale; a reward that does not import gets a marker here and is refused when a run starts."""
-    from vlmrl_pipeline.core.reward_plugins import load_reward_function, reward_set_version
-    from vlmrl_pipeline.core.rewards import RewardSet
+    from vlmrl_pipeline.core.reward_plugins import load_reward_function
+    from vlmrl_pipeline.core.rewards import RewardSet, reward_set_version
 
     try:
         functions = tuple(load_reward_function(path) for path in reward_funcs)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from vlmrl_pipeline.core.answers import parse_number
+from vlmrl_pipeline.core.answers.matching import parse_number
 from vlmrl_pipeline.core.data.schema import UNREADABLE_COLUMN, DataError, is_missing
 
 

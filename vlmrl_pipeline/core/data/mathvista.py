@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vlmrl_pipeline.core.answers import parse_number
+from vlmrl_pipeline.core.answers.matching import parse_number
 from vlmrl_pipeline.core.data.schema import (
     MATHVISTA_COLUMNS,
     UNREADABLE_COLUMN,

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from vlmrl_pipeline.core.answers import parse_number, unbox_answer
+from vlmrl_pipeline.core.answers.matching import parse_number, unbox_answer
 from vlmrl_pipeline.core.data.schema import MATHVISTA_COLUMNS, UNREADABLE_COLUMN, DataError, is_missing, normalise_frame
 from vlmrl_pipeline.core.data.sources import (
     check_local_source,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vlmrl_pipeline.core.answers import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START
+from vlmrl_pipeline.core.answers.extraction import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from vlmrl_pipeline.core.answers import choice_list, score_completion
+from vlmrl_pipeline.core.answers.matching import choice_list
+from vlmrl_pipeline.core.answers.verdicts import score_completion
 from vlmrl_pipeline.core.atomic import atomic_file
 from vlmrl_pipeline.core.evaluation.stats import paired_comparison
 from vlmrl_pipeline.core.files import write_json_atomic

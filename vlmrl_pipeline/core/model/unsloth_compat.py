@@ -48,8 +48,12 @@ def alias_vision_model_types(empty_model: ModuleType) -> list[str]:
 
 
 def patch_unsloth_for_fast_inference(log=print) -> None:
-    """Apply the mends above to the installed ``unsloth_zoo`` (a no-op where it already knows the names)."""
-    from unsloth_zoo import empty_model
+    """Apply the mends above to the installed ``unsloth_zoo`` (a no-op where it already knows the names, and where
+    ``unsloth_zoo`` is absent: Unsloth itself cannot load then, and that error is the one worth reading)."""
+    try:
+        from unsloth_zoo import empty_model
+    except ModuleNotFoundError:
+        return
 
     applied = alias_vision_model_types(empty_model)
     if applied:

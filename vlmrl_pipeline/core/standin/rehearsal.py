@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlmrl_pipeline.core.answers import completion_text
+from vlmrl_pipeline.core.answers.extraction import completion_text
 
 
 def ascii_share_reward(completions: Any, **kwargs: Any) -> list[float]:

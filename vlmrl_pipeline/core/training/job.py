@@ -100,7 +100,7 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None], warn: Callabl
 
     from vlmrl_pipeline.core.model.loading import LoraSettings, apply_lora, load_model, peft_lora_config
     from vlmrl_pipeline.core.prompts import PromptStyle
-    from vlmrl_pipeline.core.reward_plugins import gspo_reward_set, reward_name, reward_set_version
+    from vlmrl_pipeline.core.rewards import gspo_reward_set, reward_name, reward_set_version
     from vlmrl_pipeline.core.samples import (
         SPLIT_TRAIN,
         SPLIT_VALIDATION,
