@@ -306,7 +306,7 @@ def test_the_lora_adapter_step_refuses_a_server_its_python_cannot_start_before_l
 
     from dagster import DagsterInstance, materialize
 
-    import vlmrl_pipeline.assets.training as training_assets
+    import vlmrl_pipeline.core.training.plan as training_plan
     from vlmrl_pipeline.definitions import all_assets
     from vlmrl_pipeline.resources import resources_for_profile
     from vlmrl_pipeline_tests.conftest import tiny_profile
@@ -314,7 +314,7 @@ def test_the_lora_adapter_step_refuses_a_server_its_python_cannot_start_before_l
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "uvicorn" else real_find_spec(name, *a))
-    monkeypatch.setattr(training_assets, "visible_gpu_count", lambda: 1)
+    monkeypatch.setattr(training_plan, "visible_gpu_count", lambda: 1)
     base = tiny_profile()
     # rollout_engine='auto' so that this CPU's missing CUDA is one more refusal in the list, not the first raise.
     profile = dataclasses.replace(base, gspo=dataclasses.replace(base.gspo, vllm_mode="server", rollout_engine="auto"))

@@ -5,7 +5,6 @@ import os
 import shlex
 import shutil
 from contextlib import ExitStack
-from dataclasses import asdict, replace
 
 from dagster import (
     AssetCheckResult,
@@ -23,9 +22,7 @@ from vlmrl_pipeline.assets.export_preflight import export_preflight
 from vlmrl_pipeline.assets.metadata import environment_metadata
 from vlmrl_pipeline.assets.model import base_model, base_model_path
 from vlmrl_pipeline.assets.provenance import card_facts, card_sample, lineage
-from vlmrl_pipeline.core.atomic import ArtifactBusyError, exclusive
 from vlmrl_pipeline.core.evaluation.plots import png_markdown, training_curves_png
-from vlmrl_pipeline.core.evaluation.vllm_engine import vllm_problems
 from vlmrl_pipeline.core.export.merge import inspect_lora_adapter, read_checkpoint_config
 from vlmrl_pipeline.core.files import sha256_file
 from vlmrl_pipeline.core.model.card import (
@@ -36,38 +33,22 @@ from vlmrl_pipeline.core.model.card import (
     portable_base_reference,
     save_base_processor,
 )
-from vlmrl_pipeline.core.model.loading import resolve_backend
-from vlmrl_pipeline.core.reward_plugins import reward_import_roots, reward_kwargs_for_rows, reward_problems
-from vlmrl_pipeline.core.rewards import gspo_reward_set, reward_set, reward_set_version
-from vlmrl_pipeline.core.samples import MANIFEST_NAME, SPLIT_TRAIN, SPLIT_VALIDATION, read_manifest, split_rows
-from vlmrl_pipeline.core.settings_check import vllm_conflicts
+from vlmrl_pipeline.core.reward_plugins import reward_import_roots
+from vlmrl_pipeline.core.samples import MANIFEST_NAME, read_manifest
 from vlmrl_pipeline.core.training.checkpoints import (
     local_files_state,
-    other_work_dirs,
-    prepare_work_dir,
     remove_work_dir,
-    resume_candidates,
-    set_aside,
-    training_inputs,
 )
 from vlmrl_pipeline.core.training.dynamic_sampling import dynamic_sampling_summary
-from vlmrl_pipeline.core.training.gspo_config import report_targets, report_to_problems
-from vlmrl_pipeline.core.training.job import TRAINING_LOG, TrainingJob, TrainingProcessError, describe_failure
-from vlmrl_pipeline.core.training.k8s_workers import training_machines, worker_job_name
+from vlmrl_pipeline.core.training.gspo_config import report_targets
+from vlmrl_pipeline.core.training.job import TRAINING_LOG, TrainingProcessError, describe_failure
+from vlmrl_pipeline.core.training.k8s_workers import worker_job_name
 from vlmrl_pipeline.core.training.launch import (
-    DEFAULT_MAIN_PROCESS_PORT,
-    Machines,
     accelerate_command,
-    accelerate_config,
-    check_backend_supports,
     default_cpu_threads,
-    resolve_num_processes,
-    visible_gpu_count,
-    visible_gpu_ids,
     write_accelerate_config,
 )
-from vlmrl_pipeline.core.training.rollout_engine import resolve_rollout_engine
-from vlmrl_pipeline.core.training.rollout_server import plan_gpus, server_runtime_problems, server_settings_problems
+from vlmrl_pipeline.core.training.plan import choose_work_dir, plan_training
 from vlmrl_pipeline.core.training.run_history import keep_run, run_folder_name, run_folders
 from vlmrl_pipeline.core.training.trainer import rollout_summary
 from vlmrl_pipeline.execution import GPU_POOL, GPU_TAGS, gpu_op_tags
@@ -137,140 +118,60 @@ def lora_adapter(
 def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_settings: ModelSettingsResource,
            data_settings: DataSettingsResource, training_settings: TrainingSettingsResource,
            export_settings: ExportSettingsResource, rollout_server: RolloutServerResource) -> MaterializeResult:
-    model_cfg = model_settings.to_core()
-    data = data_settings.to_core()
-    gspo = training_settings.to_core()
-    reward_set(data.answer_format)  # an unknown format is refused here, before anything is launched
     artifacts.verify(base_model, resized_images, log=context.log.warning)  # the weights and every training image
     load_path, ref = base_model_path(artifacts)
     manifest_dir = artifacts.asset_dir(resized_images)
-    manifest = read_manifest(manifest_dir)
-    train_rows = split_rows(manifest, SPLIT_TRAIN)  # no manifest or no training rows: say so now
-    # Refused before any model loads: a plugged-in reward that does not import or score a real training row, and
-    # validation settings without validation rows.
-    rewards = gspo_reward_set(data.answer_format, gspo)
-    if gspo.reward_funcs:
-        problems = reward_problems(tuple(gspo.reward_funcs), reward_kwargs_for_rows(train_rows.head(1),
-                                                                                    data.prompt_style))
-        if problems:
-            raise ValueError("; ".join(problems))
-    num_validation = int((manifest["split"] == SPLIT_VALIDATION).sum())
-    if (gspo.eval_steps or gspo.keep_checkpoint == "best_validation") and not num_validation:
-        raise ValueError(f"training_settings.eval_steps={gspo.eval_steps} / "
-                         f"keep_checkpoint={gspo.keep_checkpoint!r} need validation rows, but resized_images' "
-                         "manifest has none: set data_settings.validation_size and materialize resized_images again")
-    gpus = visible_gpu_count()
-    server_cfg = rollout_server.to_core()
-    if gspo.vllm_mode == "server" and server_cfg.gpu_ids:  # training takes the GPUs the server leaves it
-        processes, gpu_ids = plan_gpus(server_cfg, visible_gpu_ids(gpus).split(",") if gpus else [],
-                                       gspo.num_processes)
-    else:
-        processes = resolve_num_processes(gspo.num_processes, gpus)
-        gpu_ids = visible_gpu_ids(processes)
-    machines = Machines()
-    per_machine = processes
-    if training_machines() > 1:  # this pod is machine rank 0; a Kubernetes Job runs the others (k8s_training)
-        if gpus == 0 or gspo.vllm_mode == "server":
-            raise ValueError(f"VLMRL_TRAINING_MACHINES={training_machines()} trains on the GPUs of several machines: "
-                             + ("this step sees none" if gpus == 0 else "training_settings.vllm_mode='server' is "
-                                "offered on one machine only; use vllm_mode='colocate'"))
-        from vlmrl_pipeline.k8s_training import step_pod_address
-
-        machines = Machines(training_machines(), 0, step_pod_address(), DEFAULT_MAIN_PROCESS_PORT)
-        processes = per_machine * machines.num_machines
-    gspo.check_generation_batch(processes)  # num_processes=0 resolves only here
-    backend = resolve_backend(model_cfg.backend)
-    check_backend_supports(backend, processes, gspo.distributed)
-    if gspo.eval_steps and processes > 1 and gspo.distributed == "fsdp":
-        raise ValueError("training_settings.eval_steps with distributed='fsdp' is not supported: validation "
-                         "generates on the whole policy, which FSDP shards; use ddp, one process, or eval_steps=0")
-    # Resolved before the checks, the checkpoint key and the job: they all see the switches training runs with, so
-    # a resumed run cannot change engines unnoticed (its key would differ).
-    model_type = read_checkpoint_config(load_path, ref.get("revision")).get("model_type")
-    engine = resolve_rollout_engine(model_cfg, gspo, backend, model_type=model_type)
-    if engine.problems:
-        raise ValueError("; ".join(engine.problems))
-    model_cfg, gspo = engine.apply(model_cfg, gspo)
-    context.log.info(engine.reason)
-    refusals = vllm_conflicts(model_cfg, gspo, backend) + server_settings_problems(gspo, server_cfg, backend)
-    if gspo.vllm_mode == "server" and not gspo.use_vllm:
-        refusals.append(f"training_settings.vllm_mode='server' generates rollouts on vLLM, but the rollout engine "
-                        f"resolved to model.generate ({engine.reason}): set training_settings.rollout_engine='vllm'")
-    if gspo.use_vllm:
-        refusals += vllm_problems("training_settings.use_vllm=True")
-    if gspo.vllm_mode == "server":
-        refusals += server_runtime_problems(server_cfg)
-    refusals += report_to_problems(gspo)
-    if refusals:
-        raise ValueError("; ".join(refusals))
+    # Every refusal happens here, before any model loads (core.training.plan).
+    plan = plan_training(model_settings.to_core(), data_settings.to_core(), training_settings.to_core(),
+                         rollout_server.to_core(), load_path=load_path, revision=ref.get("revision"),
+                         manifest=read_manifest(manifest_dir), main_address=_step_pod_address)
+    context.log.info(plan.engine.reason)
     # What can only fail after training (the export's disk, memory, converter support) is checked now.
     export_need = export_preflight(artifacts, export_settings, load_path, ref.get("revision"))
     context.log.info(f"export will need about {export_need['disk_bytes'] / 1e9:.1f} GB of disk; merging on the CPU "
                      f"about {export_need['merge_host_bytes_on_cpu'] / 1e9:.1f} GB of host memory")
-    style = {"prompt_field": data.prompt_field, "answer_format": data.answer_format,
-             "system_prompt": data.system_prompt}
-    inputs = training_inputs(
-        gspo=asdict(gspo), model=asdict(model_cfg), prompt_style=style, base_model_ref=ref,
-        base_model_files=local_files_state(load_path, cache_file=artifacts.asset_dir(HASH_CACHE)),
-        manifest_sha256=sha256_file(manifest_dir / MANIFEST_NAME),
-        reward_version=reward_set_version(rewards), num_processes=processes, code_version=TRAINING_CODE_VERSION,
-    )
+    inputs = plan.checkpoint_inputs(
+        base_model_ref=ref, base_model_files=local_files_state(load_path, cache_file=artifacts.asset_dir(HASH_CACHE)),
+        manifest_sha256=sha256_file(manifest_dir / MANIFEST_NAME), code_version=TRAINING_CODE_VERSION)
     checkpoints_root = artifacts.asset_dir(CHECKPOINTS_DIR)
-    work = prepare_work_dir(checkpoints_root, inputs)
-    stale = other_work_dirs(checkpoints_root, work.name)
-    if stale:
-        context.log.warning(f"not resuming {len(stale)} checkpoint folder(s) written for other settings, data or base "
-                            f"model: {[p.name for p in stale]} (left in {checkpoints_root}; delete them to free space)")
     training_lock = artifacts.asset_dir(TRAINING_LOCK)
-    try:
-        with exclusive(training_lock):
-            pass  # free: no training process of an earlier run is still at work on this data folder
-    except ArtifactBusyError as exc:
-        raise ArtifactBusyError(
-            f"a training process of an earlier (killed) run is still running on this data folder, and would write "
-            f"the same checkpoints: stop it (kill its pid) or wait for it to end, then materialize again. {exc}"
-        ) from None
-    # After the lock check: a live training process may still be writing its newest checkpoint.
-    found, unusable = resume_candidates(work)
-    for folder, problem in unusable:
-        # Renamed, not deleted: out of the trainer's rotation and never resumed, but there for a person to inspect.
-        aside = set_aside(folder)
-        context.log.warning(f"skipping {folder.name}: {problem}; renamed to {aside.name}"
-                            + (f", resuming from {found[0].name} instead" if found else ", and no older checkpoint "
+    work_dir = choose_work_dir(checkpoints_root, inputs, training_lock)
+    work, found = work_dir.path, work_dir.resume_from
+    if work_dir.other_settings:
+        context.log.warning(f"not resuming {len(work_dir.other_settings)} checkpoint folder(s) written for other "
+                            f"settings, data or base model: {[p.name for p in work_dir.other_settings]} (left in "
+                            f"{checkpoints_root}; delete them to free space)")
+    for name, problem, aside in work_dir.set_aside:
+        context.log.warning(f"skipping {name}: {problem}; renamed to {aside}"
+                            + (f", resuming from {found.name} instead" if found else ", and no older checkpoint "
                                "verifies: training starts from step 0"))
-    context.log.info(f"checkpoint folder {work}: " + (f"resuming from {found[0].name}" if found else "starting fresh"))
+    context.log.info(f"checkpoint folder {work}: " + (f"resuming from {found.name}" if found else "starting fresh"))
     launch_dir = work / "launch"
-    for old_error in (launch_dir / "errors").glob("rank-*.json"):
-        old_error.unlink()
     with artifacts.staging(context.asset_key) as tmp, ExitStack() as serving:  # the server, the other machines
-        if gspo.vllm_mode == "server" and server_cfg.gpu_ids:
+        if plan.starts_server:
             # Stopped when this block is left, however it is; a SIGKILLed step's watchdog stops it too.
             # Its log goes with the adapter (rollout_server.log): the record of what generated the rollouts.
             server = serving.enter_context(rollout_server.serving(
-                load_path, log_dir=tmp, max_model_len=model_cfg.max_seq_length, dtype=model_cfg.dtype,
+                load_path, log_dir=tmp, max_model_len=plan.model.max_seq_length, dtype=plan.model.dtype,
                 revision=ref.get("revision"), log=context.log.info))
-            gspo = replace(gspo, vllm_server_base_url=server.base_url)  # what training connects to
-        job_file = TrainingJob(
-            base_model_path=load_path, base_model_ref=ref, manifest_dir=str(manifest_dir), adapter_dir=str(tmp),
-            work_dir=str(work), checkpoint_key=work.name, model=asdict(model_cfg), prompt_style=style,
-            gspo=asdict(gspo), num_processes=processes, training_lock=str(training_lock),
-            rollout_engine=engine.record(),
-        ).write(launch_dir / "job.json")
-        config_file = write_accelerate_config(launch_dir / "accelerate_config.yaml", accelerate_config(
-            processes, gspo.distributed, use_cpu=gpus == 0, gpu_ids=gpu_ids, machines=machines))
+            plan = plan.with_server(server.base_url)  # what training connects to
+        job_file = plan.job(base_model_path=load_path, base_model_ref=ref, manifest_dir=manifest_dir, adapter_dir=tmp,
+                            work_dir=work, training_lock=training_lock).write(launch_dir / "job.json")
+        config_file = write_accelerate_config(launch_dir / "accelerate_config.yaml", plan.accelerate_config())
+        machines = plan.machines
         if machines.num_machines > 1:
             from vlmrl_pipeline.k8s_training import training_workers
 
             serving.enter_context(training_workers(
                 name=worker_job_name(context.run_id, work.name), num_machines=machines.num_machines,
-                processes_per_machine=per_machine, job_file=str(job_file), main_address=machines.main_process_ip,
-                main_port=machines.main_process_port, distributed=gspo.distributed, log=context.log.info))
-        command = accelerate_command(config_file, job_file, cpu_threads=default_cpu_threads(per_machine))
-        context.log.info(f"launching {processes} training process(es): {shlex.join(command)}")
+                processes_per_machine=plan.per_machine, job_file=str(job_file), main_address=machines.main_process_ip,
+                main_port=machines.main_process_port, distributed=plan.gspo.distributed, log=context.log.info))
+        command = accelerate_command(config_file, job_file, cpu_threads=default_cpu_threads(plan.per_machine))
+        context.log.info(f"launching {plan.processes} training process(es): {shlex.join(command)}")
         try:
             invocation = PipesSubprocessClient().run(
                 command=command, context=context, extras={"job": str(job_file), "checkpoint_key": work.name},
-                env=_child_env(reward_import_roots(tuple(gspo.reward_funcs))),
+                env=_child_env(reward_import_roots(tuple(plan.gspo.reward_funcs))),
             )
         except Exception as exc:  # the process exited non-zero (Dagster's DagsterPipesExecutionError) or died
             raise TrainingProcessError(describe_failure(job_file, work, str(exc))) from exc
@@ -285,8 +186,8 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
         if (work / "runs").is_dir():
             shutil.copytree(work / "runs", tmp / TENSORBOARD_DIR)
         stats = inspect_lora_adapter(tmp)
-        _make_standalone(tmp, artifacts, load_path, ref, data, reported, log["log_history"], stats["sha256"])
-    history = _keep_tensorboard_history(context, artifacts, work, gspo.tensorboard_history_mb)
+        _make_standalone(tmp, artifacts, load_path, ref, plan.data, reported, log["log_history"], stats["sha256"])
+    history = _keep_tensorboard_history(context, artifacts, work, plan.gspo.tensorboard_history_mb)
     remove_work_dir(work)  # the adapter is in place; its checkpoints are no longer needed
     logged = [float(h["reward"]) for h in log["log_history"] if "reward" in h]
     rollout = rollout_summary(log["log_history"])
@@ -311,16 +212,16 @@ def _train(context: AssetExecutionContext, artifacts: ArtifactStore, model_setti
             "adapter_sha256": stats["sha256"],
             "lora_b_nonzero": f"{stats['num_lora_b_nonzero']}/{stats['num_lora_b']}",
             "lora_all_finite": stats["all_finite"],
-            "rollout_engine": engine.label,
-            "rollout_engine_setting": engine.setting,
-            "rollout_engine_reason": engine.reason,
-            "report_to": gspo.report_to,
-            "vllm_mode": gspo.vllm_mode if gspo.use_vllm else "none",
+            "rollout_engine": plan.engine.label,
+            "rollout_engine_setting": plan.engine.setting,
+            "rollout_engine_reason": plan.engine.reason,
+            "report_to": plan.gspo.report_to,
+            "vllm_mode": plan.gspo.vllm_mode if plan.gspo.use_vllm else "none",
             **({"tensorboard_logdir": MetadataValue.path(str(artifacts.asset_dir(context.asset_key) / TENSORBOARD_DIR))}
-               if "tensorboard" in report_targets(gspo.report_to) else {}),
+               if "tensorboard" in report_targets(plan.gspo.report_to) else {}),
             **history,
             **({"rollout_and_entropy": MetadataValue.json(rollout)} if rollout else {}),
-            "dynamic_sampling": gspo.dynamic_sampling,
+            "dynamic_sampling": plan.gspo.dynamic_sampling,
             "zero_spread_groups": MetadataValue.json(dynamic_sampling_summary(log["log_history"])),
             "training_curves": MetadataValue.md(png_markdown(curves, "GSPO training curves")),
         }
@@ -362,6 +263,13 @@ def _make_standalone(folder, artifacts: ArtifactStore, load_path: str, ref: dict
     facts = card_facts(artifacts, reference, adapter_sha256, data.prompt_style,
                        training={**training, "final_logged_reward": round(rewards[-1], 4) if rewards else None})
     (folder / CARD_NAME).write_text(adapter_card(facts, card_sample(artifacts, data.prompt_style)), encoding="utf-8")
+
+
+def _step_pod_address() -> str:
+    """Rank 0's address when training spans several machines (imported only then: it needs the k8s extra)."""
+    from vlmrl_pipeline.k8s_training import step_pod_address
+
+    return step_pod_address()
 
 
 def _child_env(extra_paths: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
