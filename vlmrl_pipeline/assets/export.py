@@ -19,28 +19,21 @@ from vlmrl_pipeline.assets.model import base_model, base_model_path
 from vlmrl_pipeline.assets.provenance import ADAPTER_WEIGHTS, card_facts, card_sample, lineage
 from vlmrl_pipeline.assets.training import lora_adapter
 from vlmrl_pipeline.core.evaluation.generation import (
-    GenerationSettings,
     end_of_turn_id,
-    generate_completions,
     greedy_token_ids,
-    next_token_logits,
 )
 from vlmrl_pipeline.core.export.gguf import export_gguf, gguf_greedy_tokens, inspect_gguf, llama_cpp_runtime_available
 from vlmrl_pipeline.core.export.merge import (
-    bnb_quantization,
-    checkpoint_has_4bit_layers,
-    merge_adapter_4bit_unsloth,
-    merge_adapter_to_checkpoint,
-    merge_agreement,
     read_checkpoint_config,
     stored_dtype,
 )
+from vlmrl_pipeline.core.export.merged import MERGE_CHECK, MERGE_CHECK_PROMPTS, MERGED_16BIT_DIR, merge_and_compare
 from vlmrl_pipeline.core.export.settings import GGUF_QUANTIZER_TYPES
-from vlmrl_pipeline.core.files import dir_size_bytes, sha256_dir, sha256_file, write_json_atomic
+from vlmrl_pipeline.core.files import sha256_file
 from vlmrl_pipeline.core.llama_cpp import LLAMA_CPP_PYTHON_VERSION, llama_cpp_tools
 from vlmrl_pipeline.core.memory import peak_memory
-from vlmrl_pipeline.core.model.card import CARD_NAME, merged_card, portable_base_reference
-from vlmrl_pipeline.core.model.loading import load_model, load_policy
+from vlmrl_pipeline.core.model.card import merged_card, portable_base_reference
+from vlmrl_pipeline.core.model.loading import load_model
 from vlmrl_pipeline.core.prompts import chat_prompts
 from vlmrl_pipeline.core.samples import SPLIT_EVAL, open_images, read_manifest, split_rows
 from vlmrl_pipeline.execution import CPU_TAGS, GPU_POOL, GPU_TAGS, gpu_op_tags
@@ -53,12 +46,8 @@ from vlmrl_pipeline.resources import (
     asset_folder,
 )
 
-MERGED_16BIT_DIR = "checkpoint"
-MERGED_4BIT_DIR = "checkpoint-4bit"
 GGUF_SUMMARY = "gguf.json"
 GGUF_CHECK_TOKENS = 16
-MERGE_CHECK = "merge_check.json"
-MERGE_CHECK_PROMPTS = 4
 
 
 @asset(config_schema=NO_OP_CONFIG,
@@ -80,71 +69,25 @@ def merged_model(
     the way evaluation loads it) on held-out prompts: first-token logits (``merge_check.json``, checked by
     ``merged_matches_adapter``) and a sample generation. Peak host and GPU memory are recorded.
     """
-    import torch
-
     settings = export_settings.to_core()
     model_cfg = model_settings.to_core()
+    style = data_settings.to_core().prompt_style
     artifacts.verify(lora_adapter, base_model, resized_images, log=context.log.warning)
     load_path, ref = base_model_path(artifacts)
     adapter_dir = artifacts.asset_dir(lora_adapter)
     rows = split_rows(read_manifest(artifacts.asset_dir(resized_images)), SPLIT_EVAL).head(MERGE_CHECK_PROMPTS)
-    prompts, images = chat_prompts(rows, data_settings.to_core().prompt_style), open_images(rows)
-    one = GenerationSettings(max_new_tokens=32, batch_size=1)
-    metadata: dict = {}
+    facts = card_facts(artifacts, portable_base_reference(ref, asset_folder(base_model)),
+                       sha256_file(adapter_dir / ADAPTER_WEIGHTS), style)
+
+    def card(check: dict) -> str:
+        return merged_card(facts, card_sample(artifacts, style), check, settings.merged_dtype,
+                           folder=f"{asset_folder(context.asset_key)}/{MERGED_16BIT_DIR}")
+
     with artifacts.staging(context.asset_key) as tmp, peak_memory() as usage:
-        with peak_memory() as merge_usage:
-            merge_adapter_to_checkpoint(load_path, adapter_dir, tmp / MERGED_16BIT_DIR, dtype=settings.merged_dtype,
-                                        revision=ref.get("revision"))
-        if checkpoint_has_4bit_layers(tmp / MERGED_16BIT_DIR):
-            raise RuntimeError(f"the merged {settings.merged_dtype} checkpoint still holds bitsandbytes 4-bit layers")
-        context.log.info(f"merged into {settings.merged_dtype} in {merge_usage['seconds']} s, peak host memory "
-                         f"{merge_usage['host_peak_gb']} GB")
-        # Proof that the export is usable and is the trained policy: plain transformers loads it, generates, and its
-        # next-token logits match base + adapter's on the same prompts.
-        model, processor, _ = load_model(str(tmp / MERGED_16BIT_DIR), backend="transformers",
-                                         dtype=settings.merged_dtype)
-        merged_logits = next_token_logits(model, processor, prompts, images)
-        metadata["sample_generation"] = generate_completions(model, processor, prompts[:1], images[:1], one)[0]
-        del model
-        _free_gpu(torch)
-        # The reference is the base as stored plus the adapter: a 4-bit hub checkpoint as saved, a 16-bit one in
-        # 16-bit. (A 16-bit base that training and evaluation quantized on the fly, load_in_4bit, is not the
-        # reference: merging into the 16-bit weights is what a merged checkpoint means, as Unsloth's merged_16bit.)
-        base_config = read_checkpoint_config(load_path, ref.get("revision"))
-        policy, policy_processor, backend = load_policy(
-            load_path, backend="transformers", revision=ref.get("revision"),
-            dtype=stored_dtype(base_config) or "bfloat16", load_in_4bit=False, adapter_dir=adapter_dir)
-        check = merge_agreement(next_token_logits(policy, policy_processor, prompts, images), merged_logits)
-        check["reference"] = "base as stored + adapter (transformers)" + (
-            ", 4-bit as saved" if bnb_quantization(base_config) else "")
-        if model_cfg.load_in_4bit and not bnb_quantization(base_config):
-            check["note"] = ("evaluation and training quantized this 16-bit base to 4-bit on load; the merged "
-                             "checkpoint carries the 16-bit weights, so its answers can differ from after_records'")
-        del policy
-        _free_gpu(torch)
-        write_json_atomic(tmp / MERGE_CHECK, check)
-        context.log.info(f"merged vs {check['reference']}: first-token argmax {check['argmax_agree']}/"
-                         f"{check['prompts']}, max logit difference {check['relative_logit_diff']:.4f} of the spread")
-        facts = card_facts(artifacts, portable_base_reference(ref, asset_folder(base_model)),
-                           sha256_file(adapter_dir / ADAPTER_WEIGHTS), data_settings.to_core().prompt_style)
-        card = merged_card(facts, card_sample(artifacts, data_settings.to_core().prompt_style), check,
-                           settings.merged_dtype, folder=f"{asset_folder(context.asset_key)}/{MERGED_16BIT_DIR}")
-        (tmp / MERGED_16BIT_DIR / CARD_NAME).write_text(card, encoding="utf-8")
-        metadata.update(size_bytes=dir_size_bytes(tmp / MERGED_16BIT_DIR),
-                        weights_sha256=sha256_dir(tmp / MERGED_16BIT_DIR, exclude=(CARD_NAME,)),
-                        merge_relative_logit_diff=check["relative_logit_diff"],
-                        merge_argmax_agree=f"{check['argmax_agree']}/{check['prompts']}",
-                        merge_seconds=merge_usage["seconds"], merge_peak_host_gb=merge_usage["host_peak_gb"])
-        if settings.merged_4bit:
-            merge_adapter_4bit_unsloth(adapter_dir, tmp / MERGED_4BIT_DIR, base_load_path=load_path,
-                                       max_seq_length=model_cfg.max_seq_length)
-            model, processor, _ = load_model(str(tmp / MERGED_4BIT_DIR), backend="transformers", dtype="bfloat16")
-            metadata["sample_generation_4bit"] = generate_completions(model, processor, prompts[:1], images[:1],
-                                                                      one)[0]
-            del model
-            _free_gpu(torch)
-            metadata.update(size_bytes_4bit=dir_size_bytes(tmp / MERGED_4BIT_DIR),
-                            weights_sha256_4bit=sha256_dir(tmp / MERGED_4BIT_DIR, exclude=(CARD_NAME,)))
+        metadata = merge_and_compare(load_path, adapter_dir, tmp, settings, revision=ref.get("revision"),
+                                     prompts=chat_prompts(rows, style), images=open_images(rows),
+                                     trained_in_4bit=model_cfg.load_in_4bit, max_seq_length=model_cfg.max_seq_length,
+                                     card=card, log=context.log.info)
     metadata.update({f"peak_{k}": v for k, v in usage.items() if k != "host_start_gb"})
     context.log.info(f"merged checkpoint generates: {metadata['sample_generation']!r}")
     return MaterializeResult(
@@ -160,14 +103,6 @@ def merged_model(
             **metadata,
         }
     )
-
-
-def _free_gpu(torch) -> None:
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 @asset_check(asset=merged_model, blocking=True,
