@@ -47,10 +47,10 @@ def log(msg: str) -> None:
 
 def build_child(spec_path: str) -> int:
     """``--build``: write the checkpoint (gspo_benchmark's builder) in this process and its result file."""
-    import benchmarks.gspo_benchmark as gspo_benchmark
+    from benchmarks.gspo_workload import child_build
 
     spec = json.loads(Path(spec_path).read_text())
-    result = gspo_benchmark.child_build(spec)
+    result = child_build(spec)
     Path(spec["result_path"]).write_text(json.dumps(result))
     return 0
 
